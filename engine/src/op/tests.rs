@@ -293,3 +293,113 @@ fn a_batch_checksum_covers_its_ops_and_detects_tampering() {
         Err(OpError::ChecksumMismatch { .. })
     ));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Writes `value` as JSON text with object members in the order `order` picks and
+    /// `spaces` of whitespace around tokens.
+    fn scrambled(value: &Value, order: &mut impl Iterator<Item = usize>, spaces: usize) -> String {
+        let pad = " \n\t ".repeat(spaces);
+        match value {
+            Value::Object(fields) => {
+                let mut members: Vec<(&String, &Value)> = fields.iter().collect();
+                let len = members.len();
+                if len > 1 {
+                    members.rotate_left(order.next().unwrap_or(0) % len);
+                }
+                let inner: Vec<String> = members
+                    .into_iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{pad}{}{pad}:{pad}{}",
+                            Value::String(k.clone()),
+                            scrambled(v, order, spaces)
+                        )
+                    })
+                    .collect();
+                format!("{{{}{pad}}}", inner.join(","))
+            }
+            Value::Array(items) => {
+                let inner: Vec<String> =
+                    items.iter().map(|v| scrambled(v, order, spaces)).collect();
+                format!("[{pad}{}{pad}]", inner.join(&format!(",{pad}")))
+            }
+            other => other.to_string(),
+        }
+    }
+
+    fn any_op() -> impl Strategy<Value = Op> {
+        (
+            "[a-z0-9-]{1,12}",
+            "[a-z0-9-]{1,12}",
+            prop::sample::select(vec![
+                EntityType::FieldSession,
+                EntityType::Tag,
+                EntityType::StorageLocation,
+            ]),
+            "[a-z0-9]{1,8}",
+            crate::delta::tests::entity_value(),
+            1_000_000_000_000u64..2_000_000_000_000,
+            0u8..5,
+            prop::collection::vec("[a-z0-9]{1,6}", 0..3),
+        )
+            .prop_map(
+                |(op_id, key, entity_type, entity_id, value, at_ms, priority, deps)| {
+                    let mut payload = serde_json::Map::new();
+                    payload.insert("id".into(), json!(entity_id));
+                    payload.insert("value".into(), value);
+                    Op {
+                        op_id: OpId(op_id),
+                        idempotency_key: IdempotencyKey(key),
+                        entity_type,
+                        entity_id: EntityId(entity_id),
+                        kind: OpKind::Create,
+                        base_version: 0,
+                        payload: Value::Object(payload),
+                        client_timestamp_ms: Millis(at_ms),
+                        priority: Priority::new(priority).unwrap(),
+                        depends_on: deps.into_iter().map(OpId).collect(),
+                        created_at_ms: Millis(at_ms),
+                        checksum: String::new(),
+                    }
+                    .sealed()
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn key_order_and_whitespace_do_not_change_the_checksum(
+            op in any_op(),
+            rotations in prop::collection::vec(0usize..16, 0..64),
+            spaces in 0usize..3,
+        ) {
+            let value = serde_json::to_value(&op).unwrap();
+            let text = scrambled(&value, &mut rotations.into_iter(), spaces);
+            let reread = Op::from_json(&text).unwrap();
+            prop_assert_eq!(reread.verify_checksum(), Ok(()));
+            prop_assert_eq!(checksum_without_member(&serde_json::from_str(&text).unwrap()), op.checksum);
+        }
+
+        #[test]
+        fn changing_any_member_changes_the_checksum(op in any_op(), member in 0usize..11) {
+            let mut changed = op.clone();
+            match member {
+                0 => changed.op_id.0.push('x'),
+                1 => changed.idempotency_key.0.push('x'),
+                2 => changed.entity_type = EntityType::Specimen,
+                3 => changed.entity_id.0.push('x'),
+                4 => changed.kind = OpKind::Update,
+                5 => changed.base_version += 1,
+                6 => changed.payload["value"] = json!([changed.payload["value"].clone()]),
+                7 => changed.client_timestamp_ms = changed.client_timestamp_ms.plus_ms(1),
+                8 => changed.priority = Priority::new((changed.priority.get() + 1) % 5).unwrap(),
+                9 => changed.depends_on.push("extra".into()),
+                _ => changed.created_at_ms = changed.created_at_ms.plus_ms(1),
+            }
+            prop_assert_ne!(changed.compute_checksum(), op.checksum);
+        }
+    }
+}
