@@ -20,6 +20,7 @@ pub mod entity;
 pub mod ids;
 pub mod op;
 pub mod ordering;
+pub mod server;
 pub mod time;
 
 pub use config::SyncConfig;

@@ -1,0 +1,217 @@
+//! The server's state: the seed's seven tables plus the entities and the change index, in
+//! ordered maps, behind the [`ServerStore`] trait.
+//!
+//! Every change to the tables goes through one [`Commit`]: an op's entity write, its
+//! idempotency record, its history row, its queue row, its conflict row, its metrics and its
+//! device state land together or not at all. A store that crashes loses whole commits only.
+
+use super::wire::{ConflictRecord, DeviceState, HistoryRow, MetricsWindow, OpResult, OpStatus};
+use crate::conflict::ServerEntity;
+use crate::entity::EntityType;
+use crate::ids::{BatchId, ConflictId, DeviceId, EntityId, IdempotencyKey, OpId, UserId};
+use crate::op::OpKind;
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An entity's key: ids are unique per type across all users; the owner is recorded.
+pub type EntityKey = (EntityType, EntityId);
+
+/// A row of the entity table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEntity {
+    /// The user the entity belongs to.
+    pub owner: UserId,
+    /// The entity and its provenance.
+    pub state: ServerEntity,
+    /// The commit that last changed it (its position in the change index).
+    pub cursor: u64,
+}
+
+/// A row of `sync_idempotency_keys`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// The checksum of the op first seen under this key.
+    pub op_checksum: String,
+    /// The result first given.
+    pub result: OpResult,
+    /// When it was recorded (server clock).
+    pub at_ms: Millis,
+}
+
+/// A row of `sync_queue`: the server's record of an op it received.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueueRow {
+    /// The op's idempotency key.
+    pub idempotency_key: IdempotencyKey,
+    /// The sending device.
+    pub device_id: DeviceId,
+    /// The batch that last carried it.
+    pub batch_id: BatchId,
+    /// The entity's type.
+    pub entity_type: EntityType,
+    /// The entity's id.
+    pub entity_id: EntityId,
+    /// The op's kind.
+    pub kind: OpKind,
+    /// Its latest status.
+    pub status: OpStatus,
+    /// Its latest reason code.
+    pub reason: Option<String>,
+    /// When it was last received (server clock).
+    pub received_at_ms: Millis,
+}
+
+/// A row of `sync_batches`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    /// The sending device.
+    pub device_id: DeviceId,
+    /// How many ops it carried.
+    pub op_count: u64,
+    /// Ops per status.
+    pub statuses: BTreeMap<OpStatus, u64>,
+    /// Its checksum.
+    pub checksum: String,
+    /// When it arrived (server clock).
+    pub received_at_ms: Millis,
+}
+
+/// The server's tables. Read them through a [`ServerStore`]; change them only by a commit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tables {
+    /// Entities, tombstones included.
+    pub entities: BTreeMap<EntityKey, StoredEntity>,
+    /// Per user, each entity at the cursor of its latest change (older cursors are removed).
+    pub changes: BTreeMap<(UserId, u64), EntityKey>,
+    /// The ops received.
+    pub sync_queue: BTreeMap<(UserId, OpId), QueueRow>,
+    /// Conflicts, open and resolved, with their owner.
+    pub sync_conflicts: BTreeMap<ConflictId, (UserId, ConflictRecord)>,
+    /// Batches received.
+    pub sync_batches: BTreeMap<(UserId, BatchId), BatchRecord>,
+    /// Per user and device.
+    pub sync_state: BTreeMap<(UserId, DeviceId), DeviceState>,
+    /// The audit trail and commit log, by user and commit sequence number.
+    pub sync_history: BTreeMap<(UserId, u64), HistoryRow>,
+    /// Aggregated counts per user and window.
+    pub sync_metrics: BTreeMap<(UserId, Millis), MetricsWindow>,
+    /// Idempotency keys per user.
+    pub sync_idempotency_keys: BTreeMap<(UserId, IdempotencyKey), IdempotencyRecord>,
+    /// Which user each device belongs to (registered by its first batch).
+    pub devices: BTreeMap<DeviceId, UserId>,
+    /// The last commit sequence number.
+    pub seq: u64,
+}
+
+/// One atomic change to the tables. Absent parts are left alone.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Commit {
+    /// The user the commit belongs to.
+    pub user: UserId,
+    /// Its sequence number: exactly `Tables::seq + 1`.
+    pub seq: u64,
+    /// A new state for one entity (moves it to cursor `seq` in the change index).
+    pub entity: Option<(EntityKey, ServerEntity)>,
+    /// A queue row to upsert.
+    pub queue: Option<(OpId, QueueRow)>,
+    /// An idempotency record to insert.
+    pub idempotency: Option<(IdempotencyKey, IdempotencyRecord)>,
+    /// A history row to append (at `seq`).
+    pub history: Option<HistoryRow>,
+    /// A conflict row to upsert.
+    pub conflict: Option<ConflictRecord>,
+    /// A batch row to upsert.
+    pub batch: Option<(BatchId, BatchRecord)>,
+    /// A device state to upsert (and the device to register to `user`).
+    pub device: Option<DeviceState>,
+    /// A metrics window to upsert.
+    pub metrics: Option<MetricsWindow>,
+}
+
+impl Tables {
+    /// Applies one commit. Every part lands, or (on a broken invariant) the process stops
+    /// before any does.
+    pub fn apply(&mut self, commit: Commit) {
+        assert_eq!(commit.seq, self.seq + 1, "commits apply in sequence");
+        if let Some((key, _)) = &commit.entity
+            && let Some(previous) = self.entities.get(key)
+        {
+            assert_eq!(previous.owner, commit.user, "an entity never changes owner");
+        }
+        self.seq = commit.seq;
+        let user = commit.user;
+        if let Some((key, state)) = commit.entity {
+            if let Some(previous) = self.entities.get(&key) {
+                self.changes.remove(&(user.clone(), previous.cursor));
+            }
+            self.changes.insert((user.clone(), commit.seq), key.clone());
+            let row = StoredEntity {
+                owner: user.clone(),
+                state,
+                cursor: commit.seq,
+            };
+            self.entities.insert(key, row);
+        }
+        if let Some((op_id, row)) = commit.queue {
+            self.sync_queue.insert((user.clone(), op_id), row);
+        }
+        if let Some((key, record)) = commit.idempotency {
+            let previous = self
+                .sync_idempotency_keys
+                .insert((user.clone(), key), record);
+            assert!(previous.is_none(), "an idempotency key is recorded once");
+        }
+        if let Some(row) = commit.history {
+            assert_eq!(row.seq, commit.seq);
+            self.sync_history.insert((user.clone(), commit.seq), row);
+        }
+        if let Some(conflict) = commit.conflict {
+            self.sync_conflicts
+                .insert(conflict.conflict_id.clone(), (user.clone(), conflict));
+        }
+        if let Some((batch_id, record)) = commit.batch {
+            self.sync_batches.insert((user.clone(), batch_id), record);
+        }
+        if let Some(device) = commit.device {
+            self.devices.insert(device.device_id.clone(), user.clone());
+            self.sync_state
+                .insert((user.clone(), device.device_id.clone()), device);
+        }
+        if let Some(window) = commit.metrics {
+            self.sync_metrics
+                .insert((user, window.window_start_ms), window);
+        }
+    }
+}
+
+/// Where the server keeps its tables. Implementations must apply each commit atomically.
+pub trait ServerStore {
+    /// The current tables.
+    fn tables(&self) -> &Tables;
+    /// Applies one commit atomically.
+    fn commit(&mut self, commit: Commit);
+    /// Removes rows; see `Server::cleanup`. Atomic like a commit.
+    fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables));
+}
+
+/// The in-memory store: the tables themselves. It survives a simulated server crash (the
+/// simulation treats it as the database) and loses nothing but uncommitted work.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    tables: Tables,
+}
+
+impl ServerStore for MemoryStore {
+    fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    fn commit(&mut self, commit: Commit) {
+        self.tables.apply(commit);
+    }
+
+    fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) {
+        keep(&mut self.tables);
+    }
+}

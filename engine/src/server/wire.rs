@@ -1,0 +1,269 @@
+//! The server's answers on the wire (SPEC §3.5): per-op results, batch responses, change
+//! pages, conflicts, state, history and metrics. Requests (`Op`, `Batch`) live in `op.rs`.
+
+use crate::conflict::Strategy;
+use crate::entity::EntityType;
+use crate::ids::{BatchId, ConflictId, DeviceId, EntityId, IdempotencyKey, OpId};
+use crate::op::OpKind;
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+/// The outcome of one op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpStatus {
+    /// Applied as sent.
+    Applied,
+    /// Seen before under the same idempotency key; the original result is returned.
+    Duplicate,
+    /// A conflict was detected and decided (or recorded for a person); `entity` is the
+    /// server's state afterwards.
+    Conflict,
+    /// Refused for good; `reason` says why. Sending it again changes nothing.
+    Rejected,
+    /// Waits on a dependency that is not applied; send it again after the dependency.
+    Blocked,
+    /// Not processed now; send it again after backoff.
+    Retry,
+}
+
+impl OpStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpStatus::Applied => "applied",
+            OpStatus::Duplicate => "duplicate",
+            OpStatus::Conflict => "conflict",
+            OpStatus::Rejected => "rejected",
+            OpStatus::Blocked => "blocked",
+            OpStatus::Retry => "retry",
+        }
+    }
+}
+
+impl fmt::Display for OpStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The result of one op in a batch response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpResult {
+    /// The op this answers.
+    pub op_id: OpId,
+    /// What happened.
+    pub status: OpStatus,
+    /// The entity's server version afterwards, when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The server's entity afterwards, where the client needs it (conflicts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<Value>,
+    /// The recorded conflict, for status `conflict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict_id: Option<ConflictId>,
+    /// A stable machine-readable code for rejected, blocked, retry and conflict outcomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The answer to `POST /api/sync/batch`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchResponse {
+    /// The batch this answers.
+    pub batch_id: BatchId,
+    /// The server's clock when it answered.
+    pub server_time_ms: Millis,
+    /// One result per op, in request order.
+    pub results: Vec<OpResult>,
+}
+
+/// One change in a pull page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    /// Position in the server's commit order; pass the last one back as `since`.
+    pub cursor: u64,
+    /// The entity's type.
+    pub entity_type: EntityType,
+    /// The entity's id.
+    pub entity_id: EntityId,
+    /// Its version.
+    pub version: u64,
+    /// A tombstone.
+    pub deleted: bool,
+    /// Its fields (the last live state for a tombstone).
+    pub entity: Value,
+}
+
+/// The answer to `GET /api/sync/changes`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesPage {
+    /// Changes after `since`, in commit order; each entity at most once, at its latest state.
+    pub changes: Vec<Change>,
+    /// The cursor to ask from next.
+    pub next_cursor: u64,
+    /// Whether more changes wait beyond this page.
+    pub has_more: bool,
+}
+
+/// Whether a conflict awaits a person.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictStatus {
+    /// Waiting for a manual resolution.
+    Open,
+    /// Decided, automatically or by a person.
+    Resolved,
+}
+
+/// A row of `sync_conflicts`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConflictRecord {
+    /// Its id.
+    pub conflict_id: ConflictId,
+    /// The op that met the conflict.
+    pub op_id: OpId,
+    /// The device that sent it.
+    pub device_id: DeviceId,
+    /// The entity's type.
+    pub entity_type: EntityType,
+    /// The entity's id.
+    pub entity_id: EntityId,
+    /// The op's kind.
+    pub kind: OpKind,
+    /// The conflict case (`update_update`, `delete_update`, …).
+    pub case: crate::conflict::Case,
+    /// The strategy that decided it.
+    pub strategy: Strategy,
+    /// The decision code (`client_applied`, `server_kept`, `deleted`, `manual`, …).
+    pub decision: String,
+    /// The server's version when the conflict was met.
+    pub server_version: u64,
+    /// The server's entity when the conflict was met.
+    pub server_entity: Value,
+    /// The client's payload.
+    pub client_payload: Value,
+    /// The client's wall-clock timestamp.
+    pub client_timestamp_ms: Millis,
+    /// Open or resolved.
+    pub status: ConflictStatus,
+    /// How it was resolved (`auto`, `keep_server`, `keep_client`, `custom`).
+    pub resolution: Option<String>,
+    /// When it was recorded (server clock).
+    pub created_at_ms: Millis,
+    /// When it was resolved (server clock).
+    pub resolved_at_ms: Option<Millis>,
+}
+
+/// How a person resolves a manual conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The server's state stands.
+    KeepServer,
+    /// The client's write applies (for an update over a tombstone: the entity comes back).
+    KeepClient,
+    /// The given entity becomes the server's state.
+    Custom,
+}
+
+/// The body of `POST /api/sync/conflicts/<id>/resolve`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// Which version wins.
+    pub resolution: Resolution,
+    /// The entity, for `custom` only.
+    #[serde(default)]
+    pub entity: Option<Value>,
+}
+
+/// A row of `sync_history`: one committed step, the audit trail and the commit log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRow {
+    /// Commit sequence number (shared with change cursors).
+    pub seq: u64,
+    /// Server clock.
+    pub at_ms: Millis,
+    /// The device that caused it.
+    pub device_id: DeviceId,
+    /// The op, when the step answered an op.
+    pub op_id: Option<OpId>,
+    /// Its idempotency key.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// The entity's type.
+    pub entity_type: EntityType,
+    /// The entity's id.
+    pub entity_id: EntityId,
+    /// What was asked: `create`, `update`, `delete` or `resolve`.
+    pub action: String,
+    /// The op's status, or `resolved` for a manual resolution.
+    pub status: String,
+    /// The reason code, if any.
+    pub reason: Option<String>,
+    /// The entity's version afterwards, if it exists.
+    pub version: Option<u64>,
+    /// What the step wrote, for the reference replay; absent when it changed nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<super::replay::LoggedWrite>,
+}
+
+/// A row of `sync_state`: one device of one user.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Batches received from it.
+    pub batch_count: u64,
+    /// Ops received from it (duplicates included).
+    pub op_count: u64,
+    /// When its last batch arrived (server clock).
+    pub last_batch_at_ms: Option<Millis>,
+    /// The last cursor it pulled to.
+    pub pull_cursor: u64,
+    /// When it last pulled (server clock).
+    pub last_pull_at_ms: Option<Millis>,
+}
+
+/// Aggregated counts of one window of `sync_metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsWindow {
+    /// Start of the window (server clock, aligned to the window length).
+    pub window_start_ms: Millis,
+    /// Batches received.
+    pub batches: u64,
+    /// Ops received.
+    pub ops: u64,
+    /// Ops per status.
+    pub applied: u64,
+    /// Duplicates answered.
+    pub duplicates: u64,
+    /// Conflicts met.
+    pub conflicts: u64,
+    /// Ops rejected.
+    pub rejected: u64,
+    /// Ops blocked.
+    pub blocked: u64,
+    /// Ops asked to retry.
+    pub retries: u64,
+}
+
+/// The answer to `GET /api/sync/state`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateResponse {
+    /// The device's row.
+    pub device: DeviceState,
+    /// The user's latest commit cursor.
+    pub latest_cursor: u64,
+    /// Open conflicts of the user.
+    pub open_conflicts: u64,
+    /// Live (not deleted) entities of the user.
+    pub entity_count: u64,
+}
