@@ -1,0 +1,7 @@
+//! The Rockhound simulation harness and the I/O around the sans-IO engine.
+//!
+//! Today this crate holds the HTTP layer: [`http::router`] serves the API of SPEC §3.5 over
+//! any listener (a real tokio socket for `rockhound serve`, simulated TCP in the harness),
+//! and [`http::client`] speaks HTTP/1.1 over any byte stream.
+
+pub mod http;

@@ -1,0 +1,3 @@
+//! Integration tests of `rockhound-sim`, one binary (one `mod` per area).
+
+mod http;
