@@ -280,19 +280,7 @@ impl Op {
 
     /// Checks the claimed checksum against the content.
     pub fn verify_checksum(&self) -> Result<(), OpError> {
-        if !is_checksum_format(&self.checksum) {
-            return Err(OpError::ChecksumFormat {
-                value: self.checksum.clone(),
-            });
-        }
-        let computed = self.compute_checksum();
-        if computed != self.checksum {
-            return Err(OpError::ChecksumMismatch {
-                computed,
-                claimed: self.checksum.clone(),
-            });
-        }
-        Ok(())
+        verify_claimed(&self.checksum, || self.compute_checksum())
     }
 
     /// Every check of SPEC §3.2 except the checksum match: ids, timestamps, base version,
@@ -516,20 +504,26 @@ impl Batch {
 
     /// Checks the claimed batch checksum against the content (not the ops' own checksums).
     pub fn verify_checksum(&self) -> Result<(), OpError> {
-        if !is_checksum_format(&self.checksum) {
-            return Err(OpError::ChecksumFormat {
-                value: self.checksum.clone(),
-            });
-        }
-        let computed = self.compute_checksum();
-        if computed != self.checksum {
-            return Err(OpError::ChecksumMismatch {
-                computed,
-                claimed: self.checksum.clone(),
-            });
-        }
-        Ok(())
+        verify_claimed(&self.checksum, || self.compute_checksum())
     }
+}
+
+/// Compares a claimed checksum with the one the content hashes to (computed only when the
+/// claim is well-formed).
+fn verify_claimed(claimed: &str, compute: impl FnOnce() -> String) -> Result<(), OpError> {
+    if !is_checksum_format(claimed) {
+        return Err(OpError::ChecksumFormat {
+            value: claimed.to_owned(),
+        });
+    }
+    let computed = compute();
+    if computed != claimed {
+        return Err(OpError::ChecksumMismatch {
+            computed,
+            claimed: claimed.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
