@@ -13,6 +13,7 @@
 
 pub mod backoff;
 pub mod checksum;
+pub mod client;
 pub mod config;
 pub mod conflict;
 pub mod delta;
