@@ -754,32 +754,32 @@ impl<S: ServerStore> Server<S> {
         let cutoff = now.0.saturating_sub(HISTORY_RETENTION_MS);
         let mut report = CleanupReport::default();
         self.store.retain(&mut |tables| {
-            let before = tables.sync_idempotency_keys.len();
-            tables
-                .sync_idempotency_keys
-                .retain(|_, r| r.at_ms.0 >= key_cutoff);
-            report.idempotency_keys = before - tables.sync_idempotency_keys.len();
-            let before = tables.sync_history.len();
-            tables.sync_history.retain(|_, r| r.at_ms.0 >= cutoff);
-            report.history_rows = before - tables.sync_history.len();
-            let before = tables.sync_conflicts.len();
-            tables.sync_conflicts.retain(|_, (_, c)| {
+            report.idempotency_keys = retain_counting(&mut tables.sync_idempotency_keys, |r| {
+                r.at_ms.0 >= key_cutoff
+            });
+            report.history_rows =
+                retain_counting(&mut tables.sync_history, |r| r.at_ms.0 >= cutoff);
+            report.conflicts = retain_counting(&mut tables.sync_conflicts, |(_, c)| {
                 c.status == ConflictStatus::Open || c.resolved_at_ms.is_some_and(|t| t.0 >= cutoff)
             });
-            report.conflicts = before - tables.sync_conflicts.len();
-            let before = tables.sync_batches.len();
-            tables
-                .sync_batches
-                .retain(|_, b| b.received_at_ms.0 >= cutoff);
-            report.batches = before - tables.sync_batches.len();
-            let before = tables.sync_metrics.len();
-            tables
-                .sync_metrics
-                .retain(|_, w| w.window_start_ms.0 + METRICS_WINDOW_MS >= cutoff);
-            report.metrics_windows = before - tables.sync_metrics.len();
+            report.batches =
+                retain_counting(&mut tables.sync_batches, |b| b.received_at_ms.0 >= cutoff);
+            report.metrics_windows = retain_counting(&mut tables.sync_metrics, |w| {
+                w.window_start_ms.0 + METRICS_WINDOW_MS >= cutoff
+            });
         });
         report
     }
+}
+
+/// Keeps the rows `keep` accepts and returns how many were removed.
+fn retain_counting<K: Ord, V>(
+    table: &mut BTreeMap<K, V>,
+    mut keep: impl FnMut(&V) -> bool,
+) -> usize {
+    let before = table.len();
+    table.retain(|_, row| keep(row));
+    before - table.len()
 }
 
 /// The decision code carried as `reason` on a conflict result.
