@@ -435,3 +435,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_second_create_of_an_existing_id_is_decided_like_a_concurrent_update() {
+    let server = concurrently_edited(); // name "smoky quartz" by "a" at T0 + 10 s
+    let b = device("b");
+    let payload = json!({"id": "s", "name": "rose quartz", "colour": "pink"});
+    let create = |at_ms: u64| Write {
+        kind: OpKind::Create,
+        base_version: 0,
+        payload: &payload,
+        timestamp_ms: Millis(T0 + at_ms),
+        device_id: &b,
+    };
+    // Every server field counts as changed since base version 0, so each goes to the later
+    // write; `colour`, which the server never had, applies either way.
+    let earlier = fields_of(&resolve(
+        Strategy::FieldLevel,
+        Case::CreateExisting,
+        &server,
+        &create(1),
+    ));
+    assert_eq!(
+        (earlier["name"].clone(), earlier["colour"].clone()),
+        (json!("smoky quartz"), json!("pink"))
+    );
+    let later = fields_of(&resolve(
+        Strategy::FieldLevel,
+        Case::CreateExisting,
+        &server,
+        &create(60_000),
+    ));
+    assert_eq!(later["name"], "rose quartz");
+    assert_eq!(later["id"], "s", "the id is never part of the patch");
+    assert_eq!(
+        resolve(
+            Strategy::ServerWins,
+            Case::CreateExisting,
+            &server,
+            &create(60_000)
+        ),
+        Decision::KeepServer
+    );
+}
