@@ -277,26 +277,25 @@ impl<S: ServerStore> Server<S> {
                 },
             )
         });
-        let queue = QueueRow {
-            idempotency_key: op.idempotency_key.clone(),
-            device_id: batch.device_id.clone(),
-            batch_id: batch.batch_id.clone(),
-            entity_type: op.entity_type,
-            entity_id: op.entity_id.clone(),
-            kind: op.kind,
-            status: match (result.status, outcome.original_status) {
-                (OpStatus::Duplicate, Some(original)) => original,
-                (status, _) => status,
-            },
-            reason: result.reason.clone(),
-            received_at_ms: now,
-        };
-        // A duplicate must not overwrite the queue row of the original op.
-        let queue = (result.status != OpStatus::Duplicate
-            || !tables
-                .sync_queue
-                .contains_key(&(user.clone(), op.op_id.clone())))
-        .then(|| (op.op_id.clone(), queue));
+        // A duplicate has the same checksum, hence the same op id, as the original, whose
+        // queue row was committed with its idempotency record: it must stay untouched.
+        let duplicate = result.status == OpStatus::Duplicate;
+        let queue_key = (user.clone(), op.op_id.clone());
+        assert!(!duplicate || tables.sync_queue.contains_key(&queue_key));
+        let queue = (!duplicate).then(|| {
+            let row = QueueRow {
+                idempotency_key: op.idempotency_key.clone(),
+                device_id: batch.device_id.clone(),
+                batch_id: batch.batch_id.clone(),
+                entity_type: op.entity_type,
+                entity_id: op.entity_id.clone(),
+                kind: op.kind,
+                status: result.status,
+                reason: result.reason.clone(),
+                received_at_ms: now,
+            };
+            (op.op_id.clone(), row)
+        });
         let history = HistoryRow {
             seq,
             at_ms: now,
@@ -376,12 +375,13 @@ impl<S: ServerStore> Server<S> {
                 return OpOutcome::answer(op, OpStatus::Rejected, "idempotency_key_reused", false);
             }
             let mut result = record.result.clone();
-            let original_status = result.status;
             result.status = OpStatus::Duplicate;
             return OpOutcome {
                 result,
-                original_status: Some(original_status),
-                ..OpOutcome::answer(op, OpStatus::Duplicate, "", false)
+                remember: false,
+                strategy: None,
+                entity: None,
+                conflict: None,
             };
         }
         if now.since_ms(op.created_at_ms) > self.config.idempotency_retention_ms() {
@@ -494,7 +494,6 @@ impl<S: ServerStore> Server<S> {
         OpOutcome {
             result,
             remember: true,
-            original_status: None,
             strategy: Some(strategy),
             entity: next.map(|state| (key, state)),
             conflict,
@@ -803,8 +802,6 @@ struct OpOutcome {
     result: OpResult,
     /// Whether the answer is final and goes under the idempotency key.
     remember: bool,
-    /// For a duplicate, the status first given.
-    original_status: Option<OpStatus>,
     strategy: Option<Strategy>,
     entity: Option<(EntityKey, ServerEntity)>,
     conflict: Option<ConflictRecord>,
@@ -819,10 +816,9 @@ impl OpOutcome {
                 version: None,
                 entity: None,
                 conflict_id: None,
-                reason: (!reason.is_empty()).then(|| reason.to_owned()),
+                reason: Some(reason.to_owned()),
             },
             remember,
-            original_status: None,
             strategy: None,
             entity: None,
             conflict: None,

@@ -131,6 +131,13 @@ fn batch(device: &str, ops: Vec<Op>) -> Vec<u8> {
     serde_json::to_vec(&Batch::new(format!("b-{id}").into(), device.into(), ops)).unwrap()
 }
 
+/// The JSON body `body` with `member` set to `value`.
+fn with_member(body: &[u8], member: &str, value: Value) -> Vec<u8> {
+    let mut object: Value = serde_json::from_slice(body).unwrap();
+    object[member] = value;
+    serde_json::to_vec(&object).unwrap()
+}
+
 async fn send(addr: SocketAddr, token: &str, body: Vec<u8>) -> Response {
     call(
         addr,
@@ -376,12 +383,7 @@ async fn the_real_server_speaks_the_whole_api_over_http() {
             "malformed",
         ),
         (
-            send(addr, TOKEN, {
-                let mut v: Value = serde_json::from_slice(&good).unwrap();
-                v["extra"] = json!(1);
-                serde_json::to_vec(&v).unwrap()
-            })
-            .await,
+            send(addr, TOKEN, with_member(&good, "extra", json!(1))).await,
             400,
             "malformed",
         ),
@@ -421,11 +423,11 @@ async fn the_real_server_speaks_the_whole_api_over_http() {
             "too_large",
         ),
         (
-            send(addr, TOKEN, {
-                let mut v: Value = serde_json::from_slice(&good).unwrap();
-                v["checksum"] = json!("0".repeat(64));
-                serde_json::to_vec(&v).unwrap()
-            })
+            send(
+                addr,
+                TOKEN,
+                with_member(&good, "checksum", json!("0".repeat(64))),
+            )
             .await,
             422,
             "checksum_mismatch",
