@@ -63,10 +63,22 @@ impl FileStore {
 impl QueueStore for FileStore {
     fn append(&mut self, record: &[u8]) -> Result<(), StoreError> {
         let frame = encode_frame(record)?;
-        self.file.write_all(&frame).map_err(io_error)?;
-        self.file.sync_data().map_err(|e| StoreError::SyncFailed {
-            message: e.to_string(),
-        })
+        let length_before = self.file.metadata().map_err(io_error)?.len();
+        let written = self
+            .file
+            .write_all(&frame)
+            .map_err(io_error)
+            .and_then(|()| {
+                self.file.sync_data().map_err(|e| StoreError::SyncFailed {
+                    message: e.to_string(),
+                })
+            });
+        if written.is_err() {
+            // Take the refused frame back so a later fsync cannot make it durable. If even
+            // that fails, recovery still sees at worst a torn or whole unacknowledged tail.
+            let _ = self.file.set_len(length_before);
+        }
+        written
     }
 
     fn recover(&mut self) -> Result<Recovery, StoreError> {

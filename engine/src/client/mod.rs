@@ -1,6 +1,23 @@
-//! The client side of sync. So far: the durable queue's storage seam ([`store`]) and its
-//! crash-simulating implementation ([`sim_store`]); the coordinator state machine builds on
-//! them (issue 3).
+//! The client side of sync: a durable queue of ops and the coordinator that sends them.
+//!
+//! Read in this order: [`store`] (the storage seam: an append-only log of checksummed
+//! frames) and [`sim_store`] (its in-memory implementation with crash semantics), [`record`]
+//! (what the queue writes to the log), [`queue`] (statuses and the readiness index),
+//! [`replica`] (the local copy of server state), [`observe`] (events, telemetry and the
+//! observer views) and [`coordinator`] (the sans-IO state machine tying them together).
 
+pub mod coordinator;
+pub mod observe;
+pub mod queue;
+pub mod record;
+pub mod replica;
 pub mod sim_store;
 pub mod store;
+
+pub use coordinator::{
+    ActionError, Coordinator, Edit, EditAction, EnqueueError, OpenError, Request,
+};
+pub use queue::Status;
+
+#[cfg(test)]
+mod tests;

@@ -75,8 +75,13 @@ impl SimStore {
 impl QueueStore for SimStore {
     fn append(&mut self, record: &[u8]) -> Result<(), StoreError> {
         let frame = encode_frame(record)?;
+        let volatile_len = self.volatile.len();
         self.write(&frame)?;
-        self.sync()
+        self.sync().inspect_err(|_| {
+            // A refused append must not surface later (the next successful fsync would
+            // otherwise make it durable): the store takes the frame back.
+            self.volatile.truncate(volatile_len);
+        })
     }
 
     fn recover(&mut self) -> Result<Recovery, StoreError> {
@@ -123,6 +128,9 @@ mod tests {
             Err(StoreError::SyncFailed { .. })
         ));
         store.fail_sync = false;
+        store
+            .write(b"a frame being written when the power went")
+            .unwrap();
         store.torn_bytes_on_crash = 20;
         store.crash();
         let recovery = store.recover().unwrap();
@@ -135,6 +143,17 @@ mod tests {
             store.recover().unwrap().records,
             vec![b"acked".to_vec(), b"next".to_vec()]
         );
+    }
+
+    #[test]
+    fn a_refused_append_never_surfaces_after_a_later_sync() {
+        let mut store = SimStore::new();
+        store.fail_sync = true;
+        assert!(store.append(b"refused").is_err());
+        store.fail_sync = false;
+        store.append(b"accepted").unwrap();
+        store.crash();
+        assert_eq!(store.recover().unwrap().records, vec![b"accepted".to_vec()]);
     }
 
     #[test]

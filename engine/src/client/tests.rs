@@ -1,0 +1,851 @@
+//! The coordinator: unit tests of each queue rule, an end-to-end run against the real server
+//! core, and the model-based property test with crashes (sled's approach).
+
+use super::coordinator::{Coordinator, Edit, EditAction, EnqueueError, OpenError, Request};
+use super::observe::{Event, TelemetryKind};
+use super::queue::Status;
+use super::sim_store::SimStore;
+use super::store::StoreError;
+use crate::config::SyncConfig;
+use crate::entity::EntityType;
+use crate::ids::{ConflictId, DeviceId, EntityId, OpId, UserId};
+use crate::server::Server;
+use crate::server::wire::{BatchResponse, OpResult, OpStatus, Resolution};
+use crate::time::{DAY_MS, Millis};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+const T0: Millis = Millis(1_760_000_000_000);
+
+fn fields(value: Value) -> Map<String, Value> {
+    value.as_object().cloned().expect("an object")
+}
+
+fn create(entity_type: EntityType, id: &str, value: Value) -> Edit {
+    Edit {
+        entity_type,
+        entity_id: EntityId(id.to_owned()),
+        action: EditAction::Create(fields(value)),
+    }
+}
+
+fn update(entity_type: EntityType, id: &str, value: Value) -> Edit {
+    Edit {
+        entity_type,
+        entity_id: EntityId(id.to_owned()),
+        action: EditAction::Update(fields(value)),
+    }
+}
+
+fn session(id: &str) -> Edit {
+    create(EntityType::FieldSession, id, json!({"name": "creek"}))
+}
+
+fn find_log(id: &str, session: &str) -> Edit {
+    create(
+        EntityType::FindLog,
+        id,
+        json!({"field_session_id": session, "note": "agate"}),
+    )
+}
+
+fn open_with(config: SyncConfig, store: SimStore, incarnation: u64) -> Coordinator<SimStore> {
+    Coordinator::open(DeviceId("d1".to_owned()), incarnation, config, store, 7, T0)
+        .expect("a healthy store opens")
+}
+
+fn open(config: SyncConfig) -> Coordinator<SimStore> {
+    open_with(config, SimStore::new(), 0)
+}
+
+fn crash(coordinator: Coordinator<SimStore>, torn_bytes: usize) -> Coordinator<SimStore> {
+    let config = coordinator.config().clone();
+    let mut store = coordinator.into_store();
+    store.torn_bytes_on_crash = torn_bytes;
+    store.crash();
+    open_with(config, store, 1)
+}
+
+fn status_of(coordinator: &Coordinator<SimStore>, op_id: &OpId) -> Option<Status> {
+    coordinator
+        .queue()
+        .find(|e| e.op.op_id == *op_id)
+        .map(|e| e.status)
+}
+
+fn batch(request: Option<Request>) -> crate::op::Batch {
+    match request {
+        Some(Request::Batch(batch)) => batch,
+        other => panic!("expected a batch, got {other:?}"),
+    }
+}
+
+fn answer(batch: &crate::op::Batch, status: OpStatus, reason: Option<&str>) -> BatchResponse {
+    BatchResponse {
+        batch_id: batch.batch_id.clone(),
+        server_time_ms: T0,
+        results: batch
+            .ops
+            .iter()
+            .map(|op| OpResult {
+                op_id: op.op_id.clone(),
+                status,
+                version: (status == OpStatus::Applied).then_some(op.base_version + 1),
+                entity: None,
+                conflict_id: None,
+                reason: reason.map(str::to_owned),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_full_queue_refuses_the_new_op_and_keeps_every_old_one() {
+    let config = SyncConfig {
+        max_queue_size: 3,
+        ..SyncConfig::default()
+    };
+    let mut device = open(config);
+    for n in 0..3 {
+        device.enqueue(T0, T0, session(&format!("s{n}"))).unwrap();
+    }
+    let error = device.enqueue(T0, T0, session("s3")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "queue full: 3 ops queued, limit 3; old ops are kept, this one is refused"
+    );
+    let device = crash(device, 0);
+    assert_eq!(device.queue().count(), 3);
+}
+
+#[test]
+fn an_enqueue_the_store_refuses_returns_an_error_and_leaves_nothing_behind() {
+    let mut device = open(SyncConfig::default());
+    device.store_mut().fail_sync = true;
+    let error = device.enqueue(T0, T0, session("s1")).unwrap_err();
+    assert!(matches!(
+        error,
+        EnqueueError::Store(StoreError::SyncFailed { .. })
+    ));
+    assert_eq!(device.queue().count(), 0);
+    assert!(
+        device
+            .entity(EntityType::FieldSession, &EntityId("s1".into()))
+            .is_none()
+    );
+    device.store_mut().fail_sync = false;
+    device.enqueue(T0, T0, session("s2")).unwrap();
+    let device = crash(device, 0);
+    let ids: Vec<_> = device.queue().map(|e| e.op.entity_id.0.clone()).collect();
+    assert_eq!(ids, vec!["s2"]);
+}
+
+#[test]
+fn a_batch_enqueue_is_all_or_nothing() {
+    let mut device = open(SyncConfig::default());
+    let error = device
+        .enqueue_all(T0, T0, vec![session("s1"), find_log("f1", "nowhere")])
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "field_session_id nowhere does not exist on this device"
+    );
+    assert_eq!(device.queue().count(), 0);
+    let ids = device
+        .enqueue_all(T0, T0, vec![session("s1"), find_log("f1", "s1")])
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    let find = device.queue().find(|e| e.op.op_id == ids[1]).unwrap();
+    assert_eq!(find.op.depends_on, vec![ids[0].clone()]);
+}
+
+#[test]
+fn edits_of_unknown_or_existing_entities_are_refused() {
+    let mut device = open(SyncConfig::default());
+    let error = device
+        .enqueue(T0, T0, update(EntityType::Specimen, "x", json!({"a": 1})))
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "specimen x does not exist on this device"
+    );
+    device.enqueue(T0, T0, session("s1")).unwrap();
+    let error = device.enqueue(T0, T0, session("s1")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "field_session s1 already exists on this device"
+    );
+}
+
+#[test]
+fn an_op_past_the_ttl_expires_with_an_event_and_stays_visible() {
+    let config = SyncConfig {
+        queue_ttl_ms: 7 * DAY_MS,
+        ..SyncConfig::default()
+    };
+    let mut device = open(config);
+    let op_id = device.enqueue(T0, T0, session("s1")).unwrap();
+    device.take_events();
+    assert_eq!(device.next_wake_at(), Some(T0.plus_ms(7 * DAY_MS)));
+    assert_eq!(device.poll(T0.plus_ms(7 * DAY_MS - 1)), None);
+    assert_eq!(status_of(&device, &op_id), Some(Status::Pending));
+    device.poll(T0.plus_ms(7 * DAY_MS));
+    assert_eq!(status_of(&device, &op_id), Some(Status::Expired));
+    let events = device.take_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Op(u) if u.op_id == op_id && u.status == Status::Expired))
+    );
+    // Going online later sends nothing: an expired op is never sent.
+    device.set_online(T0.plus_ms(8 * DAY_MS), true);
+    assert!(matches!(
+        device.poll(T0.plus_ms(8 * DAY_MS)),
+        Some(Request::Pull { .. })
+    ));
+    // And it survives a restart as expired.
+    let device = crash(device, 0);
+    assert_eq!(status_of(&device, &op_id), Some(Status::Expired));
+}
+
+#[test]
+fn dead_lettered_ops_block_their_dependants_until_a_manual_retry() {
+    let config = SyncConfig {
+        max_retries: Some(2),
+        ..SyncConfig::default()
+    };
+    let mut device = open(config);
+    let ids = device
+        .enqueue_all(T0, T0, vec![session("s1"), find_log("f1", "s1")])
+        .unwrap();
+    device.set_online(T0, true);
+    // First attempt: the session alone (the find log is in the same batch, after it).
+    let first = batch(device.poll(T0));
+    assert_eq!(first.ops.len(), 2);
+    device.on_request_failed(T0, "connection reset");
+    let due = device.queue().map(|e| e.next_attempt_at_ms).max().unwrap();
+    assert!(due >= T0.plus_ms(750) && due <= T0.plus_ms(1_250));
+    let second = batch(device.poll(due));
+    assert_eq!(second.ops[0].idempotency_key, first.ops[0].idempotency_key);
+    device.on_request_failed(due, "connection reset");
+    assert_eq!(status_of(&device, &ids[0]), Some(Status::Error));
+    assert_eq!(status_of(&device, &ids[1]), Some(Status::Error));
+    // Both dead (they failed together); retry the session: the find log stays dead.
+    device.retry(due, &ids[0]).unwrap();
+    let third = batch(device.poll(due));
+    assert_eq!(
+        third.ops.iter().map(|o| &o.op_id).collect::<Vec<_>>(),
+        vec![&ids[0]]
+    );
+    device.on_batch_response(due, &answer(&third, OpStatus::Applied, None));
+    assert_eq!(status_of(&device, &ids[0]), None);
+    assert_eq!(device.history().last().unwrap().status, Status::Applied);
+    let error = device.retry(due, &ids[0]).unwrap_err();
+    assert_eq!(error.to_string(), "op d1:0 is not in the queue");
+}
+
+#[test]
+fn a_rejected_parent_blocks_its_children_and_they_are_never_sent() {
+    let mut device = open(SyncConfig::default());
+    let ids = device.enqueue_all(T0, T0, vec![session("s1")]).unwrap();
+    device.set_online(T0, true);
+    let sent = batch(device.poll(T0));
+    // The find log arrives while the session is in flight.
+    let child = device.enqueue(T0, T0, find_log("f1", "s1")).unwrap();
+    device.on_batch_response(T0, &answer(&sent, OpStatus::Rejected, Some("forbidden")));
+    assert_eq!(status_of(&device, &ids[0]), Some(Status::Rejected));
+    let blocked = device.queue().find(|e| e.op.op_id == child).unwrap();
+    assert_eq!(blocked.status, Status::Blocked);
+    assert_eq!(blocked.blocked_by.as_ref(), Some(&ids[0]));
+    assert!(device.take_events().iter().any(|e| matches!(
+        e,
+        Event::Op(u) if u.op_id == child && u.status == Status::Blocked
+    )));
+    // Only a pull goes out now.
+    assert!(matches!(device.poll(T0), Some(Request::Pull { .. })));
+    // After a restart the child is still blocked, still by the session.
+    let device = crash(device, 0);
+    assert_eq!(status_of(&device, &child), Some(Status::Blocked));
+}
+
+#[test]
+fn going_offline_mid_batch_is_not_an_attempt() {
+    let mut device = open(SyncConfig::default());
+    let op_id = device.enqueue(T0, T0, session("s1")).unwrap();
+    device.set_online(T0, true);
+    let sent = batch(device.poll(T0));
+    device.set_online(T0.plus_ms(10), false);
+    let entry = device.queue().find(|e| e.op.op_id == op_id).unwrap();
+    assert_eq!((entry.status, entry.attempts), (Status::Pending, 0));
+    // The late answer to the abandoned batch is ignored; the op goes again under its key.
+    device.on_batch_response(T0.plus_ms(20), &answer(&sent, OpStatus::Applied, None));
+    assert_eq!(status_of(&device, &op_id), Some(Status::Pending));
+    device.set_online(T0.plus_ms(30), true);
+    let again = batch(device.poll(T0.plus_ms(30)));
+    assert_eq!(again.ops[0].idempotency_key, sent.ops[0].idempotency_key);
+    assert_ne!(again.batch_id, sent.batch_id);
+}
+
+#[test]
+fn a_batch_without_an_answer_times_out_and_counts_one_attempt() {
+    let mut device = open(SyncConfig::default());
+    let op_id = device.enqueue(T0, T0, session("s1")).unwrap();
+    device.set_online(T0, true);
+    batch(device.poll(T0));
+    let timeout = device.config().batch_timeout_ms;
+    assert_eq!(device.next_wake_at(), Some(T0.plus_ms(timeout)));
+    // The timeout fails the batch; the next request is a pull (the op backs off).
+    assert!(matches!(
+        device.poll(T0.plus_ms(timeout)),
+        Some(Request::Pull { .. })
+    ));
+    let entry = device.queue().find(|e| e.op.op_id == op_id).unwrap();
+    assert_eq!(entry.attempts, 1);
+    assert_eq!(entry.reason.as_deref(), Some("timeout"));
+}
+
+#[test]
+fn recovery_cuts_a_torn_tail_and_refuses_a_corrupt_log() {
+    let mut device = open(SyncConfig::default());
+    device.enqueue(T0, T0, session("s1")).unwrap();
+    device.store_mut().write(b"half a frame").unwrap();
+    let mut device = crash(device, 5);
+    let events = device.take_events();
+    assert_eq!(
+        events[0],
+        Event::Recovered {
+            ops: 1,
+            torn_tail_bytes: 5
+        }
+    );
+    device.enqueue(T0, T0, session("s2")).unwrap();
+    let mut store = device.into_store();
+    store.corrupt_bit(40);
+    let error = Coordinator::open(
+        DeviceId("d1".into()),
+        2,
+        SyncConfig::default(),
+        store,
+        7,
+        T0,
+    )
+    .unwrap_err();
+    assert!(matches!(
+        error,
+        OpenError::Store(StoreError::Corrupt { offset: 0, .. })
+    ));
+    assert!(
+        error
+            .to_string()
+            .starts_with("queue store: corrupt record at byte 0")
+    );
+}
+
+#[test]
+fn telemetry_follows_the_configuration() {
+    for enabled in [true, false] {
+        let config = SyncConfig {
+            enable_telemetry: enabled,
+            ..SyncConfig::default()
+        };
+        let mut device = open(config);
+        device.enqueue(T0, T0, session("s1")).unwrap();
+        device.set_online(T0, true);
+        let sent = batch(device.poll(T0));
+        device.on_batch_response(T0, &answer(&sent, OpStatus::Applied, None));
+        let kinds: Vec<TelemetryKind> = device
+            .take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Telemetry { kind, .. } => Some(kind),
+                _ => None,
+            })
+            .collect();
+        let expected = if enabled {
+            vec![
+                TelemetryKind::SyncOperationStart,
+                TelemetryKind::SyncBatchSuccess,
+                TelemetryKind::SyncOperationSuccess,
+            ]
+        } else {
+            vec![]
+        };
+        assert_eq!(kinds, expected);
+    }
+}
+
+/// Delivers every request of `device` to `server` until it has nothing to send.
+fn drive(device: &mut Coordinator<SimStore>, server: &mut Server, user: &UserId, now: Millis) {
+    for _ in 0..100 {
+        let Some(request) = device.poll(now) else {
+            return;
+        };
+        match request {
+            Request::Batch(batch) => {
+                let response = server.handle_batch(user, &batch, now).unwrap();
+                device.on_batch_response(now, &response);
+            }
+            Request::Pull { cursor, limit } => {
+                let page = server
+                    .changes(user, Some(device.device_id()), cursor, limit, now)
+                    .unwrap();
+                device.on_pull_response(now, &page);
+            }
+            Request::Resolve {
+                conflict_id,
+                request,
+            } => {
+                let result = server
+                    .resolve_conflict(user, &conflict_id, &request, now)
+                    .map(|_| ())
+                    .map_err(|e| e.code().to_owned());
+                device.on_resolve_response(now, result);
+            }
+        }
+    }
+    panic!("the device kept sending");
+}
+
+fn device(name: &str, config: &SyncConfig) -> Coordinator<SimStore> {
+    Coordinator::open(
+        DeviceId(name.into()),
+        0,
+        config.clone(),
+        SimStore::new(),
+        1,
+        T0,
+    )
+    .unwrap()
+}
+
+#[test]
+fn two_devices_converge_through_the_server_with_a_manual_conflict() {
+    let mut config = SyncConfig::default();
+    config
+        .entities
+        .set_strategy(EntityType::FindLog, crate::conflict::Strategy::Manual);
+    let mut server = Server::new(config.clone());
+    let ann = UserId("ann".into());
+    let mut phone = device("phone", &config);
+    let mut tablet = device("tablet", &config);
+    phone
+        .enqueue_all(T0, T0, vec![session("s1"), find_log("f1", "s1")])
+        .unwrap();
+    phone.set_online(T0, true);
+    drive(&mut phone, &mut server, &ann, T0);
+    tablet.set_online(T0, true);
+    drive(&mut tablet, &mut server, &ann, T0);
+    let f1 = EntityId("f1".into());
+    assert_eq!(
+        tablet.entity(EntityType::FindLog, &f1),
+        phone.entity(EntityType::FindLog, &f1)
+    );
+    // Both edit the find log offline; the phone syncs first, the tablet conflicts.
+    let t1 = T0.plus_ms(1_000);
+    phone.set_online(t1, false);
+    tablet.set_online(t1, false);
+    phone
+        .enqueue(
+            t1,
+            t1,
+            update(EntityType::FindLog, "f1", json!({"note": "jasper"})),
+        )
+        .unwrap();
+    tablet
+        .enqueue(
+            t1,
+            t1,
+            update(EntityType::FindLog, "f1", json!({"note": "chert"})),
+        )
+        .unwrap();
+    // The local view shows the pending edit on top of the replica.
+    assert_eq!(
+        tablet.entity(EntityType::FindLog, &f1).unwrap()["note"],
+        "chert"
+    );
+    phone.set_online(t1, true);
+    drive(&mut phone, &mut server, &ann, t1);
+    tablet.set_online(t1, true);
+    drive(&mut tablet, &mut server, &ann, t1);
+    let conflict: Vec<ConflictId> = tablet
+        .conflicts()
+        .filter(|c| c.open)
+        .map(|c| c.conflict_id.clone())
+        .collect();
+    assert_eq!(conflict.len(), 1);
+    assert_eq!(tablet.monitor().conflict_count, 1);
+    tablet
+        .resolve_conflict(&conflict[0], Resolution::KeepClient, None)
+        .unwrap();
+    drive(&mut tablet, &mut server, &ann, t1);
+    assert_eq!(tablet.monitor().conflict_count, 0);
+    phone.sync_now(t1);
+    drive(&mut phone, &mut server, &ann, t1);
+    for device in [&phone, &tablet] {
+        assert_eq!(
+            device.entity(EntityType::FindLog, &f1).unwrap()["note"],
+            "chert"
+        );
+        assert_eq!(device.stats().pending, 0);
+    }
+    assert_eq!(phone.replica().entities(), tablet.replica().entities());
+}
+
+// ---- the model-based property test -------------------------------------------------------
+
+mod model {
+    use super::*;
+    use crate::ordering;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    pub enum Step {
+        CreateSession,
+        CreateFindLog(usize),
+        CreateTag,
+        Update(usize),
+        Online(bool),
+        Poll,
+        Answer(Vec<u8>),
+        Fail,
+        Advance(u64),
+        Crash(usize),
+        RetryDead,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => Just(Step::CreateSession),
+            3 => any::<usize>().prop_map(Step::CreateFindLog),
+            2 => Just(Step::CreateTag),
+            2 => any::<usize>().prop_map(Step::Update),
+            2 => any::<bool>().prop_map(Step::Online),
+            4 => Just(Step::Poll),
+            4 => prop::collection::vec(0u8..6, 8).prop_map(Step::Answer),
+            1 => Just(Step::Fail),
+            2 => (0u64..20_000).prop_map(Step::Advance),
+            1 => (0usize..80).prop_map(Step::Crash),
+            1 => Just(Step::RetryDead),
+        ]
+    }
+
+    /// What the model knows of each acknowledged op.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Fate {
+        Open,
+        Settled,
+    }
+
+    struct Harness {
+        device: Coordinator<SimStore>,
+        now: Millis,
+        fates: BTreeMap<OpId, Fate>,
+        sessions: Vec<String>,
+        entities: Vec<(EntityType, String)>,
+        last_batch: Option<crate::op::Batch>,
+        incarnation: u64,
+        created: usize,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let config = SyncConfig {
+                batch_size: 4,
+                max_retries: Some(3),
+                max_queue_size: 30,
+                ..SyncConfig::default()
+            };
+            Harness {
+                device: open(config),
+                now: T0,
+                fates: BTreeMap::new(),
+                sessions: Vec::new(),
+                entities: Vec::new(),
+                last_batch: None,
+                incarnation: 0,
+                created: 0,
+            }
+        }
+
+        fn enqueue(&mut self, edit: Edit) {
+            let key = (edit.entity_type, edit.entity_id.0.clone());
+            let is_create = matches!(edit.action, EditAction::Create(_));
+            if let Ok(op_id) = self.device.enqueue(self.now, self.now, edit) {
+                self.fates.insert(op_id, Fate::Open);
+                if is_create {
+                    if key.0 == EntityType::FieldSession {
+                        self.sessions.push(key.1.clone());
+                    }
+                    self.entities.push(key);
+                }
+            }
+        }
+
+        /// The batch the reference rules allow: greedy by (priority, seq) over pending,
+        /// due ops whose open blockers are all earlier in the batch.
+        fn expected_batch(&self) -> Vec<OpId> {
+            let entries: Vec<_> = self.device.queue().collect();
+            let open: BTreeSet<u64> = entries.iter().map(|e| e.seq).collect();
+            let mut chosen: Vec<u64> = Vec::new();
+            while chosen.len() < self.device.config().batch_size {
+                let next = entries
+                    .iter()
+                    .filter(|e| e.status == Status::Pending && e.next_attempt_at_ms <= self.now)
+                    .filter(|e| !chosen.contains(&e.seq))
+                    .filter(|e| {
+                        e.blockers
+                            .iter()
+                            .all(|b| !open.contains(b) || chosen.contains(b))
+                    })
+                    .min_by_key(|e| (e.op.priority, e.seq));
+                match next {
+                    Some(e) => chosen.push(e.seq),
+                    None => break,
+                }
+            }
+            chosen
+                .iter()
+                .map(|seq| {
+                    entries
+                        .iter()
+                        .find(|e| e.seq == *seq)
+                        .unwrap()
+                        .op
+                        .op_id
+                        .clone()
+                })
+                .collect()
+        }
+
+        fn run(&mut self, step: Step) -> Result<(), TestCaseError> {
+            match step {
+                Step::CreateSession => {
+                    self.created += 1;
+                    self.enqueue(session(&format!("s{}", self.created)));
+                }
+                Step::CreateTag => {
+                    self.created += 1;
+                    let id = format!("t{}", self.created);
+                    self.enqueue(create(EntityType::Tag, &id, json!({"label": "quartz"})));
+                }
+                Step::CreateFindLog(pick) => {
+                    if !self.sessions.is_empty() {
+                        let parent = self.sessions[pick % self.sessions.len()].clone();
+                        self.created += 1;
+                        self.enqueue(find_log(&format!("f{}", self.created), &parent));
+                    }
+                }
+                Step::Update(pick) => {
+                    if !self.entities.is_empty() {
+                        let (entity_type, id) = self.entities[pick % self.entities.len()].clone();
+                        self.enqueue(update(entity_type, &id, json!({"note": pick % 97})));
+                    }
+                }
+                Step::Online(online) => self.device.set_online(self.now, online),
+                Step::Poll => {
+                    self.device.tick(self.now);
+                    let expected = self.expected_batch();
+                    let in_flight = self.device.state().syncing;
+                    match self.device.poll(self.now) {
+                        Some(Request::Batch(batch)) => {
+                            let sent: Vec<OpId> =
+                                batch.ops.iter().map(|o| o.op_id.clone()).collect();
+                            prop_assert!(!in_flight);
+                            prop_assert_eq!(sent, expected, "batch order");
+                            // And the reference ordering module agrees on the dependencies.
+                            let pending: Vec<ordering::Pending> = batch
+                                .ops
+                                .iter()
+                                .enumerate()
+                                .map(|(i, op)| ordering::Pending {
+                                    op_id: op.op_id.clone(),
+                                    entity: (op.entity_type, op.entity_id.clone()),
+                                    priority: op.priority,
+                                    seq: i as u64,
+                                    depends_on: op.depends_on.clone(),
+                                })
+                                .collect();
+                            let order = ordering::batch_order(&pending, pending.len());
+                            prop_assert_eq!(order.len(), pending.len(), "batch is a valid order");
+                            self.last_batch = Some(batch);
+                        }
+                        Some(Request::Pull { .. }) => {
+                            self.device.on_pull_response(
+                                self.now,
+                                &crate::server::wire::ChangesPage {
+                                    changes: vec![],
+                                    next_cursor: 0,
+                                    has_more: false,
+                                },
+                            );
+                        }
+                        Some(Request::Resolve { .. }) => {
+                            self.device.on_resolve_response(self.now, Ok(()))
+                        }
+                        None => {
+                            if self.device.is_online() && !in_flight {
+                                prop_assert!(expected.is_empty(), "ready ops left unsent");
+                            }
+                        }
+                    }
+                }
+                Step::Answer(codes) => {
+                    if let Some(batch) = self.last_batch.take() {
+                        let results = batch
+                            .ops
+                            .iter()
+                            .zip(codes.iter().cycle())
+                            .map(|(op, code)| {
+                                let (status, reason, conflict) = match code {
+                                    0 | 1 => (OpStatus::Applied, None, None),
+                                    2 => (OpStatus::Duplicate, None, None),
+                                    3 => (
+                                        OpStatus::Conflict,
+                                        Some("server_kept"),
+                                        Some(ConflictId(format!("c-{}", op.op_id))),
+                                    ),
+                                    4 => (OpStatus::Rejected, Some("forbidden"), None),
+                                    _ => (OpStatus::Retry, Some("storage_full"), None),
+                                };
+                                OpResult {
+                                    op_id: op.op_id.clone(),
+                                    status,
+                                    version: matches!(
+                                        status,
+                                        OpStatus::Applied
+                                            | OpStatus::Duplicate
+                                            | OpStatus::Conflict
+                                    )
+                                    .then_some(op.base_version + 1),
+                                    entity: None,
+                                    conflict_id: conflict,
+                                    reason: reason.map(str::to_owned),
+                                }
+                            })
+                            .collect();
+                        self.device.on_batch_response(
+                            self.now,
+                            &BatchResponse {
+                                batch_id: batch.batch_id,
+                                server_time_ms: self.now,
+                                results,
+                            },
+                        );
+                    }
+                }
+                Step::Fail => self.device.on_request_failed(self.now, "connection reset"),
+                Step::Advance(ms) => self.now = self.now.plus_ms(ms),
+                Step::Crash(torn) => {
+                    self.incarnation += 1;
+                    let config = self.device.config().clone();
+                    let device = std::mem::replace(&mut self.device, open(config.clone()));
+                    let mut store = device.into_store();
+                    store.write(b"an append cut short by the crash").unwrap();
+                    store.torn_bytes_on_crash = torn;
+                    store.crash();
+                    self.device = Coordinator::open(
+                        DeviceId("d1".into()),
+                        self.incarnation,
+                        config,
+                        store,
+                        self.incarnation,
+                        self.now,
+                    )
+                    .expect("recovery after a crash");
+                    self.last_batch = None;
+                    // The replica is a cache: entities known only from it are forgotten
+                    // until the next pull, so the model forgets settled creates.
+                    let device = &self.device;
+                    self.entities
+                        .retain(|(t, id)| device.entity(*t, &EntityId(id.clone())).is_some());
+                    self.sessions.retain(|id| {
+                        device
+                            .entity(EntityType::FieldSession, &EntityId(id.clone()))
+                            .is_some()
+                    });
+                }
+                Step::RetryDead => {
+                    let dead = self
+                        .device
+                        .queue()
+                        .find(|e| e.status == Status::Error)
+                        .map(|e| e.op.op_id.clone());
+                    if let Some(op_id) = dead {
+                        self.device.retry(self.now, &op_id).unwrap();
+                    }
+                }
+            }
+            self.check()
+        }
+
+        fn check(&mut self) -> Result<(), TestCaseError> {
+            let backoff = self.device.config().backoff;
+            for event in self.device.take_events() {
+                if let Event::Op(update) = event {
+                    let fate = self.fates.get_mut(&update.op_id);
+                    prop_assert!(
+                        fate.is_some(),
+                        "event for an op never acknowledged: {}",
+                        update.op_id
+                    );
+                    let fate = fate.unwrap();
+                    prop_assert_eq!(
+                        *fate,
+                        Fate::Open,
+                        "op {} changed after it settled",
+                        &update.op_id
+                    );
+                    if update.status.is_settled() {
+                        *fate = Fate::Settled;
+                    }
+                    if let Some(delay) = update.delay_ms {
+                        prop_assert!(
+                            backoff.envelope_ms(update.attempts).contains(&delay),
+                            "delay {} after {} failures",
+                            delay,
+                            update.attempts
+                        );
+                    }
+                }
+            }
+            let queued: BTreeSet<OpId> = self.device.queue().map(|e| e.op.op_id.clone()).collect();
+            prop_assert_eq!(
+                queued.len(),
+                self.device.queue().count(),
+                "an op is queued twice"
+            );
+            for (op_id, fate) in &self.fates {
+                match fate {
+                    Fate::Open => {
+                        prop_assert!(queued.contains(op_id), "acknowledged op {} vanished", op_id)
+                    }
+                    Fate::Settled => {
+                        prop_assert!(!queued.contains(op_id), "settled op {} is queued", op_id)
+                    }
+                }
+            }
+            for entry in self.device.queue() {
+                prop_assert!(
+                    self.fates.contains_key(&entry.op.op_id),
+                    "unacknowledged op {} surfaced",
+                    &entry.op.op_id
+                );
+                if let Some(max) = self.device.config().max_retries {
+                    prop_assert!(entry.attempts <= max);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        #[test]
+        fn the_queue_matches_its_model_through_crashes(steps in prop::collection::vec(step(), 1..80)) {
+            let mut harness = Harness::new();
+            for step in steps {
+                harness.run(step)?;
+            }
+        }
+    }
+}
