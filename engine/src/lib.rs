@@ -9,7 +9,8 @@
 //! catalogue of the eleven entity types), [`op`] (the operation on the wire and its validation),
 //! [`checksum`] (RFC 8785 canonical JSON and SHA-256), [`delta`] (RFC 7396 merge patches),
 //! [`backoff`] (the retry schedule), [`ordering`] (readiness and batch order), [`conflict`]
-//! (the six strategies) and [`config`] (`SyncConfig` and its presets).
+//! (the six strategies) and [`config`] (`SyncConfig` and its presets). Then the two sides:
+//! [`server`] and [`client`]. [`planted`] lists the bugs negative tests plant.
 
 pub mod backoff;
 pub mod checksum;
@@ -21,6 +22,7 @@ pub mod entity;
 pub mod ids;
 pub mod op;
 pub mod ordering;
+pub mod planted;
 pub mod server;
 pub mod time;
 

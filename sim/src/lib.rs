@@ -1,9 +1,19 @@
-//! The Rockhound simulation harness and the I/O around the sans-IO engine.
+//! The Rockhound simulation harness: the engine's server behind its HTTP API, devices running
+//! the engine's coordinator, all inside one seeded turmoil world with faults, and the
+//! checkers that judge a run from its trace.
 //!
-//! Today this crate holds the HTTP layer: [`http::router`] serves the API of SPEC §3.5 over
-//! any listener (a real tokio socket for `rockhound serve`, simulated TCP in the harness),
-//! [`http::client`] speaks HTTP/1.1 over any byte stream, and [`file_store`] is the
-//! real, fsyncing implementation of the client queue's storage seam.
+//! Read in this order: [`spec`] (what a run is), [`world`] (how it runs), [`device`] (one
+//! simulated device), [`workload`] (what users do and what goes wrong), [`trace`] (what is
+//! recorded), [`checkers`] (what must hold) and [`runner`] (seeds, determinism re-runs).
+//! [`http`] and [`file_store`] are the real server's and client's I/O.
 
+pub mod checkers;
+pub mod device;
 pub mod file_store;
 pub mod http;
+pub mod net;
+pub mod runner;
+pub mod spec;
+pub mod trace;
+pub mod workload;
+pub mod world;

@@ -22,6 +22,7 @@ use crate::config::SyncConfig;
 use crate::entity::EntityType;
 use crate::ids::{BatchId, ConflictId, DeviceId, EntityId, IdempotencyKey, OpId};
 use crate::op::{BATCH_OP_COUNT_MAX, Batch, Op, OpError, OpKind};
+use crate::planted::Planted;
 use crate::server::wire::{BatchResponse, ChangesPage, OpStatus, Resolution, ResolveRequest};
 use crate::time::Millis;
 use rand::SeedableRng;
@@ -213,6 +214,7 @@ pub struct Coordinator<S: QueueStore> {
     last_sync_at: Option<Millis>,
     last_error: Option<String>,
     events: Vec<Event>,
+    planted: Planted,
 }
 
 impl<S: QueueStore> Coordinator<S> {
@@ -265,6 +267,7 @@ impl<S: QueueStore> Coordinator<S> {
             last_sync_at: None,
             last_error: None,
             events: Vec::new(),
+            planted: Planted::default(),
             config,
         };
         coordinator.events.push(Event::Recovered {
@@ -277,6 +280,11 @@ impl<S: QueueStore> Coordinator<S> {
     /// The device.
     pub fn device_id(&self) -> &DeviceId {
         &self.device_id
+    }
+
+    /// Plants bugs for a negative test (see [`crate::planted`]).
+    pub fn plant(&mut self, planted: Planted) {
+        self.planted = planted;
     }
 
     /// The configuration in force.
@@ -576,6 +584,7 @@ impl<S: QueueStore> Coordinator<S> {
             return;
         }
         match self.in_flight.take() {
+            Some((InFlight::Batch { .. }, _)) if self.planted.client_strands_in_flight_offline => {}
             Some((InFlight::Batch { seqs, .. }, _)) => {
                 for seq in seqs {
                     self.queue.requeue(seq);
@@ -626,7 +635,13 @@ impl<S: QueueStore> Coordinator<S> {
                 request,
             });
         }
-        let seqs = self.queue.select(self.config.batch_size);
+        let mut seqs = self.queue.select(self.config.batch_size);
+        if self.planted.client_ignores_priority {
+            seqs.sort_unstable();
+        }
+        if self.planted.client_sends_child_before_parent {
+            seqs.reverse();
+        }
         if !seqs.is_empty() {
             return Some(self.send_batch(seqs, deadline));
         }
@@ -769,7 +784,10 @@ impl<S: QueueStore> Coordinator<S> {
         let attempts = entry.attempts + 1;
         let op_id = entry.op.op_id.clone();
         let dead = self.config.max_retries.is_some_and(|max| attempts >= max);
-        let delay_ms = self.config.backoff.delay_ms(attempts, &mut self.rng);
+        let mut delay_ms = self.config.backoff.delay_ms(attempts, &mut self.rng);
+        if self.planted.client_retries_immediately {
+            delay_ms = 0;
+        }
         let next_attempt_at_ms = now.plus_ms(delay_ms);
         let blocked = self
             .queue
@@ -1032,6 +1050,9 @@ impl<S: QueueStore> Coordinator<S> {
         self.last_sync_at = Some(now);
         self.pull_failures = 0;
         for change in &page.changes {
+            if change.deleted && self.planted.client_ignores_pulled_deletes {
+                continue;
+            }
             if self.replica.apply_change(change) {
                 self.events.push(Event::EntityChanged {
                     entity_type: change.entity_type,

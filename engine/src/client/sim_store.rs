@@ -18,6 +18,8 @@ pub struct SimStore {
     pub fail_sync: bool,
     /// How many bytes of the unsynced writes the next crash leaves behind as a torn tail.
     pub torn_bytes_on_crash: usize,
+    /// A planted bug: `append` acknowledges without syncing (see [`crate::planted`]).
+    pub acks_before_fsync: bool,
 }
 
 impl SimStore {
@@ -77,6 +79,9 @@ impl QueueStore for SimStore {
         let frame = encode_frame(record)?;
         let volatile_len = self.volatile.len();
         self.write(&frame)?;
+        if self.acks_before_fsync {
+            return Ok(());
+        }
         self.sync().inspect_err(|_| {
             // A refused append must not surface later (the next successful fsync would
             // otherwise make it durable): the store takes the frame back.

@@ -14,6 +14,7 @@ use crate::conflict::{self, Decision, Detection, ServerEntity, Strategy, Write};
 use crate::delta;
 use crate::ids::{ConflictId, DeviceId, EntityId, UserId, check_id};
 use crate::op::{BATCH_OP_COUNT_MAX, Batch, Op, OpError, OpKind};
+use crate::planted::Planted;
 use crate::time::{DAY_MS, HOUR_MS, Millis};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -107,6 +108,7 @@ impl RequestError {
 pub struct Server<S: ServerStore = MemoryStore> {
     config: SyncConfig,
     store: S,
+    planted: Planted,
 }
 
 /// What `cleanup` removed.
@@ -134,7 +136,16 @@ impl Server<MemoryStore> {
 impl<S: ServerStore> Server<S> {
     /// A server over an existing store (after a restart, say).
     pub fn with_store(config: SyncConfig, store: S) -> Server<S> {
-        Server { config, store }
+        Server {
+            config,
+            store,
+            planted: Planted::default(),
+        }
+    }
+
+    /// Plants bugs for a negative test (see [`crate::planted`]).
+    pub fn plant(&mut self, planted: Planted) {
+        self.planted = planted;
     }
 
     /// The configuration in force.
@@ -171,7 +182,12 @@ impl<S: ServerStore> Server<S> {
             .map_err(|e| RequestError::invalid(e.to_string()))?;
         check_id("device_id", batch.device_id.as_str())
             .map_err(|e| RequestError::invalid(e.to_string()))?;
-        if let Err(error) = batch.verify_checksum() {
+        let checked = if self.planted.server_skips_checksums {
+            Ok(())
+        } else {
+            batch.verify_checksum()
+        };
+        if let Err(error) = checked {
             return Err(match error {
                 OpError::ChecksumFormat { .. } => RequestError::invalid(format!("batch {error}")),
                 _ => RequestError::ChecksumMismatch {
@@ -308,12 +324,15 @@ impl<S: ServerStore> Server<S> {
             status: result.status.as_str().to_owned(),
             reason: result.reason.clone(),
             version: result.version,
-            write: outcome.entity.as_ref().map(|_| replay::LoggedWrite::Op {
+            // Every decided op is logged with its write, including those that changed
+            // nothing (a kept server state, a manual conflict), so that the reference replay
+            // can check every decision, not only the effective ones.
+            write: outcome.strategy.map(|strategy| replay::LoggedWrite::Op {
                 kind: op.kind,
                 base_version: op.base_version,
                 payload: op.payload.clone(),
                 client_timestamp_ms: op.client_timestamp_ms,
-                strategy: outcome.strategy,
+                strategy: Some(strategy),
             }),
         };
         let mut device = self.device_state(user, &batch.device_id);
@@ -364,12 +383,13 @@ impl<S: ServerStore> Server<S> {
         if op.validate().is_err() {
             return reject("invalid_op");
         }
-        if op.verify_checksum().is_err() {
+        if op.verify_checksum().is_err() && !self.planted.server_skips_checksums {
             return OpOutcome::answer(op, OpStatus::Rejected, "checksum_mismatch", false);
         }
         if let Some(record) = tables
             .sync_idempotency_keys
             .get(&(user.clone(), op.idempotency_key.clone()))
+            .filter(|_| !self.planted.server_ignores_idempotency)
         {
             if record.op_checksum != op.checksum {
                 return OpOutcome::answer(op, OpStatus::Rejected, "idempotency_key_reused", false);
@@ -432,8 +452,11 @@ impl<S: ServerStore> Server<S> {
         }
 
         let server = stored.map(|s| &s.state);
-        let write = Write::of(op, &batch.device_id);
+        let mut write = Write::of(op, &batch.device_id);
         let strategy = self.config.entities.rules(op.entity_type).strategy;
+        if self.planted.server_lww_uses_server_clock && strategy == Strategy::LatestTimestamp {
+            write.timestamp_ms = now;
+        }
         let (decision, case) = match conflict::detect(server, &write) {
             Detection::Invalid(invalid) => return reject(&invalid.to_string()),
             Detection::Clean => (conflict::apply_clean(server, &write), None),
@@ -541,6 +564,18 @@ impl<S: ServerStore> Server<S> {
         }
         let has_more = entries.next().is_some();
         let next_cursor = changes.last().map_or(since, |c| c.cursor);
+        if self.planted.server_leaks_other_users {
+            if let Some((key, stored)) = tables.entities.iter().find(|(_, s)| &s.owner != user) {
+                changes.push(Change {
+                    cursor: since,
+                    entity_type: key.0,
+                    entity_id: key.1.clone(),
+                    version: stored.state.version,
+                    deleted: stored.state.deleted,
+                    entity: stored.state.to_value(),
+                });
+            }
+        }
         if let Some(device_id) = device_id {
             let mut device = self.device_state(user, device_id);
             device.pull_cursor = next_cursor;
@@ -782,7 +817,7 @@ fn retain_counting<K: Ord, V>(
 }
 
 /// The decision code carried as `reason` on a conflict result.
-fn decision_code(decision: &Decision, strategy: Strategy) -> &'static str {
+pub fn decision_code(decision: &Decision, strategy: Strategy) -> &'static str {
     match (decision, strategy) {
         (Decision::Write { .. }, Strategy::FieldLevel | Strategy::Merge) => "merged",
         (Decision::Write { .. }, _) => "client_applied",

@@ -7,7 +7,8 @@
 //! The simulation's convergence checker and the server property test both use it.
 
 use super::tables::{EntityKey, Tables};
-use crate::conflict::{self, Detection, ServerEntity, Strategy, Write};
+use super::wire::HistoryRow;
+use crate::conflict::{self, Decision, Detection, ServerEntity, Strategy, Write};
 use crate::op::OpKind;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -52,11 +53,30 @@ pub struct ReplayMismatch {
     pub detail: String,
 }
 
+/// What a replay of the commit log gives: every entity, and for each row that carried a
+/// write, the reference decision (`None` for a clean write, else the decision code a
+/// conflict result carries).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Replayed {
+    /// The entities as the log builds them.
+    pub entities: BTreeMap<EntityKey, ServerEntity>,
+    /// `(row seq, reference decision code)` for each row with an op write, in commit order.
+    pub decisions: Vec<(u64, Option<&'static str>)>,
+}
+
 /// Rebuilds every entity from the history rows, in commit order.
 pub fn replay(tables: &Tables) -> Result<BTreeMap<EntityKey, ServerEntity>, ReplayMismatch> {
     let mut rows: Vec<_> = tables.sync_history.values().collect();
     rows.sort_by_key(|row| row.seq);
-    let mut model: BTreeMap<EntityKey, ServerEntity> = BTreeMap::new();
+    replay_rows(rows).map(|replayed| replayed.entities)
+}
+
+/// Replays history rows given in commit order with the pure conflict functions alone.
+pub fn replay_rows<'a>(
+    rows: impl IntoIterator<Item = &'a HistoryRow>,
+) -> Result<Replayed, ReplayMismatch> {
+    let mut replayed = Replayed::default();
+    let model = &mut replayed.entities;
     for row in rows {
         let key = (row.entity_type, row.entity_id.clone());
         let mismatch = |detail: String| ReplayMismatch {
@@ -84,17 +104,20 @@ pub fn replay(tables: &Tables) -> Result<BTreeMap<EntityKey, ServerEntity>, Repl
                     device_id: &row.device_id,
                 };
                 let server = model.get(&key);
-                let decision = match conflict::detect(server, &write) {
-                    Detection::Clean => conflict::apply_clean(server, &write),
+                let (decision, code) = match conflict::detect(server, &write) {
+                    Detection::Clean => (conflict::apply_clean(server, &write), None),
                     Detection::Conflict(case) => {
                         let strategy = strategy
                             .ok_or_else(|| mismatch(format!("row {} has no strategy", row.seq)))?;
-                        conflict::resolve(
+                        let decision = conflict::resolve(
                             strategy,
                             case,
                             server.expect("conflicts need an entity"),
                             &write,
-                        )
+                        );
+                        let code = (decision != Decision::AlreadyDone)
+                            .then(|| super::decision_code(&decision, strategy));
+                        (decision, code)
                     }
                     Detection::Invalid(invalid) => {
                         return Err(mismatch(format!(
@@ -103,13 +126,14 @@ pub fn replay(tables: &Tables) -> Result<BTreeMap<EntityKey, ServerEntity>, Repl
                         )));
                     }
                 };
+                replayed.decisions.push((row.seq, code));
                 if let Some(next) = conflict::commit(server, &decision, &write) {
                     model.insert(key.clone(), next);
                 }
             }
         }
     }
-    Ok(model)
+    Ok(replayed)
 }
 
 /// Checks that the server's entities equal the replay of its commit log.

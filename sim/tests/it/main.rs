@@ -1,3 +1,4 @@
 //! Integration tests of `rockhound-sim`, one binary (one `mod` per area).
 
 mod http;
+mod world;

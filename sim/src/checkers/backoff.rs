@@ -1,0 +1,68 @@
+//! Backoff conformance: every retry delay lies in the schedule's jitter envelope for its
+//! attempt number, and no op goes out again before its retry time.
+
+use super::{Facts, Violation};
+use crate::trace::TraceEvent;
+use rockhound_engine::Millis;
+use rockhound_engine::client::observe::Event;
+use rockhound_engine::ids::OpId;
+use std::collections::BTreeMap;
+
+/// Runs the checker.
+pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
+    let policy = facts.config.backoff;
+    let mut violations = Vec::new();
+    // op → (retry time, line of the event that scheduled it)
+    let mut not_before: BTreeMap<&OpId, (Millis, usize)> = BTreeMap::new();
+    for (index, line) in facts.lines.iter().enumerate() {
+        let TraceEvent::Client { event } = &line.event else {
+            continue;
+        };
+        match event {
+            Event::Op(update) => {
+                if let (Some(delay), Some(at)) = (update.delay_ms, update.next_attempt_at_ms) {
+                    let envelope = policy.envelope_ms(update.attempts.max(1));
+                    if !envelope.contains(&delay) {
+                        violations.push(facts.violation(
+                            "backoff",
+                            index,
+                            format!(
+                                "{} waits {delay} ms after failure {}, outside the envelope {}..={} ms",
+                                update.op_id,
+                                update.attempts,
+                                envelope.start(),
+                                envelope.end()
+                            ),
+                            &[index],
+                        ));
+                    }
+                    not_before.insert(&update.op_id, (at, index));
+                } else if update.attempts == 0 {
+                    // A manual retry starts the schedule again.
+                    not_before.remove(&update.op_id);
+                }
+            }
+            Event::BatchSent { batch_id, op_ids } => {
+                let now = Millis(facts.epoch_ms + line.t_ms);
+                for op_id in op_ids {
+                    if let Some((at, scheduled)) = not_before.remove(op_id) {
+                        if now < at {
+                            violations.push(facts.violation(
+                                "backoff",
+                                index,
+                                format!(
+                                    "batch {batch_id} sends {op_id} at {} ms, {} ms before its retry time",
+                                    line.t_ms,
+                                    at.since_ms(now)
+                                ),
+                                &[scheduled, index],
+                            ));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    violations
+}

@@ -1,0 +1,56 @@
+//! Conflict oracle: every decision the server made equals the reference strategy's decision,
+//! recomputed by replaying the commit log with the pure conflict functions.
+
+use super::{Facts, Violation};
+use rockhound_engine::server::replay::replay_rows;
+use std::collections::BTreeMap;
+
+/// Runs the checker.
+pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
+    let rows: Vec<_> = facts.commits.iter().map(|(_, _, row)| *row).collect();
+    let replayed = match replay_rows(rows) {
+        Ok(replayed) => replayed,
+        Err(mismatch) => {
+            return vec![facts.violation(
+                "conflict_oracle",
+                facts.end_line,
+                mismatch.to_string(),
+                &[],
+            )];
+        }
+    };
+    let by_seq: BTreeMap<u64, (usize, &rockhound_engine::server::wire::HistoryRow)> = facts
+        .commits
+        .iter()
+        .map(|(line, _, row)| (row.seq, (*line, *row)))
+        .collect();
+    let mut violations = Vec::new();
+    for (seq, reference) in replayed.decisions {
+        let (line, row) = by_seq[&seq];
+        let server = match row.status.as_str() {
+            "conflict" => row.reason.as_deref(),
+            _ => None,
+        };
+        if server != reference {
+            let describe = |code: Option<&str>| {
+                code.map_or("a clean write".to_owned(), |c| {
+                    format!("conflict decided {c}")
+                })
+            };
+            violations.push(facts.violation(
+                "conflict_oracle",
+                line,
+                format!(
+                    "commit {seq} ({} {} by {}) was {}, the reference strategy gives {}",
+                    row.entity_type,
+                    row.entity_id,
+                    row.op_id.as_ref().map_or("?", |o| o.as_str()),
+                    describe(server),
+                    describe(reference)
+                ),
+                &[line],
+            ));
+        }
+    }
+    violations
+}

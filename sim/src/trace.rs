@@ -1,0 +1,223 @@
+//! The trace: every event of a run, in order, with its simulated time and host. Written as
+//! JSON Lines (`{"t_ms":…,"host":…,"kind":…,…}`); its SHA-256 is the run's digest. The
+//! checkers read the typed events; nothing in a trace depends on the wall clock, so the same
+//! seed, scenario and build give the same bytes.
+
+use crate::spec::Action;
+use rockhound_engine::client::Status;
+use rockhound_engine::client::observe::Event;
+use rockhound_engine::ids::{EntityId, OpId};
+use rockhound_engine::planted::Planted;
+use rockhound_engine::server::wire::HistoryRow;
+use rockhound_engine::{EntityType, SyncConfig};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+
+/// Most trace lines one run records; a run that needs more is cut short with an error.
+pub const TRACE_LINE_COUNT_MAX: usize = 20_000_000;
+
+/// One line of the trace.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TraceLine {
+    /// Simulated ms since the start of the run.
+    pub t_ms: u64,
+    /// `world`, `server` or a device name.
+    pub host: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: TraceEvent,
+}
+
+/// One entity as a replica or the server holds it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EntitySnapshot {
+    /// Its type.
+    pub entity_type: EntityType,
+    /// Its id.
+    pub entity_id: EntityId,
+    /// Its version.
+    pub version: u64,
+    /// Whether it is a tombstone.
+    pub deleted: bool,
+    /// Its fields (`null` for a tombstone).
+    pub entity: Value,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TraceEvent {
+    /// The run starts.
+    Run {
+        /// The seed.
+        seed: u64,
+        /// The scenario's name.
+        scenario: String,
+        /// `(user, device)` pairs.
+        devices: Vec<(String, String)>,
+        /// The configuration in force.
+        config: Box<SyncConfig>,
+        /// Simulated wall-clock time at t = 0.
+        epoch_ms: u64,
+        /// Planted bugs (negative runs).
+        planted: Planted,
+    },
+    /// A phase begins (`safety`, `liveness`).
+    Phase {
+        /// Its name.
+        phase: &'static str,
+    },
+    /// A scripted or generated step is applied.
+    Step {
+        /// The step.
+        action: Action,
+    },
+    /// A user edit was refused (not enqueued).
+    Refused {
+        /// The entity's type.
+        entity_type: EntityType,
+        /// The entity.
+        entity_id: EntityId,
+        /// Why.
+        error: String,
+    },
+    /// An event of a device's coordinator.
+    Client {
+        /// The event.
+        event: Event,
+    },
+    /// What the trace needs of a freshly enqueued op beyond the coordinator's event.
+    Sealed {
+        /// The op.
+        op_id: OpId,
+        /// SHA-256 of the op's canonical payload.
+        payload_sha256: String,
+        /// Its wire dependencies.
+        depends_on: Vec<OpId>,
+    },
+    /// The network did something to a request (`request_lost`, `answer_lost`,
+    /// `duplicated`, `corrupted`, `replayed`, `partitioned`).
+    Net {
+        /// What.
+        what: &'static str,
+        /// `batch`, `pull`, `resolve`, `forge`.
+        request: &'static str,
+    },
+    /// A request was answered with an error status.
+    HttpError {
+        /// `batch`, `pull`, `resolve`, `forge`.
+        request: &'static str,
+        /// The status.
+        status: u16,
+        /// The body's error code.
+        code: String,
+    },
+    /// A batch answer, op by op.
+    Answered {
+        /// `(op, status, reason)`.
+        results: Vec<(OpId, String, Option<String>)>,
+    },
+    /// The entities a pull page delivered.
+    Pulled {
+        /// Their keys.
+        keys: Vec<(EntityType, EntityId)>,
+    },
+    /// The device process died.
+    Crashed {
+        /// Bytes of a half-written record left on disk.
+        torn_bytes: usize,
+    },
+    /// The device process started again.
+    Restarted {
+        /// Its incarnation.
+        incarnation: u64,
+        /// Why it could not start, if it could not.
+        error: Option<String>,
+    },
+    /// Every device drained and matches the server.
+    Converged,
+    /// A device at the end of the run.
+    FinalDevice {
+        /// Its user.
+        user: String,
+        /// Its queue: `(op, status)`.
+        queue: Vec<(OpId, Status)>,
+        /// Its replica.
+        replica: Vec<EntitySnapshot>,
+    },
+    /// A row of the server's commit log at the end of the run.
+    FinalCommit {
+        /// The user.
+        user: String,
+        /// The row.
+        row: Box<HistoryRow>,
+    },
+    /// An entity on the server at the end of the run.
+    FinalEntity {
+        /// Its owner.
+        owner: String,
+        /// The entity.
+        snapshot: EntitySnapshot,
+    },
+    /// The run ends.
+    End,
+}
+
+impl TraceLine {
+    /// The line as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("trace lines always serialize")
+    }
+}
+
+/// A trace being recorded.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// Every line so far.
+    pub lines: Vec<TraceLine>,
+    overflowed: bool,
+}
+
+impl Trace {
+    /// Appends a line.
+    pub fn record(&mut self, t_ms: u64, host: &str, event: TraceEvent) {
+        if self.lines.len() >= TRACE_LINE_COUNT_MAX {
+            self.overflowed = true;
+            return;
+        }
+        self.lines.push(TraceLine {
+            t_ms,
+            host: host.to_owned(),
+            event,
+        });
+    }
+
+    /// Whether lines were dropped at the limit.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    /// Writes the JSON Lines and returns their SHA-256 (lowercase hex).
+    pub fn write_jsonl(&self, mut out: impl Write) -> std::io::Result<String> {
+        let mut hasher = Sha256::new();
+        for line in &self.lines {
+            let mut json = line.to_json();
+            json.push('\n');
+            hasher.update(json.as_bytes());
+            out.write_all(json.as_bytes())?;
+        }
+        Ok(hasher
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect())
+    }
+
+    /// The SHA-256 of the JSON Lines, without writing them anywhere.
+    pub fn digest(&self) -> String {
+        self.write_jsonl(std::io::sink())
+            .expect("a sink never fails")
+    }
+}
