@@ -13,6 +13,7 @@ pub mod file_store;
 pub mod http;
 pub mod net;
 pub mod runner;
+pub mod scenario;
 pub mod spec;
 pub mod trace;
 pub mod workload;

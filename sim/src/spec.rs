@@ -206,9 +206,9 @@ impl Default for SimSpec {
     }
 }
 
-/// One scripted step.
+/// One scripted step. (Unknown keys are refused by [`Action`]'s variants: serde cannot
+/// refuse them on a struct with a flattened field.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Step {
     /// When, in simulated ms from the start.
     pub at_ms: u64,
@@ -543,8 +543,32 @@ pub struct ValueSpec {
 
 /// Why a spec cannot run.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SpecError(pub String);
+#[error("{message}")]
+pub struct SpecError {
+    /// The key at fault, when known (`sim.tick_ms`, `steps[3]`), so that a file loader can
+    /// point at its line.
+    pub path: Option<String>,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+impl SpecError {
+    /// An error about the whole spec.
+    pub fn new(message: impl Into<String>) -> SpecError {
+        SpecError {
+            path: None,
+            message: message.into(),
+        }
+    }
+
+    /// An error about one key.
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> SpecError {
+        SpecError {
+            path: Some(path.into()),
+            message: message.into(),
+        }
+    }
+}
 
 impl RunSpec {
     /// Every device with its user, in declaration order.
@@ -558,69 +582,90 @@ impl RunSpec {
     /// Checks references and limits: unknown devices, duplicate names, impossible
     /// timelines, bad rates.
     pub fn validate(&self) -> Result<SyncConfig, SpecError> {
-        let fail = |message: String| Err(SpecError(message));
+        let fail = |path: &str, message: String| Err(SpecError::at(path, message));
         if self.users.is_empty() {
-            return fail("a scenario needs at least one user".into());
+            return fail("users", "a scenario needs at least one user".into());
         }
         let devices = self.devices();
         if devices.is_empty() {
-            return fail("a scenario needs at least one device".into());
+            return fail("users", "a scenario needs at least one device".into());
         }
         if devices.len() > DEVICE_COUNT_MAX {
-            return fail(format!(
-                "{} devices, more than the limit of {DEVICE_COUNT_MAX}",
-                devices.len()
-            ));
+            return fail(
+                "users",
+                format!(
+                    "{} devices, more than the limit of {DEVICE_COUNT_MAX}",
+                    devices.len()
+                ),
+            );
         }
         let mut names = BTreeMap::new();
         for user in &self.users {
             rockhound_engine::ids::check_id("user name", &user.name)
-                .map_err(|e| SpecError(e.to_string()))?;
+                .map_err(|e| SpecError::new(e.to_string()))?;
             for device in &user.devices {
                 rockhound_engine::ids::check_id("device name", device)
-                    .map_err(|e| SpecError(e.to_string()))?;
+                    .map_err(|e| SpecError::new(e.to_string()))?;
                 if device == "server" {
-                    return fail("\"server\" is reserved; name the device something else".into());
+                    return fail(
+                        "users",
+                        "\"server\" is reserved; name the device something else".into(),
+                    );
                 }
                 if names.insert(device.clone(), user.name.clone()).is_some() {
-                    return fail(format!("device {device:?} is declared twice"));
+                    return fail("users", format!("device {device:?} is declared twice"));
                 }
             }
         }
         let users: std::collections::BTreeSet<&String> =
             self.users.iter().map(|u| &u.name).collect();
         if users.len() != self.users.len() {
-            return fail("a user is declared twice".into());
+            return fail("users", "a user is declared twice".into());
         }
-        let config = self.config.build().map_err(SpecError)?;
+        let config = self
+            .config
+            .build()
+            .map_err(|e| SpecError::at("config", e))?;
         let sim = &self.sim;
         if sim.tick_ms == 0 || sim.tick_ms > 1_000 {
-            return fail(format!(
-                "sim.tick_ms = {} is out of range: use 1 to 1000",
-                sim.tick_ms
-            ));
+            return fail(
+                "sim.tick_ms",
+                format!(
+                    "sim.tick_ms = {} is out of range: use 1 to 1000",
+                    sim.tick_ms
+                ),
+            );
         }
         if sim.devices_per_host == 0 {
-            return fail("sim.devices_per_host must be at least 1".into());
+            return fail(
+                "sim.devices_per_host",
+                "sim.devices_per_host must be at least 1".into(),
+            );
         }
         if sim.safety_ms + sim.liveness_ms > RUN_MS_MAX {
-            return fail(format!(
-                "safety_ms + liveness_ms = {} ms is longer than the limit of {RUN_MS_MAX} ms",
-                sim.safety_ms + sim.liveness_ms
-            ));
+            return fail(
+                "sim.liveness_ms",
+                format!(
+                    "safety_ms + liveness_ms = {} ms is longer than the limit of {RUN_MS_MAX} ms",
+                    sim.safety_ms + sim.liveness_ms
+                ),
+            );
         }
         if !rockhound_engine::Millis(sim.epoch_ms).is_plausible() {
-            return fail(format!(
-                "sim.epoch_ms = {} is not a plausible time",
-                sim.epoch_ms
-            ));
+            return fail(
+                "sim.epoch_ms",
+                format!("sim.epoch_ms = {} is not a plausible time", sim.epoch_ms),
+            );
         }
         let network = &self.network;
         if network.latency_ms_min > network.latency_ms_max {
-            return fail(format!(
-                "network.latency_ms_min = {} is above latency_ms_max = {}",
-                network.latency_ms_min, network.latency_ms_max
-            ));
+            return fail(
+                "network.latency_ms_min",
+                format!(
+                    "network.latency_ms_min = {} is above latency_ms_max = {}",
+                    network.latency_ms_min, network.latency_ms_max
+                ),
+            );
         }
         for (name, rate) in [
             ("network.loss_rate", network.loss_rate),
@@ -628,33 +673,41 @@ impl RunSpec {
             ("network.corrupt_rate", network.corrupt_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
-                return fail(format!("{name} = {rate} is not between 0 and 1"));
+                return fail(name, format!("{name} = {rate} is not between 0 and 1"));
             }
         }
         if self.steps.len() > STEP_COUNT_MAX {
-            return fail(format!(
-                "{} steps, more than the limit of {STEP_COUNT_MAX}",
-                self.steps.len()
-            ));
+            return fail(
+                "steps",
+                format!(
+                    "{} steps, more than the limit of {STEP_COUNT_MAX}",
+                    self.steps.len()
+                ),
+            );
         }
         for (index, step) in self.steps.iter().enumerate() {
+            let path = format!("steps[{index}]");
             let at = format!(
-                "steps[{index}] ({} at {} ms)",
+                "step {} ({} at {} ms)",
+                index + 1,
                 step.action.name(),
                 step.at_ms
             );
             if step.at_ms > sim.safety_ms {
-                return fail(format!(
-                    "{at} is after the safety phase, which ends at {} ms; user actions and faults belong in it",
-                    sim.safety_ms
-                ));
+                return fail(
+                    &path,
+                    format!(
+                        "{at} is after the safety phase, which ends at {} ms; user actions and faults belong in it",
+                        sim.safety_ms
+                    ),
+                );
             }
             for device in step.action.device().into_iter().chain(match &step.action {
                 Action::Forge { victim_device, .. } => Some(victim_device.as_str()),
                 _ => None,
             }) {
                 if !names.contains_key(device) {
-                    return fail(format!("{at} names unknown device {device:?}"));
+                    return fail(&path, format!("{at} names unknown device {device:?}"));
                 }
             }
             if let Action::Forge {
@@ -663,30 +716,37 @@ impl RunSpec {
             } = &step.action
             {
                 if names[device] == names[victim_device] {
-                    return fail(format!(
-                        "{at}: {device} and {victim_device} belong to the same user"
-                    ));
+                    return fail(
+                        &path,
+                        format!("{at}: {device} and {victim_device} belong to the same user"),
+                    );
                 }
             }
             if let Action::Resolve { resolution, .. } = &step.action {
                 if !matches!(resolution.as_str(), "keep_server" | "keep_client") {
-                    return fail(format!(
-                        "{at}: resolution {resolution:?} is not keep_server or keep_client"
-                    ));
+                    return fail(
+                        &path,
+                        format!(
+                            "{at}: resolution {resolution:?} is not keep_server or keep_client"
+                        ),
+                    );
                 }
             }
         }
         for checker in self.expect.checkers.iter().chain(&self.expect.violation) {
             if !crate::checkers::NAMES.contains(&checker.as_str()) {
-                return fail(format!(
-                    "unknown checker {checker:?}; the checkers are {}",
-                    crate::checkers::NAMES.join(", ")
-                ));
+                return fail(
+                    "expect",
+                    format!(
+                        "unknown checker {checker:?}; the checkers are {}",
+                        crate::checkers::NAMES.join(", ")
+                    ),
+                );
             }
         }
         for value in &self.expect.values {
             rockhound_engine::ids::check_id("expect.values id", &value.id)
-                .map_err(|e| SpecError(e.to_string()))?;
+                .map_err(|e| SpecError::new(e.to_string()))?;
         }
         Ok(config)
     }

@@ -321,7 +321,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
             break;
         }
         if let Err(error) = sim.step() {
-            return Err(SpecError(format!(
+            return Err(SpecError::new(format!(
                 "the simulation failed at {t_ms} ms: {error}"
             )));
         }
@@ -332,10 +332,10 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
     drop(sim);
     drop(devices);
     let trace = Rc::try_unwrap(trace)
-        .map_err(|_| SpecError("the trace is still shared after the run".into()))?
+        .map_err(|_| SpecError::new("the trace is still shared after the run"))?
         .into_inner();
     if trace.overflowed() {
-        return Err(SpecError(format!(
+        return Err(SpecError::new(format!(
             "the trace reached its limit of {} lines; shorten the scenario",
             crate::trace::TRACE_LINE_COUNT_MAX
         )));
