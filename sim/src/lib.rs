@@ -9,11 +9,14 @@
 
 pub mod checkers;
 pub mod device;
+pub mod explore;
+pub mod export;
 pub mod file_store;
 pub mod http;
 pub mod net;
 pub mod runner;
 pub mod scenario;
+pub mod shrink;
 pub mod spec;
 pub mod trace;
 pub mod workload;

@@ -26,6 +26,13 @@ pub struct RunSpec {
     /// What the run exercises, for people.
     #[serde(default)]
     pub description: String,
+    /// The seed this file was exported from; `run` and `replay` use it unless told
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Whether the run is too slow for `cargo test` (it still runs in `rockhound check`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub slow: bool,
     /// Users and their devices.
     pub users: Vec<UserSpec>,
     /// Configuration overrides on top of a preset.
@@ -41,16 +48,16 @@ pub struct RunSpec {
     #[serde(default)]
     pub steps: Vec<Step>,
     /// A seeded random workload, if any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadSpec>,
     /// Seeded random faults, if any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub faults: Option<FaultSpec>,
     /// What must hold at the end.
     #[serde(default)]
     pub expect: ExpectSpec,
     /// Bugs to plant (negative scenarios only).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Planted::is_none")]
     pub planted: Planted,
 }
 
@@ -501,6 +508,9 @@ pub struct ExpectSpec {
     pub counts: CountSpec,
     /// Final field values on the server.
     pub values: Vec<ValueSpec>,
+    /// The trace digest the run must reproduce (written by `export`; checked by `replay`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// Lower bounds on outcome counts (`None` = no bound).

@@ -63,6 +63,8 @@ pub enum TraceEvent {
         epoch_ms: u64,
         /// Planted bugs (negative runs).
         planted: Planted,
+        /// The link fault rates every device got: loss, duplication, corruption.
+        link_rates: (f64, f64, f64),
     },
     /// A phase begins (`safety`, `liveness`).
     Phase {

@@ -133,6 +133,14 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
     let run_ms = spec.sim.safety_ms + spec.sim.liveness_ms;
 
     let trace = Rc::new(RefCell::new(Trace::default()));
+    // Links: rates from the network spec, plus the fault spec's (drawn per seed in swarm).
+    let (loss, duplicate, corrupt) = workload::link_rates(spec.faults.as_ref(), &mut rate_rng);
+    let link = Link {
+        loss_rate: spec.network.loss_rate.max(loss),
+        duplicate_rate: spec.network.duplicate_rate.max(duplicate),
+        corrupt_rate: spec.network.corrupt_rate.max(corrupt),
+        ..Link::default()
+    };
     trace.borrow_mut().record(
         0,
         "world",
@@ -143,6 +151,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
             config: Box::new(config.clone()),
             epoch_ms,
             planted: spec.planted,
+            link_rates: (link.loss_rate, link.duplicate_rate, link.corrupt_rate),
         },
     );
 
@@ -176,15 +185,6 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
             Ok(())
         }
     });
-
-    // Links: rates from the network spec, plus the fault spec's (drawn per seed in swarm).
-    let (loss, duplicate, corrupt) = workload::link_rates(spec.faults.as_ref(), &mut rate_rng);
-    let link = Link {
-        loss_rate: spec.network.loss_rate.max(loss),
-        duplicate_rate: spec.network.duplicate_rate.max(duplicate),
-        corrupt_rate: spec.network.corrupt_rate.max(corrupt),
-        ..Link::default()
-    };
 
     // Devices, grouped onto hosts.
     let mut devices = Devices {
@@ -295,6 +295,10 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
                         &mut choice_rng,
                         spec.planted.sim_nondeterministic_ids,
                     );
+                    // Recorded as the step it amounts to, so that `export` can write the run
+                    // out as explicit steps.
+                    let action = edit_action(&device, &edit);
+                    trace.borrow_mut().record(t_ms, "world", TraceEvent::Step { action });
                     enqueue(ctx, now, edit);
                 }
             }
@@ -354,6 +358,22 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
         summary,
         unmet,
     })
+}
+
+/// The scripted step an edit amounts to.
+fn edit_action(device: &str, edit: &Edit) -> Action {
+    let device = device.to_owned();
+    let entity_type = edit.entity_type;
+    let id = edit.entity_id.0.clone();
+    match &edit.action {
+        EditAction::Create(fields) => {
+            let mut fields = fields.clone();
+            fields.remove("id");
+            Action::Create { device, entity_type, id, fields }
+        }
+        EditAction::Update(fields) => Action::Update { device, entity_type, id, fields: fields.clone() },
+        EditAction::Delete => Action::Delete { device, entity_type, id },
+    }
 }
 
 /// The entities a device's user can see there: its local view.
