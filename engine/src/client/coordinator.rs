@@ -154,6 +154,35 @@ pub enum OpenError {
     },
 }
 
+/// A failed start: why, and the store, handed back untouched so that nothing in it is lost
+/// and the caller can try again (after the disk recovers, say).
+pub struct OpenFailed<S> {
+    /// Why the coordinator could not start.
+    pub error: OpenError,
+    /// The store it was given.
+    pub store: S,
+}
+
+impl<S> std::fmt::Debug for OpenFailed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenFailed")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> std::fmt::Display for OpenFailed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<S> std::error::Error for OpenFailed<S> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 /// A request for the caller to send.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Request {
@@ -220,7 +249,8 @@ pub struct Coordinator<S: QueueStore> {
 impl<S: QueueStore> Coordinator<S> {
     /// Starts a device: recovers the queue from `store` (cutting a torn tail, refusing a
     /// corrupt log) and begins offline. `incarnation` numbers the device's starts (batch
-    /// ids carry it, so they never repeat); `rng_seed` seeds the retry jitter.
+    /// ids carry it, so they never repeat); `rng_seed` seeds the retry jitter. On failure
+    /// the store comes back with the error.
     pub fn open(
         device_id: DeviceId,
         incarnation: u64,
@@ -228,16 +258,29 @@ impl<S: QueueStore> Coordinator<S> {
         mut store: S,
         rng_seed: u64,
         now: Millis,
-    ) -> Result<Coordinator<S>, OpenError> {
-        let recovery = store.recover()?;
-        let log_records = recovery.records.len();
-        let mut records = Vec::with_capacity(log_records);
-        for (index, bytes) in recovery.records.iter().enumerate() {
-            records.push(Record::decode(bytes).map_err(|e| OpenError::BadRecord {
-                index,
-                detail: e.to_string(),
-            })?);
-        }
+    ) -> Result<Coordinator<S>, OpenFailed<S>> {
+        let recovered = store
+            .recover()
+            .map_err(OpenError::from)
+            .and_then(|recovery| {
+                let records = recovery
+                    .records
+                    .iter()
+                    .enumerate()
+                    .map(|(index, bytes)| {
+                        Record::decode(bytes).map_err(|e| OpenError::BadRecord {
+                            index,
+                            detail: e.to_string(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((records, recovery.torn_tail_bytes))
+            });
+        let (records, torn_tail_bytes) = match recovered {
+            Ok(recovered) => recovered,
+            Err(error) => return Err(OpenFailed { error, store }),
+        };
+        let log_records = records.len();
         let replayed = record::replay(records);
         let mut queue = Queue::new(config.queue_ttl_ms);
         for entry in replayed.entries.into_values() {
@@ -272,7 +315,7 @@ impl<S: QueueStore> Coordinator<S> {
         };
         coordinator.events.push(Event::Recovered {
             ops: coordinator.queue.len(),
-            torn_tail_bytes: recovery.torn_tail_bytes,
+            torn_tail_bytes,
         });
         Ok(coordinator)
     }
@@ -812,6 +855,9 @@ impl<S: QueueStore> Coordinator<S> {
             update.reason = Some(reason.to_owned());
             self.events.push(Event::Op(update));
             self.report_blocked(&blocked);
+        } else if !blocked.is_empty() {
+            // A blocker died in the same batch: this op is blocked, not retried.
+            self.report_blocked(&blocked);
         } else {
             let mut update = OpUpdate::new(op_id, Status::Pending, attempts);
             update.reason = Some(reason.to_owned());
@@ -929,10 +975,12 @@ impl<S: QueueStore> Coordinator<S> {
         let entry = self.queue.settle(seq, status);
         let op_id = entry.op.op_id.clone();
         if let Some(version) = result.version {
-            if self
-                .replica
-                .apply_answer(&entry.op, version, result.entity.as_ref())
-            {
+            let entity = if result.deleted {
+                Some(&Value::Null)
+            } else {
+                result.entity.as_ref()
+            };
+            if self.replica.apply_answer(&entry.op, version, entity) {
                 self.events.push(Event::EntityChanged {
                     entity_type: entry.op.entity_type,
                     entity_id: entry.op.entity_id.clone(),

@@ -435,8 +435,27 @@ impl Queue {
         }
         entry.status = Status::Pending;
         entry.next_attempt_at_ms = next_attempt_at_ms;
+        // A blocker that failed while this op was in flight with it (a parent dead-lettered
+        // in the same batch) could not block it then: it blocks it now.
+        if let Some(cause) = self.failed_blocker(seq) {
+            return self.block(seq, cause);
+        }
         self.index_pending(seq);
         Vec::new()
+    }
+
+    /// The op that keeps `seq` from ever being sent: a blocker that failed, or the cause of
+    /// a blocker's own block.
+    fn failed_blocker(&self, seq: u64) -> Option<OpId> {
+        self.entries[&seq].blockers.iter().find_map(|blocker_seq| {
+            let blocker = self.entries.get(blocker_seq)?;
+            (blocker.status.is_failed() || blocker.status == Status::Blocked).then(|| {
+                blocker
+                    .blocked_by
+                    .clone()
+                    .unwrap_or_else(|| blocker.op.op_id.clone())
+            })
+        })
     }
 
     /// The op settled well and leaves the queue; its dependants may become ready.

@@ -92,6 +92,7 @@ fn answer(batch: &crate::op::Batch, status: OpStatus, reason: Option<&str>) -> B
                 status,
                 version: (status == OpStatus::Applied).then_some(op.base_version + 1),
                 entity: None,
+                deleted: false,
                 conflict_id: None,
                 reason: reason.map(str::to_owned),
             })
@@ -244,6 +245,49 @@ fn dead_lettered_ops_block_their_dependants_until_a_manual_retry() {
     assert_eq!(error.to_string(), "op d1:0 is not in the queue");
 }
 
+/// Found by `rockhound explore` (seed 69): a child that joined its parent's batch later
+/// has fewer attempts; when the parent is dead-lettered in that batch, the child must be
+/// blocked, not left pending behind a parent that will never be sent.
+#[test]
+fn a_parent_dead_lettered_in_the_same_batch_blocks_a_younger_child() {
+    let config = SyncConfig {
+        max_retries: Some(2),
+        ..SyncConfig::default()
+    };
+    let mut device = open(config);
+    let parent = device.enqueue(T0, T0, session("s1")).unwrap();
+    device.set_online(T0, true);
+    let _ = batch(device.poll(T0));
+    device.on_request_failed(T0, "connection reset");
+    let child = device.enqueue(T0, T0, find_log("f1", "s1")).unwrap();
+    let due = device.queue().map(|e| e.next_attempt_at_ms).max().unwrap();
+    let second = batch(device.poll(due));
+    assert_eq!(second.ops.len(), 2, "the child goes with its parent");
+    device.on_request_failed(due, "connection reset");
+    assert_eq!(status_of(&device, &parent), Some(Status::Error));
+    let entry = device.queue().find(|e| e.op.op_id == child).unwrap();
+    assert_eq!(entry.status, Status::Blocked);
+    assert_eq!(entry.blocked_by.as_ref(), Some(&parent));
+    let events = device.take_events();
+    assert!(events.iter().any(|e| matches!(e,
+        Event::Op(update) if update.op_id == child && update.status == Status::Blocked)));
+    // A manual retry of the parent frees the child, which goes once its own backoff ends.
+    device.retry(due, &parent).unwrap();
+    assert_eq!(status_of(&device, &child), Some(Status::Pending));
+    let third = batch(device.poll(due));
+    assert_eq!(third.ops[0].op_id, parent);
+    device.on_batch_response(due, &answer(&third, OpStatus::Applied, None));
+    let entry = device.queue().find(|e| e.op.op_id == child).unwrap();
+    assert_eq!(
+        (entry.status, entry.blocked_by.as_ref()),
+        (Status::Pending, None)
+    );
+    assert!(
+        entry.next_attempt_at_ms > due,
+        "the child keeps its own backoff"
+    );
+}
+
 #[test]
 fn a_rejected_parent_blocks_its_children_and_they_are_never_sent() {
     let mut device = open(SyncConfig::default());
@@ -321,6 +365,7 @@ fn recovery_cuts_a_torn_tail_and_refuses_a_corrupt_log() {
     device.enqueue(T0, T0, session("s2")).unwrap();
     let mut store = device.into_store();
     store.corrupt_bit(40);
+    let store_len = store.durable_bytes();
     let error = Coordinator::open(
         DeviceId("d1".into()),
         2,
@@ -330,6 +375,9 @@ fn recovery_cuts_a_torn_tail_and_refuses_a_corrupt_log() {
         T0,
     )
     .unwrap_err();
+    // The store comes back with the error: the failed start loses nothing.
+    assert_eq!(error.store.durable_bytes(), store_len);
+    let error = error.error;
     assert!(matches!(
         error,
         OpenError::Store(StoreError::Corrupt { offset: 0, .. })
@@ -718,6 +766,7 @@ mod model {
                                     )
                                     .then_some(op.base_version + 1),
                                     entity: None,
+                                    deleted: false,
                                     conflict_id: conflict,
                                     reason: reason.map(str::to_owned),
                                 }

@@ -478,6 +478,7 @@ impl<S: ServerStore> Server<S> {
             status: OpStatus::Applied,
             version: Some(after.version),
             entity: None,
+            deleted: false,
             conflict_id: None,
             reason: None,
         };
@@ -487,7 +488,8 @@ impl<S: ServerStore> Server<S> {
         {
             let code = decision_code(&decision, strategy);
             result.status = OpStatus::Conflict;
-            result.entity = Some(after.to_value());
+            result.entity = (!after.deleted).then(|| after.to_value());
+            result.deleted = after.deleted;
             result.reason = Some(code.to_owned());
             let server = server.expect("a conflict needs a server entity");
             conflict = Some(ConflictRecord {
@@ -850,6 +852,7 @@ impl OpOutcome {
                 status,
                 version: None,
                 entity: None,
+                deleted: false,
                 conflict_id: None,
                 reason: Some(reason.to_owned()),
             },

@@ -354,6 +354,53 @@ fn a_batch_over_the_op_limit_is_too_large() {
     );
 }
 
+/// Found by `rockhound explore` (seed 389): an update that meets the server's tombstone and
+/// loses must answer that the entity is deleted, not its last live fields, or the device
+/// shows a deleted entity as live for good.
+#[test]
+fn an_update_losing_to_a_delete_answers_deleted_over_the_wire() {
+    let mut config = SyncConfig::default();
+    config
+        .entities
+        .set_strategy(EntityType::FieldSession, Strategy::ServerWins);
+    let mut server = Server::new(config);
+    send(&mut server, "ann", "phone", vec![session(1, "fs")]);
+    let delete = op(
+        2,
+        EntityType::FieldSession,
+        "fs",
+        OpKind::Delete,
+        1,
+        Value::Null,
+    );
+    send(&mut server, "ann", "phone", vec![delete]);
+    let stale = op(
+        3,
+        EntityType::FieldSession,
+        "fs",
+        OpKind::Update,
+        1,
+        json!({"name": "b"}),
+    );
+    let result = send(&mut server, "ann", "tablet", vec![stale]).remove(0);
+    assert_eq!(result.status, OpStatus::Conflict);
+    assert_eq!((result.version, result.deleted), (Some(2), true));
+    assert_eq!(result.entity, None);
+    let wire = serde_json::to_value(&result).unwrap();
+    assert_eq!(wire["deleted"], json!(true));
+    assert!(wire.get("entity").is_none());
+    let back: OpResult = serde_json::from_value(wire).unwrap();
+    assert_eq!(back, result);
+    // A live answer leaves `deleted` out, as clients of the unextended format expect.
+    let (_, live) = stale_update_under(Strategy::ServerWins);
+    assert!(
+        serde_json::to_value(&live)
+            .unwrap()
+            .get("deleted")
+            .is_none()
+    );
+}
+
 fn stale_update_under(strategy: Strategy) -> (Server, OpResult) {
     let mut config = SyncConfig::default();
     config

@@ -63,6 +63,11 @@ pub struct OpResult {
     /// The server's entity afterwards, where the client needs it (conflicts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity: Option<Value>,
+    /// The entity is a tombstone afterwards (a conflict the server's delete won). Sent only
+    /// when true: JSON cannot tell an absent `entity` from a `null` one, so a deleted entity
+    /// is said here, as `deleted` says it in the changes feed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
     /// The recorded conflict, for status `conflict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict_id: Option<ConflictId>,
