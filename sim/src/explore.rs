@@ -18,12 +18,19 @@ pub fn swarm_spec(seed: u64) -> RunSpec {
     let users = (1..=user_count)
         .map(|u| UserSpec {
             name: format!("u{u}"),
-            devices: (1..=rng.random_range(1..=3)).map(|d| format!("u{u}-d{d}")).collect(),
+            devices: (1..=rng.random_range(1..=3))
+                .map(|d| format!("u{u}-d{d}"))
+                .collect(),
         })
         .collect();
     let presets = ["development", "production", "offline_heavy"];
     let mut strategies = std::collections::BTreeMap::new();
-    for entity_type in [EntityType::FieldSession, EntityType::FindLog, EntityType::Specimen, EntityType::Tag] {
+    for entity_type in [
+        EntityType::FieldSession,
+        EntityType::FindLog,
+        EntityType::Specimen,
+        EntityType::Tag,
+    ] {
         if rng.random_bool(0.3) {
             let choices = [
                 Strategy::ServerWins,

@@ -15,12 +15,17 @@ pub fn materialize(spec: &RunSpec, seed: u64, trace: &Trace) -> RunSpec {
         .lines
         .iter()
         .filter_map(|line| match &line.event {
-            TraceEvent::Step { action } => Some(Step { at_ms: line.t_ms, action: action.clone() }),
+            TraceEvent::Step { action } => Some(Step {
+                at_ms: line.t_ms,
+                action: action.clone(),
+            }),
             _ => None,
         })
         .collect();
-    if let Some(TraceEvent::Run { link_rates: (loss, duplicate, corrupt), .. }) =
-        trace.lines.first().map(|l| &l.event)
+    if let Some(TraceEvent::Run {
+        link_rates: (loss, duplicate, corrupt),
+        ..
+    }) = trace.lines.first().map(|l| &l.event)
     {
         explicit.network.loss_rate = *loss;
         explicit.network.duplicate_rate = *duplicate;

@@ -1,4 +1,8 @@
-//! The `rockhound` command line. Today: `rockhound serve`, the real HTTP server.
+//! The `rockhound` command line (SPEC §5): the simulation commands `run`, `check`,
+//! `explore`, `shrink`, `export` and `replay` (in [`commands`]), and `serve`, the real HTTP
+//! server.
+
+mod commands;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -7,11 +11,12 @@ use rockhound_engine::{Millis, SyncConfig, UserId};
 use rockhound_sim::http::{self, AppState};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// Exit code for bad arguments (SPEC §5).
-const EXIT_USAGE: u8 = 2;
+use commands::EXIT_USAGE;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +31,96 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one or more scenario files, each with its own seed, `--seed` or `--seeds`.
+    Run {
+        /// Scenario files (TOML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Run with this seed instead of the file's own.
+        #[arg(long, conflicts_with = "seeds")]
+        seed: Option<u64>,
+        /// Run every seed of the inclusive range A..B.
+        #[arg(long, value_parser = commands::parse_seeds)]
+        seeds: Option<RangeInclusive<u64>>,
+        /// Runs at once (each run is single-threaded).
+        #[arg(long, default_value_t = default_jobs())]
+        jobs: usize,
+        /// Write the trace as JSON Lines to this file (one scenario, one seed).
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Skip the determinism re-run.
+        #[arg(long)]
+        no_recheck: bool,
+    },
+    /// Run the whole scenario suite (`scenarios/` and `scenarios/negative/`): the main job.
+    Check {
+        /// The suite's folder.
+        #[arg(long, default_value = "scenarios")]
+        dir: PathBuf,
+        /// Run every scenario with this seed instead of its own.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Runs at once.
+        #[arg(long, default_value_t = default_jobs())]
+        jobs: usize,
+        /// Also run the scenarios marked `slow`.
+        #[arg(long)]
+        slow: bool,
+    },
+    /// Swarm testing: one random scenario per seed; failing seeds are saved as files.
+    Explore {
+        /// The inclusive seed range A..B.
+        #[arg(long, value_parser = commands::parse_seeds, default_value = "0..99")]
+        seeds: RangeInclusive<u64>,
+        /// Stop starting new seeds after this many wall-clock seconds.
+        #[arg(long, value_name = "SECONDS")]
+        time_budget: Option<u64>,
+        /// Run only shard K of N of the range (1-based), to split it between machines.
+        #[arg(long, value_parser = commands::parse_shard, default_value = "1/1")]
+        shard: (u64, u64),
+        /// Runs at once.
+        #[arg(long, default_value_t = default_jobs())]
+        jobs: usize,
+        /// Where failing seeds are saved as scenario files.
+        #[arg(long, default_value = "explore-failures")]
+        out: PathBuf,
+        /// Also re-run every seed to check determinism (doubles the time).
+        #[arg(long)]
+        recheck: bool,
+    },
+    /// Delta-debug a failing run into a minimal scenario that fails the same checker.
+    Shrink {
+        /// The failing scenario; without it, the swarm scenario of `--seed`.
+        file: Option<PathBuf>,
+        /// The failing seed (default: the file's own).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to write the shrunk scenario.
+        #[arg(long, default_value = "shrunk.toml")]
+        out: PathBuf,
+    },
+    /// Write any seeded run as an editable scenario file that replays to the same digest.
+    Export {
+        /// The scenario; without it, the swarm scenario of `--seed`.
+        file: Option<PathBuf>,
+        /// The seed (default: the file's own).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to write the scenario.
+        #[arg(long, default_value = "exported.toml")]
+        out: PathBuf,
+    },
+    /// Run a scenario file with its recorded seed and check its recorded digest.
+    Replay {
+        /// The scenario file (from `export`, `explore` or `shrink`).
+        file: PathBuf,
+        /// Override the recorded seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the trace as JSON Lines to this file.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
     /// Serve the sync HTTP API (SPEC §3.5) on a real socket.
     Serve {
         /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
@@ -56,13 +151,71 @@ fn main() -> ExitCode {
             };
         }
     };
+    // The server logs its requests; the simulation commands print their own report and
+    // log only warnings unless RUST_LOG says otherwise.
+    let default_filter = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Run {
+            files,
+            seed,
+            seeds,
+            jobs,
+            trace,
+            no_recheck,
+        } => {
+            let seeds = seeds.or(seed.map(|s| s..=s));
+            return ExitCode::from(commands::run(
+                &files,
+                seeds,
+                jobs,
+                trace.as_deref(),
+                !no_recheck,
+                false,
+            ));
+        }
+        Command::Check {
+            dir,
+            seed,
+            jobs,
+            slow,
+        } => return ExitCode::from(commands::check(&dir, seed, jobs, slow)),
+        Command::Explore {
+            seeds,
+            time_budget,
+            shard,
+            jobs,
+            out,
+            recheck,
+        } => {
+            return ExitCode::from(commands::explore(
+                seeds,
+                shard,
+                time_budget,
+                jobs,
+                &out,
+                recheck,
+            ));
+        }
+        Command::Shrink { file, seed, out } => {
+            return ExitCode::from(commands::shrink(file.as_deref(), seed, &out));
+        }
+        Command::Export { file, seed, out } => {
+            return ExitCode::from(commands::export(file.as_deref(), seed, &out));
+        }
+        Command::Replay { file, seed, trace } => {
+            return ExitCode::from(commands::replay(&file, seed, trace.as_deref()));
+        }
         Command::Serve {
             addr,
             users,
@@ -77,6 +230,11 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// One run per core by default.
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn parse_users(users: &[String]) -> anyhow::Result<BTreeMap<String, UserId>> {

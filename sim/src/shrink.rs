@@ -68,7 +68,11 @@ pub fn shrink(spec: &RunSpec, seed: u64) -> Result<Shrunk, ShrinkError> {
         .find(|v| !v.violations.is_empty())
         .map(|v| v.checker.to_owned())
         .ok_or(ShrinkError::Passes(seed))?;
-    let mut search = Search { seed, checker, runs: 1 };
+    let mut search = Search {
+        seed,
+        checker,
+        runs: 1,
+    };
     let mut current = materialize(spec, seed, &first.outcome.trace);
     current.expect.checkers = vec![search.checker.clone()];
     if !search.fails(&current) {
@@ -86,12 +90,20 @@ pub fn shrink(spec: &RunSpec, seed: u64) -> Result<Shrunk, ShrinkError> {
     }
     current.description = format!(
         "shrunk from seed {seed} of {}: fails {}",
-        if spec.name.is_empty() { "a run" } else { &spec.name },
+        if spec.name.is_empty() {
+            "a run"
+        } else {
+            &spec.name
+        },
         search.checker
     );
     current.expect.violation = Some(search.checker.clone());
     current.expect.checkers.clear();
-    Ok(Shrunk { spec: current, checker: search.checker, runs: search.runs })
+    Ok(Shrunk {
+        spec: current,
+        checker: search.checker,
+        runs: search.runs,
+    })
 }
 
 fn size(spec: &RunSpec) -> (usize, usize, u64) {
@@ -169,5 +181,9 @@ fn shorten(spec: RunSpec, search: &mut Search) -> RunSpec {
     }
     let mut candidate = spec.clone();
     candidate.sim.safety_ms = target;
-    if search.fails(&candidate) { candidate } else { spec }
+    if search.fails(&candidate) {
+        candidate
+    } else {
+        spec
+    }
 }

@@ -298,7 +298,9 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
                     // Recorded as the step it amounts to, so that `export` can write the run
                     // out as explicit steps.
                     let action = edit_action(&device, &edit);
-                    trace.borrow_mut().record(t_ms, "world", TraceEvent::Step { action });
+                    trace
+                        .borrow_mut()
+                        .record(t_ms, "world", TraceEvent::Step { action });
                     enqueue(ctx, now, edit);
                 }
             }
@@ -369,10 +371,24 @@ fn edit_action(device: &str, edit: &Edit) -> Action {
         EditAction::Create(fields) => {
             let mut fields = fields.clone();
             fields.remove("id");
-            Action::Create { device, entity_type, id, fields }
+            Action::Create {
+                device,
+                entity_type,
+                id,
+                fields,
+            }
         }
-        EditAction::Update(fields) => Action::Update { device, entity_type, id, fields: fields.clone() },
-        EditAction::Delete => Action::Delete { device, entity_type, id },
+        EditAction::Update(fields) => Action::Update {
+            device,
+            entity_type,
+            id,
+            fields: fields.clone(),
+        },
+        EditAction::Delete => Action::Delete {
+            device,
+            entity_type,
+            id,
+        },
     }
 }
 
@@ -692,7 +708,11 @@ fn restart(ctx: &DeviceCtx, now: Millis, config: &SyncConfig) {
             state.coordinator = Some(coordinator);
             None
         }
-        Err(error) => Some(error.to_string()),
+        Err(failed) => {
+            // The store stays parked, intact, for the next restart (or the heal).
+            state.parked_store = Some(failed.store);
+            Some(failed.error.to_string())
+        }
     };
     let planted = state.planted;
     if let Some(c) = state.coordinator.as_mut() {

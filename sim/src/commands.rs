@@ -1,0 +1,543 @@
+//! The simulation commands of the `rockhound` binary: `run`, `check`, `explore`, `shrink`,
+//! `export` and `replay`. Each returns its exit code (SPEC §5): 0 when every checker holds,
+//! 1 on a violation, 2 on a bad scenario or bad arguments, 3 when a determinism re-run
+//! disagrees.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rockhound_sim::explore::swarm_spec;
+use rockhound_sim::export::materialize;
+use rockhound_sim::runner::{self, Checked};
+use rockhound_sim::scenario::{self, ScenarioError};
+use rockhound_sim::shrink;
+use rockhound_sim::spec::RunSpec;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Every checker held.
+pub const EXIT_OK: u8 = 0;
+/// A checker found a violation (or an expectation was unmet).
+pub const EXIT_VIOLATION: u8 = 1;
+/// Bad scenario file or arguments.
+pub const EXIT_USAGE: u8 = 2;
+/// A determinism re-run disagreed.
+pub const EXIT_NONDETERMINISM: u8 = 3;
+
+/// Most seeds one command runs.
+pub const SEED_COUNT_MAX: u64 = 10_000_000;
+
+/// Parses `A..B` (inclusive) or a single seed.
+pub fn parse_seeds(text: &str) -> Result<RangeInclusive<u64>, String> {
+    let (start, end) = match text.split_once("..") {
+        Some((a, b)) => (a, b.trim_start_matches('=')),
+        None => (text, text),
+    };
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{text:?} is not a seed or a seed range A..B"))
+    };
+    let (start, end) = (parse(start)?, parse(end)?);
+    if start > end {
+        return Err(format!("seed range {text:?} is empty"));
+    }
+    if end - start >= SEED_COUNT_MAX {
+        return Err(format!(
+            "seed range {text:?} is longer than {SEED_COUNT_MAX} seeds"
+        ));
+    }
+    Ok(start..=end)
+}
+
+/// Parses `K/N` (1-based shard K of N).
+pub fn parse_shard(text: &str) -> Result<(u64, u64), String> {
+    let error = || format!("--shard {text:?} must be K/N with 1 <= K <= N");
+    let (k, n) = text.split_once('/').ok_or_else(error)?;
+    let (k, n): (u64, u64) = (
+        k.parse().map_err(|_| error())?,
+        n.parse().map_err(|_| error())?,
+    );
+    if k == 0 || n == 0 || k > n {
+        return Err(error());
+    }
+    Ok((k, n))
+}
+
+/// A scenario to run: where it came from and the spec.
+struct Job {
+    label: String,
+    reproduce: String,
+    spec: RunSpec,
+    seed: u64,
+}
+
+fn load_all(files: &[PathBuf]) -> Result<Vec<(PathBuf, RunSpec)>, ScenarioError> {
+    files
+        .iter()
+        .map(|f| scenario::load(f).map(|s| (f.clone(), s)))
+        .collect()
+}
+
+/// Runs jobs on `jobs` threads (each run is its own single-threaded simulation) and returns
+/// the results in job order.
+fn run_jobs(
+    jobs: &[Job],
+    threads: usize,
+    recheck: bool,
+    progress: Option<&ProgressBar>,
+    stop: &AtomicBool,
+) -> Vec<Option<Result<Checked, String>>> {
+    let results: Vec<Mutex<Option<Result<Checked, String>>>> =
+        jobs.iter().map(|_| Mutex::new(None)).collect();
+    let next = Mutex::new(0usize);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let index = {
+                        let mut next = next.lock().expect("job counter");
+                        let index = *next;
+                        *next += 1;
+                        index
+                    };
+                    let Some(job) = jobs.get(index) else { return };
+                    let recheck = recheck && runner::wants_determinism(&job.spec);
+                    let result =
+                        runner::run(&job.spec, job.seed, recheck).map_err(|e| e.to_string());
+                    *results[index].lock().expect("result slot") = Some(result);
+                    if let Some(progress) = progress {
+                        progress.inc(1);
+                    }
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| m.into_inner().expect("result slot"))
+        .collect()
+}
+
+/// The exit code of one run.
+fn code_of(job: &Job, checked: &Checked) -> u8 {
+    if checked.passed(&job.spec) {
+        EXIT_OK
+    } else if checked.nondeterministic() && job.spec.expect.violation.is_none() {
+        EXIT_NONDETERMINISM
+    } else {
+        EXIT_VIOLATION
+    }
+}
+
+/// Prints one run's block: the contract line `seed=<N> digest=<hex>`, then the verdicts (in
+/// `brief` mode a passing run gets one line instead). Returns its exit code.
+fn report(job: &Job, checked: &Checked, trace_out: Option<&Path>, brief: bool) -> u8 {
+    println!("seed={} digest={}", job.seed, checked.outcome.digest);
+    let code = code_of(job, checked);
+    let expected = job.spec.expect.violation.as_deref();
+    if brief && code == EXIT_OK {
+        match expected {
+            Some(name) => println!("  ok    {} (planted bug caught by {name})", job.label),
+            None => println!("  ok    {}", job.label),
+        }
+        return code;
+    }
+    let summary = &checked.outcome.summary;
+    println!(
+        "scenario {}: {} ops enqueued, {} applied, {} conflicts, {} rejected, {} dead-lettered, {} expired, {} batches, converged {}",
+        job.label,
+        summary.enqueued,
+        summary.applied,
+        summary.conflicts,
+        summary.rejected,
+        summary.dead_lettered,
+        summary.expired,
+        summary.batches,
+        summary
+            .convergence_ms
+            .map_or("never".to_owned(), |ms| format!("{ms} ms after healing")),
+    );
+    for verdict in checked.verdicts() {
+        let state = match (verdict.ran, verdict.violations.len()) {
+            (false, _) => "skipped".to_owned(),
+            (true, 0) => "ok".to_owned(),
+            (true, n) => format!("VIOLATED ({n})"),
+        };
+        println!("  {:<17} {state}", verdict.checker);
+    }
+    for verdict in checked.verdicts() {
+        for violation in verdict.violations.iter().take(3) {
+            print!("{violation}");
+        }
+    }
+    for unmet in &checked.outcome.unmet {
+        println!("  unmet expectation: {unmet}");
+    }
+    if let Some(path) = trace_out {
+        match std::fs::File::create(path).and_then(|f| {
+            checked
+                .outcome
+                .trace
+                .write_jsonl(std::io::BufWriter::new(f))
+        }) {
+            Ok(_) => println!("trace written to {}", path.display()),
+            Err(e) => eprintln!("error: cannot write the trace to {}: {e}", path.display()),
+        }
+    }
+    match (code, expected) {
+        (EXIT_OK, Some(name)) => println!("result: ok (the planted bug was caught by {name})"),
+        (EXIT_OK, None) => println!("result: ok"),
+        (EXIT_NONDETERMINISM, _) => println!("result: NONDETERMINISTIC"),
+        (_, Some(name)) => {
+            println!("result: FAILED (expected {name} to report the planted bug; it did not)")
+        }
+        (_, None) => println!("result: FAILED"),
+    }
+    if code != EXIT_OK {
+        println!("reproduce: {}", job.reproduce);
+    }
+    code
+}
+
+fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
+    codes
+        .into_iter()
+        .fold(EXIT_OK, |worst, code| match (worst, code) {
+            (EXIT_NONDETERMINISM, _) | (_, EXIT_NONDETERMINISM) => EXIT_NONDETERMINISM,
+            (EXIT_USAGE, _) | (_, EXIT_USAGE) => EXIT_USAGE,
+            (EXIT_VIOLATION, _) | (_, EXIT_VIOLATION) => EXIT_VIOLATION,
+            _ => EXIT_OK,
+        })
+}
+
+fn finish(
+    jobs: &[Job],
+    results: Vec<Option<Result<Checked, String>>>,
+    trace_out: Option<&Path>,
+    brief: bool,
+) -> u8 {
+    let mut codes = Vec::new();
+    for (job, result) in jobs.iter().zip(results) {
+        match result {
+            Some(Ok(checked)) => codes.push(report(job, &checked, trace_out, brief)),
+            Some(Err(error)) => {
+                println!("seed={} error: {}: {error}", job.seed, job.label);
+                codes.push(EXIT_USAGE);
+            }
+            None => {}
+        }
+    }
+    worst(codes)
+}
+
+/// `rockhound run`.
+pub fn run(
+    files: &[PathBuf],
+    seeds: Option<RangeInclusive<u64>>,
+    jobs: usize,
+    trace: Option<&Path>,
+    recheck: bool,
+    brief: bool,
+) -> u8 {
+    let loaded = match load_all(files) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let mut work = Vec::new();
+    for (path, spec) in loaded {
+        let seeds = seeds.clone().unwrap_or_else(|| {
+            let seed = spec.seed.unwrap_or(0);
+            seed..=seed
+        });
+        for seed in seeds {
+            work.push(Job {
+                label: spec.name.clone(),
+                reproduce: format!("rockhound run {} --seed {seed}", path.display()),
+                spec: spec.clone(),
+                seed,
+            });
+        }
+    }
+    if trace.is_some() && work.len() > 1 {
+        eprintln!("error: --trace takes one scenario and one seed");
+        return EXIT_USAGE;
+    }
+    let results = run_jobs(&work, jobs, recheck, None, &AtomicBool::new(false));
+    finish(&work, results, trace, brief)
+}
+
+/// Every `.toml` under `dir` and `dir/negative`, sorted.
+pub fn suite_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for folder in [dir.to_path_buf(), dir.join("negative")] {
+        if !folder.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&folder)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// `rockhound check`: the whole scenario suite, without the scenarios marked `slow` unless
+/// `slow`.
+pub fn check(dir: &Path, seed: Option<u64>, jobs: usize, slow: bool) -> u8 {
+    let files = match suite_files(dir) {
+        Ok(files) if !files.is_empty() => files,
+        Ok(_) => {
+            eprintln!("error: no scenario files in {}", dir.display());
+            return EXIT_USAGE;
+        }
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", dir.display());
+            return EXIT_USAGE;
+        }
+    };
+    let mut chosen = Vec::new();
+    let mut skipped = 0;
+    for file in files {
+        match scenario::load(&file) {
+            Ok(spec) if spec.slow && !slow => skipped += 1,
+            // A broken file is reported by `run` below.
+            _ => chosen.push(file),
+        }
+    }
+    println!(
+        "checking {} scenarios from {}{}",
+        chosen.len(),
+        dir.display(),
+        if skipped > 0 {
+            format!(" ({skipped} slow ones skipped; --slow runs them)")
+        } else {
+            String::new()
+        }
+    );
+    let code = run(&chosen, seed.map(|s| s..=s), jobs, None, true, true);
+    println!(
+        "suite: {}",
+        if code == EXIT_OK {
+            "every scenario holds"
+        } else {
+            "FAILED"
+        }
+    );
+    code
+}
+
+/// `rockhound explore`: swarm scenarios over a seed range.
+#[allow(clippy::disallowed_methods)]
+pub fn explore(
+    seeds: RangeInclusive<u64>,
+    shard: (u64, u64),
+    time_budget_s: Option<u64>,
+    jobs: usize,
+    out: &Path,
+    recheck: bool,
+) -> u8 {
+    let (k, n) = shard;
+    let start = *seeds.start();
+    let work: Vec<Job> = seeds
+        .filter(|seed| (seed - start) % n == k - 1)
+        .map(|seed| Job {
+            label: format!("swarm-{seed}"),
+            reproduce: format!(
+                "rockhound replay {}",
+                out.join(format!("swarm-{seed}.toml")).display()
+            ),
+            spec: swarm_spec(seed),
+            seed,
+        })
+        .collect();
+    let progress = ProgressBar::new(work.len() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {elapsed_precise} eta {eta}")
+            .expect("a valid template"),
+    );
+    let stop = AtomicBool::new(false);
+    // The time budget is the one wall-clock limit of the simulation commands; it decides
+    // how many seeds run, never what a run does.
+    let started = std::time::Instant::now();
+    let results = std::thread::scope(|scope| {
+        if let Some(budget) = time_budget_s {
+            let stop = &stop;
+            let progress = &progress;
+            scope.spawn(move || {
+                while !progress.is_finished() && started.elapsed().as_secs() < budget {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+        }
+        let results = run_jobs(&work, jobs, recheck, Some(&progress), &stop);
+        progress.finish_and_clear();
+        results
+    });
+    let ran = results.iter().filter(|r| r.is_some()).count();
+    let mut failures = 0;
+    let mut codes = Vec::new();
+    for (job, result) in work.iter().zip(&results) {
+        let Some(result) = result else { continue };
+        match result {
+            Ok(checked) if checked.passed(&job.spec) => {}
+            Ok(checked) => {
+                failures += 1;
+                let code = report(job, checked, None, false);
+                codes.push(code);
+                let file = out.join(format!("swarm-{}.toml", job.seed));
+                let mut explicit = materialize(&job.spec, job.seed, &checked.outcome.trace);
+                explicit.expect.digest = Some(checked.outcome.digest.clone());
+                if let Err(e) = std::fs::create_dir_all(out)
+                    .and_then(|()| std::fs::write(&file, scenario::to_toml(&explicit)))
+                {
+                    eprintln!("error: cannot save {}: {e}", file.display());
+                } else {
+                    println!("saved {}", file.display());
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                println!("seed={} error: {error}", job.seed);
+                codes.push(EXIT_USAGE);
+            }
+        }
+    }
+    println!(
+        "explored {ran} of {} seeds (shard {k}/{n}) in {:.1} s: {failures} failed",
+        work.len(),
+        started.elapsed().as_secs_f64()
+    );
+    worst(codes)
+}
+
+/// The spec and seed of `shrink` and `export`: the file with `--seed` or its own seed, or
+/// the swarm scenario of `--seed`.
+fn spec_for(file: Option<&Path>, seed: Option<u64>) -> Result<(RunSpec, u64), u8> {
+    match (file, seed) {
+        (Some(path), seed) => match scenario::load(path) {
+            Ok(spec) => {
+                let seed = seed.or(spec.seed).unwrap_or(0);
+                Ok((spec, seed))
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(EXIT_USAGE)
+            }
+        },
+        (None, Some(seed)) => Ok((swarm_spec(seed), seed)),
+        (None, None) => {
+            eprintln!("error: give a scenario file, a --seed of the swarm scenario, or both");
+            Err(EXIT_USAGE)
+        }
+    }
+}
+
+/// `rockhound shrink`.
+pub fn shrink(file: Option<&Path>, seed: Option<u64>, out: &Path) -> u8 {
+    let (spec, seed) = match spec_for(file, seed) {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
+    match shrink::shrink(&spec, seed) {
+        Ok(shrunk) => {
+            if let Err(e) = std::fs::write(out, scenario::to_toml(&shrunk.spec)) {
+                eprintln!("error: cannot write {}: {e}", out.display());
+                return EXIT_USAGE;
+            }
+            println!(
+                "shrunk to {} steps and {} devices in {} runs; still fails {}",
+                shrunk.spec.steps.len(),
+                shrunk.spec.devices().len(),
+                shrunk.runs,
+                shrunk.checker
+            );
+            println!("written to {}", out.display());
+            println!("reproduce: rockhound run {} --seed {seed}", out.display());
+            EXIT_OK
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            EXIT_USAGE
+        }
+    }
+}
+
+/// `rockhound export`.
+pub fn export(file: Option<&Path>, seed: Option<u64>, out: &Path) -> u8 {
+    let (spec, seed) = match spec_for(file, seed) {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
+    let checked = match runner::run(&spec, seed, false) {
+        Ok(checked) => checked,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let mut explicit = materialize(&spec, seed, &checked.outcome.trace);
+    explicit.expect.digest = Some(checked.outcome.digest.clone());
+    if let Err(e) = std::fs::write(out, scenario::to_toml(&explicit)) {
+        eprintln!("error: cannot write {}: {e}", out.display());
+        return EXIT_USAGE;
+    }
+    println!("seed={seed} digest={}", checked.outcome.digest);
+    println!(
+        "exported {} steps to {}",
+        explicit.steps.len(),
+        out.display()
+    );
+    EXIT_OK
+}
+
+/// `rockhound replay`: runs a file with its own seed (or `--seed`) and checks the digest it
+/// records.
+pub fn replay(file: &Path, seed: Option<u64>, trace: Option<&Path>) -> u8 {
+    let spec = match scenario::load(file) {
+        Ok(spec) => spec,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let seed = seed.or(spec.seed).unwrap_or(0);
+    let job = Job {
+        label: spec.name.clone(),
+        reproduce: format!("rockhound replay {} --seed {seed}", file.display()),
+        spec,
+        seed,
+    };
+    let checked = match runner::run(&job.spec, seed, runner::wants_determinism(&job.spec)) {
+        Ok(checked) => checked,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return EXIT_USAGE;
+        }
+    };
+    let code = report(&job, &checked, trace, false);
+    match &job.spec.expect.digest {
+        Some(expected) if *expected != checked.outcome.digest => {
+            println!(
+                "replay: digest {} differs from the recorded {expected}",
+                checked.outcome.digest
+            );
+            EXIT_NONDETERMINISM
+        }
+        Some(_) => {
+            println!("replay: digest matches the recorded one");
+            code
+        }
+        None => code,
+    }
+}
