@@ -9,7 +9,7 @@ use rockhound_engine::EntityType;
 use rockhound_engine::conflict::Strategy;
 
 /// Mixed into the seed so the scenario's draws differ from the run's own streams.
-const SWARM_SALT: u64 = 0x5eed_0f_5a4d;
+const SWARM_SALT: u64 = 0x005e_ed0f_5a4d;
 
 /// The swarm scenario of one seed.
 pub fn swarm_spec(seed: u64) -> RunSpec {

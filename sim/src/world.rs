@@ -428,13 +428,12 @@ fn enqueue(ctx: &DeviceCtx, now: Millis, edit: Edit) {
                 .enqueue(now, wall, edit)
                 .map_err(|e| e.to_string())
                 .map(|op_id| {
-                    let op = coordinator
+                    coordinator
                         .queue()
                         .find(|e| e.op.op_id == op_id)
                         .expect("just enqueued")
                         .op
-                        .clone();
-                    op
+                        .clone()
                 }),
             None => Err("the device is down".to_owned()),
         }
@@ -761,14 +760,15 @@ fn heal(
     }
 }
 
+/// An entity's (version, deleted, fields) as the convergence test compares them.
+type Snapshot = (u64, bool, serde_json::Value);
+
 /// Whether every device is idle with nothing left to send and a replica equal to the
 /// server's state for its user.
 fn converged(devices: &Devices, server: &Arc<Mutex<Server>>) -> bool {
     let server = server.lock().expect("server state poisoned");
-    let mut by_user: BTreeMap<
-        &UserId,
-        BTreeMap<(EntityType, EntityId), (u64, bool, serde_json::Value)>,
-    > = BTreeMap::new();
+    let mut by_user: BTreeMap<&UserId, BTreeMap<(EntityType, EntityId), Snapshot>> =
+        BTreeMap::new();
     for ((entity_type, entity_id), stored) in &server.tables().entities {
         let value = if stored.state.deleted {
             serde_json::Value::Null

@@ -110,6 +110,9 @@ pub struct OpFacts {
     pub entity: (EntityType, EntityId),
 }
 
+/// A device's final snapshot in the trace: (line, queue, replica).
+pub type FinalDevice<'a> = (usize, &'a [(OpId, Status)], &'a [EntitySnapshot]);
+
 /// The index every checker reads.
 pub struct Facts<'a> {
     /// The trace.
@@ -125,7 +128,7 @@ pub struct Facts<'a> {
     /// Every acknowledged op.
     pub ops: BTreeMap<OpId, OpFacts>,
     /// Final device snapshots: device → (line, queue, replica).
-    pub final_devices: BTreeMap<String, (usize, &'a [(OpId, Status)], &'a [EntitySnapshot])>,
+    pub final_devices: BTreeMap<String, FinalDevice<'a>>,
     /// The server's commit log: (line, user, row), in commit order.
     pub commits: Vec<(usize, &'a str, &'a HistoryRow)>,
     /// The server's entities: key → (line, owner, snapshot).
@@ -269,13 +272,16 @@ impl<'a> Facts<'a> {
     }
 }
 
+/// A checker's entry point.
+type CheckFn = fn(&Facts<'_>) -> Vec<Violation>;
+
 /// Runs every checker the spec selects (all but `determinism`, which the runner does).
 pub fn check(lines: &[TraceLine], spec: &RunSpec, _seed: u64) -> Vec<Verdict> {
     let facts = Facts::new(lines);
     let selected = |name: &str| {
         spec.expect.checkers.is_empty() || spec.expect.checkers.iter().any(|c| c == name)
     };
-    let run: [(&'static str, fn(&Facts<'_>) -> Vec<Violation>); 10] = [
+    let run: [(&'static str, CheckFn); 10] = [
         ("no_loss", no_loss::check),
         ("exactly_once", exactly_once::check),
         ("dependency_order", dependency_order::check),
