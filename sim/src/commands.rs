@@ -463,7 +463,11 @@ pub fn shrink(file: Option<&Path>, seed: Option<u64>, out: &Path) -> u8 {
                 shrunk.checker
             );
             println!("written to {}", out.display());
-            println!("reproduce: rockhound run {} --seed {seed}", out.display());
+            println!(
+                "reproduce: rockhound run {} --seed {}",
+                out.display(),
+                shrunk.seed
+            );
             EXIT_OK
         }
         Err(error) => {

@@ -9,7 +9,10 @@ use crate::runner;
 use crate::spec::{Action, RunSpec};
 
 /// Most candidate runs one shrink tries.
-pub const SHRINK_RUN_COUNT_MAX: usize = 2_000;
+pub const SHRINK_RUN_COUNT_MAX: usize = 5_000;
+
+/// Other seeds a candidate is tried with before it is given up.
+pub const RESEED_TRY_COUNT: u64 = 4;
 
 /// What shrinking produced.
 #[derive(Debug)]
@@ -18,6 +21,8 @@ pub struct Shrunk {
     pub spec: RunSpec,
     /// The checker it fails.
     pub checker: String,
+    /// The seed it fails with (also written in the spec).
+    pub seed: u64,
     /// Candidate runs tried.
     pub runs: usize,
 }
@@ -43,19 +48,29 @@ struct Search {
 }
 
 impl Search {
-    /// Whether `spec` still fails `checker`.
+    /// Whether `spec` still fails `checker` with the current seed or, failing that, with one
+    /// of the next [`RESEED_TRY_COUNT`] seeds (which then becomes the current seed). Random
+    /// faults make a run chaotic: dropping one step moves every later draw, so a bug that
+    /// needs a lost answer may need another seed to meet one again.
     fn fails(&mut self, spec: &RunSpec) -> bool {
-        if self.runs >= SHRINK_RUN_COUNT_MAX {
-            return false;
+        for seed in self.seed..=self.seed.saturating_add(RESEED_TRY_COUNT) {
+            if self.runs >= SHRINK_RUN_COUNT_MAX {
+                return false;
+            }
+            self.runs += 1;
+            let failed = match runner::run(spec, seed, self.checker == "determinism") {
+                Ok(checked) => checked
+                    .verdicts()
+                    .iter()
+                    .any(|v| v.checker == self.checker && !v.violations.is_empty()),
+                Err(_) => false,
+            };
+            if failed {
+                self.seed = seed;
+                return true;
+            }
         }
-        self.runs += 1;
-        match runner::run(spec, self.seed, self.checker == "determinism") {
-            Ok(checked) => checked
-                .verdicts()
-                .iter()
-                .any(|v| v.checker == self.checker && !v.violations.is_empty()),
-            Err(_) => false,
-        }
+        false
     }
 }
 
@@ -88,20 +103,23 @@ pub fn shrink(spec: &RunSpec, seed: u64) -> Result<Shrunk, ShrinkError> {
             break;
         }
     }
+    current.seed = Some(search.seed);
     current.description = format!(
-        "shrunk from seed {seed} of {}: fails {}",
+        "shrunk from seed {seed} of {}: fails {} with seed {}",
         if spec.name.is_empty() {
             "a run"
         } else {
             &spec.name
         },
-        search.checker
+        search.checker,
+        search.seed
     );
     current.expect.violation = Some(search.checker.clone());
     current.expect.checkers.clear();
     Ok(Shrunk {
         spec: current,
         checker: search.checker,
+        seed: search.seed,
         runs: search.runs,
     })
 }

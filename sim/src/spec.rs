@@ -116,7 +116,7 @@ pub struct ConfigSpec {
     /// Retry jitter, percent.
     pub jitter_percent: Option<u8>,
     /// Per-type conflict strategies.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub strategies: BTreeMap<EntityType, Strategy>,
 }
 
@@ -501,12 +501,15 @@ impl Default for FaultSpec {
 #[serde(deny_unknown_fields, default)]
 pub struct ExpectSpec {
     /// Checkers to run (default: all eleven).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checkers: Vec<String>,
     /// For a negative scenario: the checker that must report a violation.
     pub violation: Option<String>,
     /// Lower bounds on outcome counts over all devices.
+    #[serde(skip_serializing_if = "CountSpec::is_empty")]
     pub counts: CountSpec,
     /// Final field values on the server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<ValueSpec>,
     /// The trace digest the run must reproduce (written by `export`; checked by `replay`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -535,6 +538,13 @@ pub struct CountSpec {
     pub forbidden_min: Option<u64>,
     /// Duplicate answers.
     pub duplicates_min: Option<u64>,
+}
+
+impl CountSpec {
+    /// Whether no bound is set.
+    pub fn is_empty(&self) -> bool {
+        *self == CountSpec::default()
+    }
 }
 
 /// One expected final value on the server.
@@ -743,6 +753,7 @@ impl RunSpec {
                 }
             }
         }
+        self.check_timeline(&names)?;
         for checker in self.expect.checkers.iter().chain(&self.expect.violation) {
             if !crate::checkers::NAMES.contains(&checker.as_str()) {
                 return fail(
@@ -759,5 +770,113 @@ impl RunSpec {
                 .map_err(|e| SpecError::new(e.to_string()))?;
         }
         Ok(config)
+    }
+
+    /// Steps in the order they run: by `at_ms`, then file order.
+    pub fn steps_in_order(&self) -> Vec<(usize, &Step)> {
+        let mut steps: Vec<(usize, &Step)> = self.steps.iter().enumerate().collect();
+        steps.sort_by_key(|(index, step)| (step.at_ms, *index));
+        steps
+    }
+
+    /// Refuses timelines that cannot happen: a restart with no crash before it, a heal with
+    /// no partition, a release with no hold; and, when every entity comes from the steps (no
+    /// random workload), an update, delete, parent reference or expected value naming an
+    /// entity that no earlier step of the same user creates.
+    fn check_timeline(&self, names: &BTreeMap<String, String>) -> Result<(), SpecError> {
+        use std::collections::BTreeSet;
+        let mut crashed = BTreeSet::new();
+        let mut partitioned = BTreeSet::new();
+        let mut held = BTreeSet::new();
+        let mut server_crashed = false;
+        let mut created: BTreeSet<(&str, EntityType, &str)> = BTreeSet::new();
+        let check_entities = self.workload.is_none();
+        for (index, step) in self.steps_in_order() {
+            let path = format!("steps[{index}]");
+            let at = format!(
+                "step {} ({} at {} ms)",
+                index + 1,
+                step.action.name(),
+                step.at_ms
+            );
+            let fail = |why: String| Err(SpecError::at(&path, format!("{at}: {why}")));
+            let user = step.action.device().map_or("", |d| names[d].as_str());
+            match &step.action {
+                Action::Crash { device, .. } => {
+                    crashed.insert(device);
+                }
+                Action::Restart { device } if !crashed.contains(device) => {
+                    return fail(format!("{device} restarts but never crashed before"));
+                }
+                Action::Partition { device } => {
+                    partitioned.insert(device);
+                }
+                Action::Heal { device } if !partitioned.contains(device) => {
+                    return fail(format!("{device} heals but was never partitioned before"));
+                }
+                Action::Hold { device } => {
+                    held.insert(device);
+                }
+                Action::Release { device } if !held.contains(device) => {
+                    return fail(format!("{device} is released but was never held before"));
+                }
+                Action::CrashServer => server_crashed = true,
+                Action::RestartServer if !server_crashed => {
+                    return fail("the server restarts but never crashed before".into());
+                }
+                Action::Create {
+                    entity_type,
+                    id,
+                    fields,
+                    ..
+                } if check_entities => {
+                    for parent in entity_type.parents() {
+                        let Some(parent_id) = fields
+                            .get(&parent.reference_field())
+                            .and_then(|v| v.as_str())
+                        else {
+                            continue;
+                        };
+                        if !created.contains(&(user, *parent, parent_id)) {
+                            return fail(format!(
+                                "{} {parent_id:?} is not created by an earlier step of {user}",
+                                parent.reference_field()
+                            ));
+                        }
+                    }
+                    created.insert((user, *entity_type, id));
+                }
+                Action::Update {
+                    entity_type, id, ..
+                }
+                | Action::Delete {
+                    entity_type, id, ..
+                } if check_entities && !created.contains(&(user, *entity_type, id)) => {
+                    return fail(format!(
+                        "{entity_type} {id:?} is not created by an earlier step of {user}"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if check_entities {
+            for (index, value) in self.expect.values.iter().enumerate() {
+                if !created
+                    .iter()
+                    .any(|(_, t, id)| *t == value.entity_type && *id == value.id)
+                {
+                    return Err(SpecError::at(
+                        "expect.values",
+                        format!(
+                            "expected value {}: {} {:?} is not created by any step",
+                            index + 1,
+                            value.entity_type,
+                            value.id
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
