@@ -181,7 +181,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
         let app = app.clone();
         async move {
             let listener = SimListener::bind("0.0.0.0:80").await?;
-            http::serve(listener, http::router(app), std::future::pending()).await?;
+            crate::net::serve(listener, http::router(app)).await?;
             Ok(())
         }
     });
