@@ -642,10 +642,14 @@ impl RunSpec {
         if users.len() != self.users.len() {
             return fail("users", "a user is declared twice".into());
         }
-        let config = self
-            .config
-            .build()
-            .map_err(|e| SpecError::at("config", e))?;
+        let config = self.config.build().map_err(|e| {
+            // Errors about one key start with it (`batch_size = 0 is invalid…`).
+            let key = e.split(" = ").next().filter(|k| !k.contains(' '));
+            SpecError::at(
+                key.map_or("config".to_owned(), |k| format!("config.{k}")),
+                e,
+            )
+        })?;
         let sim = &self.sim;
         if sim.tick_ms == 0 || sim.tick_ms > 1_000 {
             return fail(
@@ -754,10 +758,21 @@ impl RunSpec {
             }
         }
         self.check_timeline(&names)?;
-        for checker in self.expect.checkers.iter().chain(&self.expect.violation) {
+        for (key, checker) in self
+            .expect
+            .checkers
+            .iter()
+            .map(|c| ("expect.checkers", c))
+            .chain(
+                self.expect
+                    .violation
+                    .iter()
+                    .map(|c| ("expect.violation", c)),
+            )
+        {
             if !crate::checkers::NAMES.contains(&checker.as_str()) {
                 return fail(
-                    "expect",
+                    key,
                     format!(
                         "unknown checker {checker:?}; the checkers are {}",
                         crate::checkers::NAMES.join(", ")

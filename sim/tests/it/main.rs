@@ -1,5 +1,6 @@
 //! Integration tests of `rockhound-sim`, one binary (one `mod` per area).
 
+mod cli;
 mod http;
 mod scenarios;
 mod world;

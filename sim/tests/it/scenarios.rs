@@ -72,3 +72,77 @@ fn every_negative_scenario_is_caught_by_its_named_checker() {
         "{caught:?}"
     );
 }
+
+#[test]
+fn every_library_scenario_holds_with_its_expectations() {
+    let library = files("scenarios");
+    assert!(library.len() >= 20, "the scenario library");
+    for path in library {
+        let spec = scenario::load(&path).unwrap();
+        assert!(
+            spec.expect.violation.is_none(),
+            "{}: negative scenarios go in negative/",
+            path.display()
+        );
+        assert!(
+            !spec.description.is_empty(),
+            "{}: say what it exercises",
+            path.display()
+        );
+        if spec.slow {
+            continue;
+        }
+        let checked = runner::run(&spec, spec.seed.unwrap_or(0), true).unwrap();
+        let violations: Vec<String> = checked
+            .verdicts()
+            .iter()
+            .flat_map(|v| v.violations.iter().map(|v| v.to_string()))
+            .collect();
+        assert!(
+            checked.passed(&spec),
+            "{}: {violations:?}, unmet {:?}",
+            path.display(),
+            checked.outcome.unmet
+        );
+    }
+}
+
+/// One broken file per kind of mistake; the errors name the file, line and column.
+#[test]
+fn broken_scenario_files_get_errors_with_file_line_and_column() {
+    const HEAD: &str = "[[users]]\nname = \"ann\"\ndevices = [\"phone\", \"tablet\"]\n";
+    let cases: &[(&str, String)] = &[
+        ("syntax", format!("{HEAD}[sim\ntick_ms = 10\n")),
+        ("unknown_key", format!("{HEAD}[sim]\ntick_ms = 10\nticks = 5\n")),
+        ("wrong_type", format!("{HEAD}[sim]\nsafety_ms = \"a minute\"\n")),
+        ("unit_missing", format!("{HEAD}[sim]\nsafety = 60000\n")),
+        ("unknown_step", format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"explode\"\ndevice = \"phone\"\n")),
+        ("unknown_step_key", format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"offline\"\ndevice = \"phone\"\nfor_ms = 10\n")),
+        ("unknown_device", format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"offline\"\ndevice = \"watch\"\n")),
+        ("unknown_entity", format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"update\"\ndevice = \"phone\"\nentity_type = \"specimen\"\nid = \"geode\"\nfields = {{ name = \"x\" }}\n")),
+        ("unknown_parent", format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"create\"\ndevice = \"phone\"\nentity_type = \"find_log\"\nid = \"f\"\nfields = {{ field_session_id = \"nowhere\" }}\n")),
+        ("unknown_entity_type", format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"create\"\ndevice = \"phone\"\nentity_type = \"rock\"\nid = \"r\"\n")),
+        ("restart_without_crash", format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"crash\"\ndevice = \"tablet\"\n\n[[steps]]\nat_ms = 10\ndo = \"restart\"\ndevice = \"phone\"\n")),
+        ("step_after_safety", format!("{HEAD}[sim]\nsafety_ms = 1000\n\n[[steps]]\nat_ms = 5000\ndo = \"offline\"\ndevice = \"phone\"\n")),
+        ("bad_rate", format!("{HEAD}[network]\nloss_rate = 1.5\n")),
+        ("latency_inverted", format!("{HEAD}[network]\nlatency_ms_min = 80\nlatency_ms_max = 20\n")),
+        ("unknown_checker", format!("{HEAD}[expect]\nchecker = [\"no_loss\"]\n")),
+        ("unknown_checker_name", format!("{HEAD}[expect]\ncheckers = [\"no_lost\"]\n")),
+        ("forge_same_user", format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"forge\"\ndevice = \"phone\"\nvictim_device = \"tablet\"\n")),
+        ("bad_strategy", format!("{HEAD}[config.strategies]\nspecimen = \"coin_flip\"\n")),
+        ("bad_config", format!("{HEAD}[config]\nbatch_size = 0\n")),
+        ("duplicate_device", "[[users]]\nname = \"ann\"\ndevices = [\"phone\"]\n\n[[users]]\nname = \"bob\"\ndevices = [\"phone\"]\n".to_owned()),
+        ("no_users", "description = \"nobody\"\n".to_owned()),
+    ];
+    let mut report = String::new();
+    for (name, text) in cases {
+        let path = PathBuf::from(format!("scenarios/{name}.toml"));
+        let error = scenario::parse(&path, text).expect_err(name).to_string();
+        assert!(
+            error.starts_with(&format!("scenarios/{name}.toml:")),
+            "{error}"
+        );
+        report.push_str(&format!("{error}\n"));
+    }
+    insta::assert_snapshot!(report);
+}

@@ -54,3 +54,35 @@ fn a_faulty_run_holds_every_checker() {
     println!("{}", report(&checked));
     assert!(checked.passed(&spec), "{}", report(&checked));
 }
+
+/// The trace of one run, as the bytes `--trace` writes.
+fn trace_bytes(spec: &RunSpec, seed: u64) -> (Vec<u8>, String) {
+    let outcome = rockhound_sim::world::run(spec, seed).unwrap();
+    let mut bytes = Vec::new();
+    let digest = outcome.trace.write_jsonl(&mut bytes).unwrap();
+    assert_eq!(digest, outcome.digest);
+    (bytes, digest)
+}
+
+#[test]
+fn the_same_seed_gives_the_same_bytes_and_different_seeds_differ() {
+    let spec = RunSpec {
+        faults: Some(FaultSpec {
+            swarm: true,
+            ..FaultSpec::default()
+        }),
+        ..small_spec()
+    };
+    let mut digests = std::collections::BTreeSet::new();
+    for seed in [0, 1, 42, 7_777, u64::MAX] {
+        let (first, digest) = trace_bytes(&spec, seed);
+        let (second, again) = trace_bytes(&spec, seed);
+        assert_eq!(digest, again, "seed {seed}");
+        assert!(first == second, "seed {seed}: the traces differ");
+        assert_eq!(digest.len(), 64);
+        assert!(
+            digests.insert(digest),
+            "seed {seed} repeats another seed's digest"
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! The `rockhound` binary's contract (SPEC §5): the `seed=<N> digest=<hex>` line, the exit
+//! codes, byte-identical traces, and the export → replay and shrink round trips.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn rockhound(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rockhound"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn digest_line(output: &Output) -> String {
+    stdout(output)
+        .lines()
+        .find(|l| l.starts_with("seed="))
+        .unwrap_or_else(|| panic!("no seed line in {}", stdout(output)))
+        .to_owned()
+}
+
+#[test]
+fn run_prints_the_seed_and_digest_line_and_traces_are_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut traces = Vec::new();
+    for name in ["a.jsonl", "b.jsonl"] {
+        let trace = dir.path().join(name);
+        let output = rockhound(&[
+            "run",
+            "scenarios/queue_full.toml",
+            "--seed",
+            "5",
+            "--trace",
+            trace.to_str().unwrap(),
+        ]);
+        assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+        let line = digest_line(&output);
+        let digest = line
+            .strip_prefix("seed=5 digest=")
+            .expect("the contract line");
+        assert_eq!(digest.len(), 64);
+        assert!(
+            digest
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert!(stdout(&output).contains("  no_loss           ok"));
+        traces.push(std::fs::read(&trace).unwrap());
+    }
+    assert!(!traces[0].is_empty());
+    assert!(
+        traces[0] == traces[1],
+        "the same seed wrote different traces"
+    );
+}
+
+#[test]
+fn exit_codes_follow_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1: a planted bug without the expectation that it is caught is a plain violation.
+    let text = std::fs::read_to_string(
+        repo().join("scenarios/negative/exactly_once_server_ignores_idempotency.toml"),
+    )
+    .unwrap();
+    let violating = dir.path().join("violating.toml");
+    std::fs::write(&violating, text.replace("violation = \"exactly_once\"", "")).unwrap();
+    let output = rockhound(&["run", violating.to_str().unwrap(), "--seed", "3"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let out = stdout(&output);
+    assert!(out.contains("exactly_once      VIOLATED"), "{out}");
+    let reproduce = format!("reproduce: rockhound run {} --seed 3", violating.display());
+    assert!(out.contains(&reproduce), "{out}");
+    // 3: a run that differs from its own re-run.
+    let text = std::fs::read_to_string(
+        repo().join("scenarios/negative/determinism_process_wide_ids.toml"),
+    )
+    .unwrap();
+    let nondeterministic = dir.path().join("nondeterministic.toml");
+    std::fs::write(
+        &nondeterministic,
+        text.replace("violation = \"determinism\"", ""),
+    )
+    .unwrap();
+    let output = rockhound(&["run", nondeterministic.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(3), "{}", stdout(&output));
+    // 2: a broken file, a missing file, bad arguments.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        "[[users]]\nname = \"ann\"\ndevices = [\"phone\"]\n[sim]\ntick_ms = \"fast\"\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["run", broken.to_str().unwrap()],
+        vec!["run", "no-such-file.toml"],
+        vec!["run", "scenarios/queue_full.toml", "--seeds", "9..2"],
+        vec!["explore", "--shard", "3/2"],
+        vec!["shrink"],
+    ] {
+        let output = rockhound(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stdout(&output)
+        );
+        assert!(!output.stderr.is_empty(), "{args:?}");
+    }
+    let output = rockhound(&["run", broken.to_str().unwrap()]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("broken.toml:5:11"), "{error}");
+}
+
+#[test]
+fn an_exported_run_replays_to_the_same_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, seed) in [
+        (None, "11"),
+        (None, "250"),
+        (Some("scenarios/field_season.toml"), "4"),
+    ] {
+        let out = dir.path().join(format!("exported-{seed}.toml"));
+        let mut args = vec!["export", "--seed", seed, "--out", out.to_str().unwrap()];
+        args.extend(file);
+        let exported = rockhound(&args);
+        assert_eq!(exported.status.code(), Some(0), "{}", stdout(&exported));
+        let replayed = rockhound(&["replay", out.to_str().unwrap()]);
+        assert_eq!(replayed.status.code(), Some(0), "{}", stdout(&replayed));
+        assert_eq!(digest_line(&exported), digest_line(&replayed));
+        assert!(stdout(&replayed).contains("replay: digest matches the recorded one"));
+        // The file is editable: its random parts became explicit steps.
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            !text.contains("[workload]") && !text.contains("[faults]"),
+            "{text}"
+        );
+        assert!(text.contains("[[steps]]"));
+    }
+}
+
+#[test]
+fn shrink_turns_a_planted_failure_in_a_long_random_run_into_a_handful_of_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("long.toml");
+    std::fs::write(
+        &long,
+        r#"description = "four devices, a random workload and random faults, and a server that ignores idempotency keys"
+
+[[users]]
+name = "ann"
+devices = ["phone", "tablet", "laptop"]
+
+[[users]]
+name = "bob"
+devices = ["bob-phone"]
+
+[sim]
+safety_ms = 60000
+liveness_ms = 120000
+
+[workload]
+actions_per_device = 30
+
+[faults]
+swarm = true
+
+[planted]
+server_ignores_idempotency = true
+"#,
+    )
+    .unwrap();
+    let original = rockhound(&["run", long.to_str().unwrap(), "--seed", "3", "--no-recheck"]);
+    assert_eq!(original.status.code(), Some(1), "the long run fails");
+    let shrunk = dir.path().join("shrunk.toml");
+    let output = rockhound(&[
+        "shrink",
+        long.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--out",
+        shrunk.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let spec = rockhound_sim::scenario::load(&shrunk).unwrap();
+    assert!(spec.steps.len() <= 5, "{} steps left", spec.steps.len());
+    assert_eq!(spec.expect.violation.as_deref(), Some("exactly_once"));
+    assert!(spec.workload.is_none() && spec.faults.is_none());
+    // The shrunk file fails the same checker on its own (and `run` counts that as caught).
+    let rerun = rockhound(&["run", shrunk.to_str().unwrap()]);
+    assert_eq!(rerun.status.code(), Some(0), "{}", stdout(&rerun));
+    assert!(stdout(&rerun).contains("planted bug was caught by exactly_once"));
+}
+
+#[test]
+fn explore_splits_the_seed_space_into_shards_and_saves_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("failures");
+    let output = rockhound(&[
+        "explore",
+        "--seeds",
+        "0..5",
+        "--shard",
+        "2/3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("explored 2 of 2 seeds (shard 2/3)"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(!out.exists(), "nothing failed, nothing saved");
+}
