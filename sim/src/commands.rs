@@ -79,17 +79,21 @@ fn load_all(files: &[PathBuf]) -> Result<Vec<(PathBuf, RunSpec)>, ScenarioError>
         .collect()
 }
 
+/// One job's result and the wall-clock seconds its run (and re-run) took.
+type Done = (Result<Checked, String>, f64);
+
 /// Runs jobs on `jobs` threads (each run is its own single-threaded simulation) and returns
-/// the results in job order.
+/// the results in job order; `None` for jobs a stop left unstarted. Wall-clock time is
+/// measured here, around the simulation, never inside it.
+#[allow(clippy::disallowed_methods)]
 fn run_jobs(
     jobs: &[Job],
     threads: usize,
     recheck: bool,
     progress: Option<&ProgressBar>,
     stop: &AtomicBool,
-) -> Vec<Option<Result<Checked, String>>> {
-    let results: Vec<Mutex<Option<Result<Checked, String>>>> =
-        jobs.iter().map(|_| Mutex::new(None)).collect();
+) -> Vec<Option<Done>> {
+    let results: Vec<Mutex<Option<Done>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
     let next = Mutex::new(0usize);
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
@@ -106,9 +110,11 @@ fn run_jobs(
                     };
                     let Some(job) = jobs.get(index) else { return };
                     let recheck = recheck && runner::wants_determinism(&job.spec);
+                    let started = std::time::Instant::now();
                     let result =
                         runner::run(&job.spec, job.seed, recheck).map_err(|e| e.to_string());
-                    *results[index].lock().expect("result slot") = Some(result);
+                    let wall_s = started.elapsed().as_secs_f64();
+                    *results[index].lock().expect("result slot") = Some((result, wall_s));
                     if let Some(progress) = progress {
                         progress.inc(1);
                     }
@@ -135,7 +141,7 @@ fn code_of(job: &Job, checked: &Checked) -> u8 {
 
 /// Prints one run's block: the contract line `seed=<N> digest=<hex>`, then the verdicts (in
 /// `brief` mode a passing run gets one line instead). Returns its exit code.
-fn report(job: &Job, checked: &Checked, trace_out: Option<&Path>, brief: bool) -> u8 {
+fn report(job: &Job, checked: &Checked, wall_s: f64, trace_out: Option<&Path>, brief: bool) -> u8 {
     println!("seed={} digest={}", job.seed, checked.outcome.digest);
     let code = code_of(job, checked);
     let expected = job.spec.expect.violation.as_deref();
@@ -160,6 +166,12 @@ fn report(job: &Job, checked: &Checked, trace_out: Option<&Path>, brief: bool) -
         summary
             .convergence_ms
             .map_or("never".to_owned(), |ms| format!("{ms} ms after healing")),
+    );
+    let runs = if checked.determinism.is_some() { 2 } else { 1 };
+    let simulated_s = (job.spec.sim.safety_ms + job.spec.sim.liveness_ms) as f64 / 1000.0;
+    println!(
+        "speed: {simulated_s:.0} simulated s per run, {runs} run(s) in {wall_s:.2} wall s: {:.0} simulated s per wall s",
+        simulated_s * f64::from(runs) / wall_s.max(1e-9)
     );
     for verdict in checked.verdicts() {
         let state = match (verdict.ran, verdict.violations.len()) {
@@ -214,17 +226,14 @@ fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
         })
 }
 
-fn finish(
-    jobs: &[Job],
-    results: Vec<Option<Result<Checked, String>>>,
-    trace_out: Option<&Path>,
-    brief: bool,
-) -> u8 {
+fn finish(jobs: &[Job], results: Vec<Option<Done>>, trace_out: Option<&Path>, brief: bool) -> u8 {
     let mut codes = Vec::new();
     for (job, result) in jobs.iter().zip(results) {
         match result {
-            Some(Ok(checked)) => codes.push(report(job, &checked, trace_out, brief)),
-            Some(Err(error)) => {
+            Some((Ok(checked), wall_s)) => {
+                codes.push(report(job, &checked, wall_s, trace_out, brief))
+            }
+            Some((Err(error), _)) => {
                 println!("seed={} error: {}: {error}", job.seed, job.label);
                 codes.push(EXIT_USAGE);
             }
@@ -388,12 +397,14 @@ pub fn explore(
     let mut failures = 0;
     let mut codes = Vec::new();
     for (job, result) in work.iter().zip(&results) {
-        let Some(result) = result else { continue };
+        let Some((result, wall_s)) = result else {
+            continue;
+        };
         match result {
             Ok(checked) if checked.passed(&job.spec) => {}
             Ok(checked) => {
                 failures += 1;
-                let code = report(job, checked, None, false);
+                let code = report(job, checked, *wall_s, None, false);
                 codes.push(code);
                 let file = out.join(format!("swarm-{}.toml", job.seed));
                 let mut explicit = materialize(&job.spec, job.seed, &checked.outcome.trace);
@@ -522,14 +533,24 @@ pub fn replay(file: &Path, seed: Option<u64>, trace: Option<&Path>) -> u8 {
         spec,
         seed,
     };
-    let checked = match runner::run(&job.spec, seed, runner::wants_determinism(&job.spec)) {
+    let (result, wall_s) = run_jobs(
+        std::slice::from_ref(&job),
+        1,
+        true,
+        None,
+        &AtomicBool::new(false),
+    )
+    .pop()
+    .flatten()
+    .expect("one job, run");
+    let checked = match result {
         Ok(checked) => checked,
         Err(error) => {
             eprintln!("error: {error}");
             return EXIT_USAGE;
         }
     };
-    let code = report(&job, &checked, trace, false);
+    let code = report(&job, &checked, wall_s, trace, false);
     match &job.spec.expect.digest {
         Some(expected) if *expected != checked.outcome.digest => {
             println!(
