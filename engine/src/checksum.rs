@@ -11,11 +11,46 @@ use sha2::{Digest, Sha256};
 /// Length of a checksum in hex characters.
 pub const CHECKSUM_HEX_LEN: usize = 64;
 
+/// Largest integer an IEEE 754 double holds exactly (2^53): JCS numbers are doubles.
+const EXACT_INTEGER_MAX: u64 = 1 << 53;
+
 /// The RFC 8785 canonical encoding of `value`.
 pub fn canonical_json(value: &Value) -> Vec<u8> {
+    if is_plainly_canonical(value) {
+        // serde_json's compact output is already the JCS encoding of such a value.
+        return serde_json::to_vec(value).expect("a serde_json::Value always serializes");
+    }
     // A `serde_json::Value` has only string keys and finite numbers, the two things JCS can
     // refuse, so failing here means a broken invariant in serde_json, not bad input.
     serde_json_canonicalizer::to_vec(value).expect("a serde_json::Value is always JCS-encodable")
+}
+
+/// Whether serde_json's compact encoding of `value` is byte for byte its JCS encoding, as
+/// for nearly every op (the checksum is the hot path of enqueue and of the server): every
+/// number an integer a double holds exactly (JCS prints numbers as ECMAScript doubles;
+/// serde_json prints floats its own way), and every object's keys ASCII and met in
+/// ascending order (for ASCII, UTF-16 order is byte order). The two escape strings alike:
+/// `"`, `\`, `\b \f \n \r \t`, other control characters as lowercase `\u00xx`, nothing
+/// else. Anything else goes through the full canonicalizer.
+pub fn is_plainly_canonical(value: &Value) -> bool {
+    match value {
+        Value::Null | Value::Bool(_) | Value::String(_) => true,
+        Value::Number(number) => {
+            number.as_u64().is_some_and(|n| n <= EXACT_INTEGER_MAX)
+                || number
+                    .as_i64()
+                    .is_some_and(|n| n.unsigned_abs() <= EXACT_INTEGER_MAX)
+        }
+        Value::Array(items) => items.iter().all(is_plainly_canonical),
+        Value::Object(map) => {
+            let mut previous: Option<&str> = None;
+            map.iter().all(|(key, item)| {
+                let in_order = key.is_ascii() && previous.is_none_or(|p| p < key.as_str());
+                previous = Some(key);
+                in_order && is_plainly_canonical(item)
+            })
+        }
+    }
 }
 
 /// Lowercase hex SHA-256 of `bytes`.
@@ -43,7 +78,19 @@ pub fn checksum_without_member(object: &Value) -> String {
         .filter(|(key, _)| key.as_str() != "checksum")
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
-    sha256_hex(&canonical_json(&Value::Object(without)))
+    checksum_of_owned(Value::Object(without))
+}
+
+/// [`checksum_without_member`] of an object the caller owns (no copy is made).
+///
+/// # Panics
+/// If `object` is not a JSON object.
+pub fn checksum_of_owned(mut object: Value) -> String {
+    object
+        .as_object_mut()
+        .expect("only JSON objects carry a checksum member")
+        .remove("checksum");
+    sha256_hex(&canonical_json(&object))
 }
 
 /// Whether `text` looks like a checksum: 64 lowercase hex characters.
@@ -145,5 +192,55 @@ mod tests {
         assert!(!is_checksum_format(&"A".repeat(64)));
         assert!(!is_checksum_format(&"a".repeat(63)));
         assert!(!is_checksum_format(&"g".repeat(64)));
+    }
+
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1_000_000i64..1_000_000).prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".*".prop_map(Value::from),
+            "[a-z\\u{0}-\\u{1f}\"\\\\/]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("([a-z_]{1,6}|.{1,3})", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The fast path gives exactly the full canonicalizer's bytes whenever it is taken.
+        #[test]
+        fn the_fast_path_is_the_canonical_encoding(value in arbitrary_json()) {
+            let full = serde_json_canonicalizer::to_vec(&value).unwrap();
+            proptest::prop_assert_eq!(canonical_json(&value), full);
+        }
+    }
+
+    #[test]
+    fn the_fast_path_declines_what_serde_json_prints_differently() {
+        for text in [
+            "[1.5]",
+            "[9007199254740993]",
+            "[-9007199254740993]",
+            r#"{"\u00e9":1}"#,
+            r#"[{"b":1,"a":[2.0]}]"#,
+        ] {
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert!(!is_plainly_canonical(&value), "{text}");
+        }
+        let plain: Value =
+            serde_json::from_str(r#"{"a":[1,-2,9007199254740992,"\n\u0001é"],"b":{"c":null}}"#)
+                .unwrap();
+        assert!(is_plainly_canonical(&plain));
     }
 }

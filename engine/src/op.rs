@@ -5,7 +5,7 @@
 //! every member is part of the checksum. Client-side bookkeeping (status, attempt count,
 //! expiry) lives in the client's queue record, not here.
 
-use crate::checksum::{checksum_without_member, is_checksum_format};
+use crate::checksum::{checksum_of_owned, is_checksum_format, is_plainly_canonical, sha256_hex};
 use crate::entity::{EntityType, Priority};
 use crate::ids::{BatchId, DeviceId, EntityId, IdError, IdempotencyKey, OpId, check_id};
 use crate::time::{Millis, TIMESTAMP_MS_MAX, TIMESTAMP_MS_MIN};
@@ -267,8 +267,45 @@ impl Op {
 
     /// The checksum this op's content hashes to (whatever `checksum` currently holds).
     pub fn compute_checksum(&self) -> String {
-        let value = serde_json::to_value(self).expect("an Op always serializes");
-        checksum_without_member(&value)
+        let mut canonical = Vec::with_capacity(512);
+        if self.write_canonical(&mut canonical, false) {
+            return sha256_hex(&canonical);
+        }
+        checksum_of_owned(serde_json::to_value(self).expect("an Op always serializes"))
+    }
+
+    /// Appends the RFC 8785 encoding of the op (with or without its `checksum` member)
+    /// straight from the struct, members in sorted order, without building a JSON tree:
+    /// the checksum is the hot path of enqueue and of the server. Returns false, having
+    /// written garbage, when a number is beyond what a double holds exactly or the payload
+    /// needs the general canonicalizer; the caller then takes the general path. A test
+    /// checks the two agree on arbitrary ops.
+    fn write_canonical(&self, out: &mut Vec<u8>, with_checksum: bool) -> bool {
+        let exact = |n: u64| n <= PAYLOAD_INTEGER_ABS_MAX;
+        if !(exact(self.base_version)
+            && exact(self.client_timestamp_ms.0)
+            && exact(self.created_at_ms.0)
+            && is_plainly_canonical(&self.payload))
+        {
+            return false;
+        }
+        let mut members = Members::new(out);
+        members.put("base_version", &self.base_version);
+        if with_checksum {
+            members.put("checksum", &self.checksum);
+        }
+        members.put("client_timestamp_ms", &self.client_timestamp_ms);
+        members.put("created_at_ms", &self.created_at_ms);
+        members.put("depends_on", &self.depends_on);
+        members.put("entity_id", &self.entity_id);
+        members.put("entity_type", &self.entity_type);
+        members.put("idempotency_key", &self.idempotency_key);
+        members.put("kind", &self.kind);
+        members.put("op_id", &self.op_id);
+        members.put("payload", &self.payload);
+        members.put("priority", &self.priority);
+        members.end();
+        true
     }
 
     /// Sets `checksum` from the content and returns the sealed op.
@@ -498,8 +535,32 @@ impl Batch {
 
     /// The checksum this batch's content hashes to.
     pub fn compute_checksum(&self) -> String {
-        let value = serde_json::to_value(self).expect("a Batch always serializes");
-        checksum_without_member(&value)
+        let mut canonical = Vec::with_capacity(600 * self.ops.len() + 128);
+        if self.write_canonical(&mut canonical) {
+            return sha256_hex(&canonical);
+        }
+        checksum_of_owned(serde_json::to_value(self).expect("a Batch always serializes"))
+    }
+
+    /// Appends the RFC 8785 encoding of the batch without its `checksum` member, as
+    /// [`Op::write_canonical`] does for an op.
+    fn write_canonical(&self, out: &mut Vec<u8>) -> bool {
+        let mut members = Members::new(out);
+        members.put("batch_id", &self.batch_id);
+        members.put("device_id", &self.device_id);
+        members.key("ops");
+        members.out.push(b'[');
+        for (index, op) in self.ops.iter().enumerate() {
+            if index > 0 {
+                members.out.push(b',');
+            }
+            if !op.write_canonical(members.out, true) {
+                return false;
+            }
+        }
+        members.out.push(b']');
+        members.end();
+        true
     }
 
     /// Checks the claimed batch checksum against the content (not the ops' own checksums).
@@ -528,3 +589,37 @@ fn verify_claimed(claimed: &str, compute: impl FnOnce() -> String) -> Result<(),
 
 #[cfg(test)]
 mod tests;
+
+/// Writes the members of a JSON object in the order given (the caller gives them sorted).
+/// Keys are ASCII constants; values are written by serde_json, whose compact encoding of
+/// strings, integers and plainly canonical JSON is the JCS encoding.
+struct Members<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> Members<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Members<'a> {
+        out.push(b'{');
+        Members { out, first: true }
+    }
+
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn put(&mut self, key: &str, value: &impl Serialize) {
+        self.key(key);
+        serde_json::to_writer(&mut *self.out, value).expect("writing to a Vec cannot fail");
+    }
+
+    fn end(self) {
+        self.out.push(b'}');
+    }
+}

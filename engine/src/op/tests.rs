@@ -380,7 +380,30 @@ mod properties {
             let text = scrambled(&value, &mut rotations.into_iter(), spaces);
             let reread = Op::from_json(&text).unwrap();
             prop_assert_eq!(reread.verify_checksum(), Ok(()));
-            prop_assert_eq!(checksum_without_member(&serde_json::from_str(&text).unwrap()), op.checksum);
+            prop_assert_eq!(crate::checksum::checksum_without_member(&serde_json::from_str(&text).unwrap()), op.checksum);
+        }
+
+        /// The struct-to-bytes fast path and the general canonicalizer agree on every op
+        /// and batch (and the fast path declines what it cannot encode exactly).
+        #[test]
+        fn the_direct_encoding_is_the_canonical_encoding(
+            mut op in any_op(),
+            base_version in prop::sample::select(vec![0u64, 7, 1 << 53, (1 << 53) + 1, u64::MAX]),
+            odd in prop::sample::select(vec![json!(null), json!(1.5), json!({"é": 1}), json!([1, 2])]),
+        ) {
+            op.base_version = base_version;
+            op.payload.as_object_mut().unwrap().insert("odd".into(), odd);
+            let general = |value: Value| crate::checksum::checksum_of_owned(value);
+            prop_assert_eq!(op.compute_checksum(), general(serde_json::to_value(&op).unwrap()));
+            let mut bytes = Vec::new();
+            if op.write_canonical(&mut bytes, true) {
+                prop_assert_eq!(
+                    bytes,
+                    crate::checksum::canonical_json(&serde_json::to_value(&op).unwrap())
+                );
+            }
+            let batch = Batch::new(BatchId("b-1".into()), DeviceId("d-1".into()), vec![op.clone(), op]);
+            prop_assert_eq!(batch.compute_checksum(), general(serde_json::to_value(&batch).unwrap()));
         }
 
         #[test]

@@ -1,0 +1,288 @@
+//! The engine's hot paths: enqueue, batch selection, checksums, deltas, conflict
+//! resolution, server apply and pulls. Targets and figures: `benches/README.md`.
+
+// criterion's macros define undocumented functions; benchmarks measure wall-clock time,
+// which the workspace bans everywhere else.
+#![allow(missing_docs, clippy::disallowed_methods)]
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use rockhound_benches::{NOW, config, device_with, edit, queue_with};
+use rockhound_engine::client::coordinator::Coordinator;
+use rockhound_engine::client::sim_store::SimStore;
+use rockhound_engine::conflict::{self, Detection, ServerEntity, Strategy, Write};
+use rockhound_engine::server::Server;
+use rockhound_engine::{
+    Batch, BatchId, DeviceId, EntityId, EntityType, IdempotencyKey, Millis, Op, OpId, OpKind,
+    UserId, delta,
+};
+use rockhound_sim::file_store::FileStore;
+use serde_json::{Value, json};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// Enqueue of one op, on a fresh device per batch of iterations (so the queue never fills).
+fn enqueue(c: &mut Criterion) {
+    let mut group = c.benchmark_group("enqueue");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("sim_store", |b| {
+        b.iter_custom(|iters| {
+            let count = usize::try_from(iters).expect("iterations fit");
+            let mut device = Coordinator::open(
+                DeviceId("bench".into()),
+                0,
+                config(count),
+                SimStore::new(),
+                1,
+                NOW,
+            )
+            .expect("opens");
+            let edits: Vec<_> = (0..count).map(edit).collect();
+            let started = Instant::now();
+            for e in edits {
+                black_box(device.enqueue(NOW, NOW, e).expect("room"));
+            }
+            started.elapsed()
+        })
+    });
+    // fsync before acknowledging: the figure is the disk's, not the engine's.
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("file_store", |b| {
+        b.iter_custom(|iters| {
+            let count = usize::try_from(iters).expect("iterations fit");
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let store = FileStore::open(dir.path().join("queue.log")).expect("opens");
+            let mut device =
+                Coordinator::open(DeviceId("bench".into()), 0, config(count), store, 1, NOW)
+                    .expect("opens");
+            let edits: Vec<_> = (0..count).map(edit).collect();
+            let started = Instant::now();
+            for e in edits {
+                black_box(device.enqueue(NOW, NOW, e).expect("room"));
+            }
+            started.elapsed()
+        })
+    });
+    group.finish();
+}
+
+/// A 50-op batch selected from queues of realistic dependency chains.
+fn batch_selection(c: &mut Criterion) {
+    let mut group = c.benchmark_group("select_50");
+    for count in [100, 1_000, 10_000, 100_000] {
+        let queue = queue_with(count);
+        group.bench_function(format!("from_{count}"), |b| {
+            b.iter(|| black_box(queue.select(50)))
+        });
+    }
+    group.finish();
+    // The whole poll: selection, marking in flight, building and sealing the batch.
+    let mut group = c.benchmark_group("poll_batch_50");
+    group.sample_size(20);
+    for count in [1_000, 10_000] {
+        group.bench_function(format!("from_{count}"), |b| {
+            b.iter_batched(
+                || {
+                    let mut device = device_with(count);
+                    device.set_online(NOW, true);
+                    device
+                },
+                // The device is returned so that its drop is not timed.
+                |mut device| {
+                    black_box(device.poll(NOW));
+                    device
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn op(n: u64, kind: OpKind, base_version: u64, payload: Value, at: Millis) -> Op {
+    Op {
+        op_id: OpId(format!("op-{n}")),
+        idempotency_key: IdempotencyKey(format!("key-{n}")),
+        entity_type: EntityType::Specimen,
+        entity_id: EntityId(format!("specimen-{n}")),
+        kind,
+        base_version,
+        payload,
+        client_timestamp_ms: at,
+        priority: EntityType::Specimen.default_priority(),
+        depends_on: vec![],
+        created_at_ms: at,
+        checksum: String::new(),
+    }
+    .sealed()
+}
+
+fn specimen() -> Value {
+    json!({
+        "id": "specimen-1", "find_log_id": "find-1", "name": "banded agate",
+        "weight_g": 212, "dimensions_mm": [64, 41, 22], "locality": "Crooked Creek, OR",
+        "notes": "fortification banding, one polished face", "tags": ["agate", "favourites"],
+        "acquired": "2026-06-14"
+    })
+}
+
+fn checksum_and_delta(c: &mut Criterion) {
+    let typical = op(1, OpKind::Create, 0, specimen(), NOW);
+    c.bench_function("checksum/typical_op", |b| {
+        b.iter(|| black_box(typical.compute_checksum()))
+    });
+    let original = specimen();
+    let mut modified = specimen();
+    modified["weight_g"] = json!(208);
+    modified["notes"] = json!("fortification banding, two polished faces");
+    modified["tags"] = json!(["agate", "favourites", "polished"]);
+    c.bench_function("delta/diff", |b| {
+        b.iter(|| black_box(delta::diff(&original, &modified)))
+    });
+    let patch = delta::diff(&original, &modified);
+    c.bench_function("delta/apply", |b| {
+        b.iter(|| black_box(delta::patched(&original, &patch)))
+    });
+}
+
+/// A server entity at version 2 (created by the phone, changed by the tablet) and a stale
+/// update from a third device: the update-update case every strategy decides.
+fn conflict_case() -> (ServerEntity, Op, DeviceId) {
+    let create = op(1, OpKind::Create, 0, specimen(), NOW);
+    let phone = DeviceId("phone".into());
+    let tablet = DeviceId("tablet".into());
+    let created = conflict::commit(
+        None,
+        &conflict::apply_clean(None, &Write::of(&create, &phone)),
+        &Write::of(&create, &phone),
+    )
+    .expect("a create makes an entity");
+    let change = op(
+        2,
+        OpKind::Update,
+        1,
+        json!({"weight_g": 208, "tags": ["agate", "polished"]}),
+        Millis(NOW.0 + 1_000),
+    );
+    let write = Write::of(&change, &tablet);
+    let changed = conflict::commit(
+        Some(&created),
+        &conflict::apply_clean(Some(&created), &write),
+        &write,
+    )
+    .expect("an update changes the entity");
+    let stale = op(
+        3,
+        OpKind::Update,
+        1,
+        json!({"notes": "cut and polished", "tags": ["agate", "cut"]}),
+        Millis(NOW.0 + 2_000),
+    );
+    (changed, stale, DeviceId("laptop".into()))
+}
+
+fn conflicts(c: &mut Criterion) {
+    let (server, stale, device) = conflict_case();
+    let mut group = c.benchmark_group("conflict");
+    for strategy in [
+        Strategy::ClientWins,
+        Strategy::ServerWins,
+        Strategy::LatestTimestamp,
+        Strategy::FieldLevel,
+        Strategy::Merge,
+        Strategy::Manual,
+    ] {
+        group.bench_function(strategy.as_str(), |b| {
+            b.iter(|| {
+                let write = Write::of(&stale, &device);
+                let Detection::Conflict(case) = conflict::detect(Some(&server), &write) else {
+                    unreachable!("a stale update conflicts");
+                };
+                let decision = conflict::resolve(strategy, case, &server, &write);
+                black_box(conflict::commit(Some(&server), &decision, &write))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A server that already holds `sessions` field sessions of user ann.
+fn server_with_sessions(sessions: usize) -> Server {
+    let mut server = Server::new(config(10_000));
+    let ann = UserId::from("ann");
+    for chunk in 0..sessions.div_ceil(50) {
+        let ops = (0..50)
+            .map(|k| chunk * 50 + k)
+            .filter(|n| *n < sessions)
+            .map(|n| {
+                let mut o = op(
+                    n as u64,
+                    OpKind::Create,
+                    0,
+                    json!({"id": format!("s-{n}"), "site": "Crooked Creek"}),
+                    NOW,
+                );
+                o.entity_type = EntityType::FieldSession;
+                o.entity_id = EntityId(format!("s-{n}"));
+                o.priority = EntityType::FieldSession.default_priority();
+                o.sealed()
+            })
+            .collect();
+        let batch = Batch::new(
+            BatchId(format!("seed-{chunk}")),
+            DeviceId("phone".into()),
+            ops,
+        );
+        server.handle_batch(&ann, &batch, NOW).expect("applies");
+    }
+    server
+}
+
+fn server(c: &mut Criterion) {
+    let ann = UserId::from("ann");
+    // 50 new specimens' worth of creates, checksums verified, on a server with history.
+    let batch = {
+        let ops = (0..50u64)
+            .map(|n| {
+                let mut o = op(1_000 + n, OpKind::Create, 0, specimen(), NOW);
+                o.entity_type = EntityType::StorageLocation;
+                o.entity_id = EntityId(format!("drawer-{n}"));
+                o.payload = json!({"id": format!("drawer-{n}"), "cabinet": "oak", "drawer": n});
+                o.priority = EntityType::StorageLocation.default_priority();
+                o.sealed()
+            })
+            .collect();
+        Batch::new(BatchId("bench".into()), DeviceId("phone".into()), ops)
+    };
+    let mut group = c.benchmark_group("server");
+    group.throughput(Throughput::Elements(50));
+    group.bench_function("apply_batch_50", |b| {
+        b.iter_batched(
+            || server_with_sessions(500),
+            // The server is returned so that its drop is not timed.
+            |mut server| {
+                black_box(server.handle_batch(&ann, &batch, NOW).expect("applies"));
+                server
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+    let mut server = server_with_sessions(2_000);
+    let mut group = c.benchmark_group("server");
+    group.throughput(Throughput::Elements(500));
+    group.bench_function("pull_page_500", |b| {
+        b.iter(|| black_box(server.changes(&ann, None, 700, 500, NOW).expect("a page")))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    enqueue,
+    batch_selection,
+    checksum_and_delta,
+    conflicts,
+    server
+);
+criterion_main!(benches);
