@@ -62,7 +62,9 @@ fn throughput(c: &mut Criterion) {
             .lines
             .last()
             .map_or(0, |l| l.t_ms);
-        let mut group = c.benchmark_group(format!("throughput/{devices}_devices_{hosts}_hosts"));
+        // Host counts include the server host (the echo has the same: its server and clients).
+        let mut group =
+            c.benchmark_group(format!("throughput/{devices}_devices_{}_hosts", hosts + 1));
         group.sample_size(10);
         group.measurement_time(Duration::from_secs(if devices == 100 { 30 } else { 15 }));
         group.throughput(Throughput::Elements(simulated_ms / 1_000));
