@@ -6,6 +6,9 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use rockhound_sim::explore::swarm_spec;
 use rockhound_sim::export::materialize;
+use rockhound_sim::report::RunReport;
+use rockhound_sim::report::compare;
+use rockhound_sim::report::page::{self, Provenance};
 use rockhound_sim::runner::{self, Checked};
 use rockhound_sim::scenario::{self, ScenarioError};
 use rockhound_sim::shrink;
@@ -251,6 +254,7 @@ pub fn run(
     trace: Option<&Path>,
     recheck: bool,
     brief: bool,
+    report_dir: Option<&Path>,
 ) -> u8 {
     let loaded = match load_all(files) {
         Ok(loaded) => loaded,
@@ -279,7 +283,112 @@ pub fn run(
         return EXIT_USAGE;
     }
     let results = run_jobs(&work, jobs, recheck, None, &AtomicBool::new(false));
+    if let Some(dir) = report_dir {
+        if let Err(e) = write_reports(dir, &work, &results) {
+            eprintln!("error: cannot write the reports to {}: {e}", dir.display());
+            return EXIT_USAGE;
+        }
+        println!("reports written to {}", dir.display());
+    }
     finish(&work, results, trace, brief)
+}
+
+/// Where the reports come from: the git commit (with `+dirty` for uncommitted changes) and
+/// the digest of `Cargo.lock`, looked up from the working directory.
+pub fn provenance() -> Provenance {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = match (git(&["rev-parse", "HEAD"]), git(&["status", "--porcelain"])) {
+        (Some(commit), Some(status)) if !status.is_empty() => format!("{commit}+dirty"),
+        (Some(commit), _) => commit,
+        (None, _) => "unknown".to_owned(),
+    };
+    let lock_digest = std::env::current_dir()
+        .ok()
+        .and_then(|dir| {
+            dir.ancestors()
+                .map(|d| d.join("Cargo.lock"))
+                .find(|p| p.is_file())
+        })
+        .and_then(|path| std::fs::read(path).ok())
+        .map_or("unknown".to_owned(), |bytes| {
+            rockhound_engine::checksum::sha256_hex(&bytes)
+        });
+    Provenance {
+        commit,
+        lock_digest,
+    }
+}
+
+/// Writes a page per run and the suite's index into `dir`. Runs of one scenario over
+/// several seeds get the seed in their page's name.
+fn write_reports(dir: &Path, jobs: &[Job], results: &[Option<Done>]) -> std::io::Result<()> {
+    let provenance = provenance();
+    let mut reports = Vec::new();
+    for (job, result) in jobs.iter().zip(results) {
+        let Some((Ok(checked), _)) = result else {
+            continue;
+        };
+        let mut report = RunReport::new(&job.spec, checked);
+        report.reproduce = job.reproduce.clone();
+        if jobs.iter().filter(|j| j.label == job.label).count() > 1 {
+            report.name = format!("{}-seed-{}", job.label, job.seed);
+        }
+        page::write_all(dir, &page::run_files(&report, &provenance))?;
+        reports.push(report);
+    }
+    page::write_all(dir, &page::suite_files(&reports, &provenance))
+}
+
+/// `rockhound compare`: each comparison file's variants on the same seeds.
+pub fn compare(files: &[PathBuf], seeds: Option<RangeInclusive<u64>>, out: &Path) -> u8 {
+    let provenance = provenance();
+    for file in files {
+        let spec = match compare::load(file) {
+            Ok(spec) => spec,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return EXIT_USAGE;
+            }
+        };
+        let range = match seeds.clone().map_or_else(|| parse_seeds(&spec.seeds), Ok) {
+            Ok(range) => range,
+            Err(error) => {
+                eprintln!("error: {}: {error}", file.display());
+                return EXIT_USAGE;
+            }
+        };
+        let results = compare::run(&spec, range);
+        let stem = file.file_stem().map_or("comparison".to_owned(), |s| {
+            s.to_string_lossy().into_owned()
+        });
+        for result in &results {
+            println!(
+                "{stem} / {}: {} of {} runs hold; {}",
+                result.name,
+                result.held,
+                result.runs,
+                result
+                    .means
+                    .iter()
+                    .map(|(metric, mean)| format!("{metric} {mean:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if let Err(e) = page::write_all(out, &compare::files(&stem, &spec, &results, &provenance)) {
+            eprintln!("error: cannot write to {}: {e}", out.display());
+            return EXIT_USAGE;
+        }
+    }
+    println!("comparisons written to {}", out.display());
+    EXIT_OK
 }
 
 /// Every `.toml` under `dir` and `dir/negative`, sorted.
@@ -302,7 +411,13 @@ pub fn suite_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// `rockhound check`: the whole scenario suite, without the scenarios marked `slow` unless
 /// `slow`.
-pub fn check(dir: &Path, seed: Option<u64>, jobs: usize, slow: bool) -> u8 {
+pub fn check(
+    dir: &Path,
+    seed: Option<u64>,
+    jobs: usize,
+    slow: bool,
+    report_dir: Option<&Path>,
+) -> u8 {
     let files = match suite_files(dir) {
         Ok(files) if !files.is_empty() => files,
         Ok(_) => {
@@ -333,7 +448,15 @@ pub fn check(dir: &Path, seed: Option<u64>, jobs: usize, slow: bool) -> u8 {
             String::new()
         }
     );
-    let code = run(&chosen, seed.map(|s| s..=s), jobs, None, true, true);
+    let code = run(
+        &chosen,
+        seed.map(|s| s..=s),
+        jobs,
+        None,
+        true,
+        true,
+        report_dir,
+    );
     println!(
         "suite: {}",
         if code == EXIT_OK {

@@ -51,6 +51,9 @@ enum Command {
         /// Skip the determinism re-run.
         #[arg(long)]
         no_recheck: bool,
+        /// Also write a report (Markdown, HTML, SVG) per run into this folder.
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
     },
     /// Run the whole scenario suite (`scenarios/` and `scenarios/negative/`): the main job.
     Check {
@@ -66,6 +69,34 @@ enum Command {
         /// Also run the scenarios marked `slow`.
         #[arg(long)]
         slow: bool,
+        /// Also write a report per scenario and the suite's index into this folder.
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
+    },
+    /// Run the scenario suite and write its reports (the committed baseline is
+    /// `rockhound report --out reports`).
+    Report {
+        /// The suite's folder.
+        #[arg(long, default_value = "scenarios")]
+        dir: PathBuf,
+        /// Where to write the pages.
+        #[arg(long, default_value = "reports")]
+        out: PathBuf,
+        /// Runs at once.
+        #[arg(long, default_value_t = default_jobs())]
+        jobs: usize,
+    },
+    /// Design comparisons: each file's variants on the same seeds, side by side.
+    Compare {
+        /// Comparison files (`scenarios/compare/*.toml`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Override the files' seed ranges (inclusive A..B).
+        #[arg(long, value_parser = commands::parse_seeds)]
+        seeds: Option<RangeInclusive<u64>>,
+        /// Where to write the pages.
+        #[arg(long, default_value = "reports/compare")]
+        out: PathBuf,
     },
     /// Swarm testing: one random scenario per seed; failing seeds are saved as files.
     Explore {
@@ -173,6 +204,7 @@ fn main() -> ExitCode {
             jobs,
             trace,
             no_recheck,
+            report,
         } => {
             let seeds = seeds.or(seed.map(|s| s..=s));
             return ExitCode::from(commands::run(
@@ -182,6 +214,7 @@ fn main() -> ExitCode {
                 trace.as_deref(),
                 !no_recheck,
                 false,
+                report.as_deref(),
             ));
         }
         Command::Check {
@@ -189,7 +222,16 @@ fn main() -> ExitCode {
             seed,
             jobs,
             slow,
-        } => return ExitCode::from(commands::check(&dir, seed, jobs, slow)),
+            report,
+        } => {
+            return ExitCode::from(commands::check(&dir, seed, jobs, slow, report.as_deref()));
+        }
+        Command::Report { dir, out, jobs } => {
+            return ExitCode::from(commands::check(&dir, None, jobs, false, Some(&out)));
+        }
+        Command::Compare { files, seeds, out } => {
+            return ExitCode::from(commands::compare(&files, seeds, &out));
+        }
         Command::Explore {
             seeds,
             time_budget,

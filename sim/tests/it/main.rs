@@ -2,5 +2,6 @@
 
 mod cli;
 mod http;
+mod reports;
 mod scenarios;
 mod world;
