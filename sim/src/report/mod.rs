@@ -74,6 +74,8 @@ pub struct RunReport {
     pub verdicts: Vec<(String, bool, usize)>,
     /// Whether the run passed (a negative scenario passes when its bug is caught).
     pub passed: bool,
+    /// For a negative scenario, the checker that must catch its planted bug.
+    pub expected_violation: Option<String>,
     /// Unmet expectations.
     pub unmet: Vec<String>,
     /// Counts.
@@ -98,6 +100,15 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The result in a word or three: `holds`, `planted bug caught by X`, or `FAILED`.
+    pub fn result(&self) -> String {
+        match (self.passed, &self.expected_violation) {
+            (true, None) => "holds".to_owned(),
+            (true, Some(checker)) => format!("planted bug caught by {checker}"),
+            (false, _) => "FAILED".to_owned(),
+        }
+    }
+
     /// Reads the report out of a checked run of `spec`.
     pub fn new(spec: &RunSpec, checked: &Checked) -> RunReport {
         let outcome = &checked.outcome;
@@ -127,6 +138,7 @@ impl RunReport {
                 .map(|v| (v.checker.to_owned(), v.ran, v.violations.len()))
                 .collect(),
             passed: checked.passed(spec),
+            expected_violation: spec.expect.violation.clone(),
             unmet: outcome.unmet.clone(),
             summary: outcome.summary.clone(),
             end_ms,

@@ -149,7 +149,7 @@ fn run_markdown(
     let _ = writeln!(
         md,
         "- result: **{}**\n- seed: {}\n- trace digest: `{}`\n- reproduce: `{}`\n\n{}\n",
-        if report.passed { "holds" } else { "FAILED" },
+        report.result(),
         report.seed,
         report.digest,
         report.reproduce,
@@ -209,7 +209,7 @@ fn run_html(report: &RunReport, provenance: &Provenance, plots: &[(&str, &str, S
         body,
         "<ul><li>result: <span class=\"{}\">{}</span></li><li>seed: {}</li><li>trace digest: <code>{}</code></li><li>reproduce: <code>{}</code></li></ul>\n<p>{}</p>",
         if report.passed { "ok" } else { "bad" },
-        if report.passed { "holds" } else { "FAILED" },
+        report.result(),
         report.seed,
         report.digest,
         escape(&report.reproduce),
@@ -283,7 +283,7 @@ pub fn suite_files(reports: &[RunReport], provenance: &Provenance) -> Vec<(Strin
         let convergence = s
             .convergence_ms
             .map_or("never".to_owned(), |ms| format!("{ms} ms"));
-        let result = if report.passed { "holds" } else { "FAILED" };
+        let result = report.result();
         let _ = writeln!(
             md,
             "| [{0}]({0}.md) | {1} | {2} | {3} | {4} | {5} | {6} | {7} |",
