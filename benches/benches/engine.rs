@@ -9,6 +9,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use rockhound_benches::{NOW, config, device_with, edit, queue_with};
 use rockhound_engine::client::coordinator::Coordinator;
 use rockhound_engine::client::sim_store::SimStore;
+use rockhound_engine::client::store::QueueStore;
 use rockhound_engine::conflict::{self, Detection, ServerEntity, Strategy, Write};
 use rockhound_engine::server::Server;
 use rockhound_engine::{
@@ -20,47 +21,34 @@ use serde_json::{Value, json};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+/// The time `count` enqueues take on a fresh device over `store`.
+fn time_enqueues<S: QueueStore>(store: S, count: u64) -> Duration {
+    let count = usize::try_from(count).expect("iterations fit");
+    let mut device = Coordinator::open(DeviceId("bench".into()), 0, config(count), store, 1, NOW)
+        .expect("opens");
+    let edits: Vec<_> = (0..count).map(edit).collect();
+    let started = Instant::now();
+    for e in edits {
+        black_box(device.enqueue(NOW, NOW, e).expect("room"));
+    }
+    started.elapsed()
+}
+
 /// Enqueue of one op, on a fresh device per batch of iterations (so the queue never fills).
 fn enqueue(c: &mut Criterion) {
     let mut group = c.benchmark_group("enqueue");
     group.throughput(Throughput::Elements(1));
     group.bench_function("sim_store", |b| {
-        b.iter_custom(|iters| {
-            let count = usize::try_from(iters).expect("iterations fit");
-            let mut device = Coordinator::open(
-                DeviceId("bench".into()),
-                0,
-                config(count),
-                SimStore::new(),
-                1,
-                NOW,
-            )
-            .expect("opens");
-            let edits: Vec<_> = (0..count).map(edit).collect();
-            let started = Instant::now();
-            for e in edits {
-                black_box(device.enqueue(NOW, NOW, e).expect("room"));
-            }
-            started.elapsed()
-        })
+        b.iter_custom(|iters| time_enqueues(SimStore::new(), iters))
     });
     // fsync before acknowledging: the figure is the disk's, not the engine's.
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
     group.bench_function("file_store", |b| {
         b.iter_custom(|iters| {
-            let count = usize::try_from(iters).expect("iterations fit");
             let dir = tempfile::tempdir().expect("a temporary directory");
             let store = FileStore::open(dir.path().join("queue.log")).expect("opens");
-            let mut device =
-                Coordinator::open(DeviceId("bench".into()), 0, config(count), store, 1, NOW)
-                    .expect("opens");
-            let edits: Vec<_> = (0..count).map(edit).collect();
-            let started = Instant::now();
-            for e in edits {
-                black_box(device.enqueue(NOW, NOW, e).expect("room"));
-            }
-            started.elapsed()
+            time_enqueues(store, iters)
         })
     });
     group.finish();

@@ -15,6 +15,15 @@ fn files(dir: &str) -> Vec<PathBuf> {
     files
 }
 
+/// Every violation of a run, as text.
+fn violations(checked: &runner::Checked) -> Vec<String> {
+    checked
+        .verdicts()
+        .iter()
+        .flat_map(|v| v.violations.iter().map(|v| v.to_string()))
+        .collect()
+}
+
 #[test]
 fn every_negative_scenario_is_caught_by_its_named_checker() {
     let negatives = files("scenarios/negative");
@@ -54,11 +63,7 @@ fn every_negative_scenario_is_caught_by_its_named_checker() {
         healthy.planted = Default::default();
         healthy.expect.violation = None;
         let checked = runner::run(&healthy, 7, true).unwrap();
-        let violations: Vec<String> = checked
-            .verdicts()
-            .iter()
-            .flat_map(|v| v.violations.iter().map(|v| v.to_string()))
-            .collect();
+        let violations = violations(&checked);
         assert!(
             checked.passed(&healthy),
             "{} without its bug: {violations:?}",
@@ -93,11 +98,7 @@ fn every_library_scenario_holds_with_its_expectations() {
             continue;
         }
         let checked = runner::run(&spec, spec.seed.unwrap_or(0), true).unwrap();
-        let violations: Vec<String> = checked
-            .verdicts()
-            .iter()
-            .flat_map(|v| v.violations.iter().map(|v| v.to_string()))
-            .collect();
+        let violations = violations(&checked);
         assert!(
             checked.passed(&spec),
             "{}: {violations:?}, unmet {:?}",
