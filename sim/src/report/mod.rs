@@ -100,11 +100,11 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// The result in a word or three: `holds`, `planted bug caught by X`, or `FAILED`.
+    /// The result in a word or three: `holds`, `bug caught by X`, or `FAILED`.
     pub fn result(&self) -> String {
         match (self.passed, &self.expected_violation) {
             (true, None) => "holds".to_owned(),
-            (true, Some(checker)) => format!("planted bug caught by {checker}"),
+            (true, Some(checker)) => format!("bug caught by {checker}"),
             (false, _) => "FAILED".to_owned(),
         }
     }

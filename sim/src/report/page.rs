@@ -70,6 +70,24 @@ fn plots(report: &RunReport) -> Vec<(&'static str, &'static str, String)> {
             svg::retries(report),
         ));
     }
+    let s = &report.summary;
+    let failed: Vec<(String, f64)> = [
+        ("dead-lettered", s.dead_lettered),
+        ("expired", s.expired),
+        ("blocked", s.blocked),
+        ("rejected", s.rejected),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(label, n)| (label.to_owned(), n as f64))
+    .collect();
+    if !failed.is_empty() {
+        plots.push((
+            "failed",
+            "Ops dead-lettered, expired, blocked or rejected at some point of the run",
+            svg::bars("Ops that failed", "ops", &failed),
+        ));
+    }
     if !report.conflicts.is_empty() {
         let rows: Vec<(String, f64)> = report
             .conflicts
@@ -186,8 +204,8 @@ fn run_markdown(
     md
 }
 
-const STYLE: &str = "body{font-family:sans-serif;max-width:820px;margin:2em auto;color:#222}\
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}\
+const STYLE: &str = "body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}\
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}\
 .bad{color:#b00;font-weight:bold}.ok{color:#2f855a}figure{margin:1.5em 0}figcaption{color:#555}\
 code{background:#f3f3f3;padding:1px 4px}";
 
@@ -311,7 +329,29 @@ pub fn suite_files(reports: &[RunReport], provenance: &Provenance) -> Vec<(Strin
         );
     }
     html.push_str("</table>\n");
+    let converged: Vec<(String, f64)> = reports
+        .iter()
+        .filter_map(|r| {
+            r.summary
+                .convergence_ms
+                .map(|ms| (r.name.clone(), ms as f64 / 1000.0))
+        })
+        .collect();
+    let chart = svg::bars(
+        "Convergence after healing",
+        "simulated seconds (runs that never converged are left out)",
+        &converged,
+    );
+    let _ = writeln!(
+        md,
+        "\n![Convergence after healing, per run](index-convergence.svg)"
+    );
+    let _ = writeln!(
+        html,
+        "<figure>{chart}<figcaption>Convergence after healing, per run</figcaption></figure>"
+    );
     vec![
+        ("index-convergence.svg".to_owned(), chart.clone()),
         ("index.md".to_owned(), md),
         ("index.html".to_owned(), page("Scenario suite", &html)),
     ]
