@@ -1,8 +1,8 @@
 //! `shrink`: delta debugging of a failing run into a small scenario that still fails the
 //! same checker. The run is first made explicit ([`crate::export::materialize`]); then, while
 //! something can go, it tries dropping devices (with their steps), chunks of steps (ddmin),
-//! network fault rates, and the tail of the safety phase, keeping each change that still
-//! fails the same way.
+//! network fault rates, halving offline, partition, hold and crash windows, and the tail of
+//! the safety phase, keeping each change that still fails the same way.
 
 use crate::export::materialize;
 use crate::runner;
@@ -98,6 +98,7 @@ pub fn shrink(spec: &RunSpec, seed: u64) -> Result<Shrunk, ShrinkError> {
         current = drop_devices(current, &mut search);
         current = drop_steps(current, &mut search);
         current = drop_rates(current, &mut search);
+        current = shorten_windows(current, &mut search);
         current = shorten(current, &mut search);
         if size(&current) >= before {
             break;
@@ -124,8 +125,66 @@ pub fn shrink(spec: &RunSpec, seed: u64) -> Result<Shrunk, ShrinkError> {
     })
 }
 
-fn size(spec: &RunSpec) -> (usize, usize, u64) {
-    (spec.steps.len(), spec.devices().len(), spec.sim.safety_ms)
+/// What shrinking minimizes, in order: steps, devices, the total length of the fault and
+/// offline windows, the safety phase.
+fn size(spec: &RunSpec) -> (usize, usize, u64, u64) {
+    let windows = windows(spec)
+        .iter()
+        .map(|(open, close)| spec.steps[*close].at_ms - spec.steps[*open].at_ms)
+        .sum();
+    (
+        spec.steps.len(),
+        spec.devices().len(),
+        windows,
+        spec.sim.safety_ms,
+    )
+}
+
+/// `(opening step, closing step)` of every window: offline→online, partition→heal,
+/// hold→release, crash→restart of one device, crash_server→restart_server.
+fn windows(spec: &RunSpec) -> Vec<(usize, usize)> {
+    let opens = |a: &Action, b: &Action| match (a, b) {
+        (Action::Offline { device: x }, Action::Online { device: y })
+        | (Action::Partition { device: x }, Action::Heal { device: y })
+        | (Action::Hold { device: x }, Action::Release { device: y })
+        | (Action::Crash { device: x, .. }, Action::Restart { device: y }) => x == y,
+        (Action::CrashServer, Action::RestartServer) => true,
+        _ => false,
+    };
+    let order = spec.steps_in_order();
+    let mut pairs = Vec::new();
+    for (position, (close, closing)) in order.iter().enumerate() {
+        if let Some((open, _)) = order[..position]
+            .iter()
+            .rev()
+            .find(|(_, opening)| opens(&opening.action, &closing.action))
+        {
+            pairs.push((*open, *close));
+        }
+    }
+    pairs
+}
+
+/// Halves each window (moves its closing step towards its opening one) while the run still
+/// fails: a bug that needs a device offline for a minute rarely needs an hour.
+fn shorten_windows(spec: RunSpec, search: &mut Search) -> RunSpec {
+    let mut current = spec;
+    for (open, close) in windows(&current) {
+        for _ in 0..8 {
+            let (start, end) = (current.steps[open].at_ms, current.steps[close].at_ms);
+            if end - start < 200 {
+                break;
+            }
+            let mut candidate = current.clone();
+            candidate.steps[close].at_ms = start + (end - start) / 2;
+            if candidate.validate().is_ok() && search.fails(&candidate) {
+                current = candidate;
+            } else {
+                break;
+            }
+        }
+    }
+    current
 }
 
 fn drop_devices(spec: RunSpec, search: &mut Search) -> RunSpec {
@@ -203,5 +262,63 @@ fn shorten(spec: RunSpec, search: &mut Search) -> RunSpec {
         candidate
     } else {
         spec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Step, UserSpec};
+
+    fn step(at_ms: u64, action: Action) -> Step {
+        Step { at_ms, action }
+    }
+
+    #[test]
+    fn windows_pair_each_closing_step_with_the_last_opening_one_of_its_device() {
+        let device = |d: &str| d.to_owned();
+        let spec = RunSpec {
+            users: vec![UserSpec {
+                name: "ann".into(),
+                devices: vec![device("phone"), device("tablet")],
+            }],
+            steps: vec![
+                step(
+                    5_000,
+                    Action::Online {
+                        device: device("phone"),
+                    },
+                ),
+                step(
+                    0,
+                    Action::Offline {
+                        device: device("phone"),
+                    },
+                ),
+                step(
+                    100,
+                    Action::Partition {
+                        device: device("tablet"),
+                    },
+                ),
+                step(200, Action::CrashServer),
+                step(
+                    300,
+                    Action::Heal {
+                        device: device("tablet"),
+                    },
+                ),
+                step(400, Action::RestartServer),
+                step(
+                    9_000,
+                    Action::Offline {
+                        device: device("tablet"),
+                    },
+                ),
+            ],
+            ..RunSpec::default()
+        };
+        assert_eq!(windows(&spec), vec![(2, 4), (3, 5), (1, 0)]);
+        assert_eq!(size(&spec), (7, 2, 200 + 200 + 5_000, spec.sim.safety_ms));
     }
 }
