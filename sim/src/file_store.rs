@@ -186,4 +186,79 @@ mod tests {
             "nothing is truncated on corruption"
         );
     }
+
+    /// A device over the real file store: every op whose enqueue returned Ok is back after
+    /// the process dies, in order, with the same idempotency keys, and status changes are
+    /// kept; a corrupted log refuses to start, hands the store back, and loses nothing.
+    #[test]
+    fn a_coordinator_over_the_file_store_recovers_every_acknowledged_op() {
+        use rockhound_engine::client::coordinator::{Coordinator, Edit, EditAction, Request};
+        use rockhound_engine::{DeviceId, EntityId, EntityType, Millis, SyncConfig};
+        use serde_json::json;
+        let now = Millis(1_780_000_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.log");
+        let open = |incarnation| {
+            let store = FileStore::open(&path).unwrap();
+            Coordinator::open(
+                DeviceId("phone".into()),
+                incarnation,
+                SyncConfig::default(),
+                store,
+                1,
+                now,
+            )
+        };
+        let edit = |n: usize| Edit {
+            entity_type: EntityType::Tag,
+            entity_id: EntityId(format!("tag-{n}")),
+            action: EditAction::Create(
+                json!({"label": format!("tag {n}")})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        };
+        let mut device = open(0).unwrap();
+        let ids: Vec<_> = (0..3)
+            .map(|n| device.enqueue(now, now, edit(n)).unwrap())
+            .collect();
+        device.set_online(now, true);
+        let Some(Request::Batch(sent)) = device.poll(now) else {
+            panic!("a batch goes out");
+        };
+        let keys: Vec<_> = sent.ops.iter().map(|o| o.idempotency_key.clone()).collect();
+        // The process dies with the batch in flight.
+        drop(device);
+        let mut device = open(1).unwrap();
+        let recovered: Vec<_> = device.queue().map(|e| e.op.op_id.clone()).collect();
+        assert_eq!(recovered, ids, "every acknowledged op is back, in order");
+        device.set_online(now, true);
+        let Some(Request::Batch(again)) = device.poll(now) else {
+            panic!("the ops go again");
+        };
+        let again_keys: Vec<_> = again
+            .ops
+            .iter()
+            .map(|o| o.idempotency_key.clone())
+            .collect();
+        assert_eq!(again_keys, keys, "under the same idempotency keys");
+        drop(device);
+        // One flipped bit in the log: the device refuses to start and keeps the file as it was.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[30] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let failed = open(2).err().expect("a corrupt log does not open");
+        assert!(
+            failed.error.to_string().contains("corrupt record"),
+            "{}",
+            failed.error
+        );
+        assert_eq!(failed.store.path(), path.as_path(), "the store comes back");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "nothing was truncated"
+        );
+    }
 }
