@@ -248,7 +248,9 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[30] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
-        let failed = open(2).err().expect("a corrupt log does not open");
+        let Err(failed) = open(2) else {
+            panic!("a corrupt log does not open");
+        };
         assert!(
             failed.error.to_string().contains("corrupt record"),
             "{}",
