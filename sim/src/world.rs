@@ -412,7 +412,7 @@ fn visible_entities(ctx: &DeviceCtx) -> Vec<(EntityType, EntityId)> {
         .collect();
     keys.sort();
     keys.dedup();
-    keys.retain(|(t, id)| coordinator.entity(*t, id).is_some());
+    keys.retain(|(t, id)| coordinator.entity_exists(*t, id));
     keys
 }
 

@@ -16,7 +16,7 @@ use super::observe::{
 };
 use super::queue::{Entry, Queue, QueueStats, Status};
 use super::record::{self, Enqueued, Record};
-use super::replica::{Replica, local_view};
+use super::replica::{Replica, local_exists, local_view};
 use super::store::{QueueStore, StoreError};
 use crate::config::SyncConfig;
 use crate::entity::EntityType;
@@ -1284,6 +1284,18 @@ impl<S: QueueStore> Coordinator<S> {
         }
         ops.reverse();
         ops
+    }
+
+    /// Whether the entity exists in the local view (what [`Coordinator::entity`] would
+    /// return `Some` for), without building it.
+    pub fn entity_exists(&self, entity_type: EntityType, entity_id: &EntityId) -> bool {
+        let ops = self.ops_on(entity_type, entity_id);
+        local_exists(
+            self.replica.get(entity_type, entity_id),
+            ops.into_iter()
+                .filter(|e| !matches!(e.status, Status::Rejected | Status::Expired))
+                .map(|e| &e.op),
+        )
     }
 
     /// `useEntitySync`: the local view of an entity — the replica's copy with the open local
