@@ -1,5 +1,10 @@
 //! Backoff conformance: every retry delay lies in the schedule's jitter envelope for its
 //! attempt number, and no op goes out again before its retry time.
+//!
+//! One exception, by design (ARCHITECTURE.md): when the record of a failed attempt could
+//! not be stored (a full disk, a failing fsync) and the device then restarts, the op comes
+//! back with its last durable attempt count and retry time, which may be earlier. A retry
+//! time whose record was lost binds only until the device's next restart.
 
 use super::{Facts, Violation};
 use crate::trace::TraceEvent;
@@ -12,14 +17,30 @@ use std::collections::BTreeMap;
 pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
     let policy = facts.config.backoff;
     let mut violations = Vec::new();
-    // op → (retry time, line of the event that scheduled it)
-    let mut not_before: BTreeMap<&OpId, (Millis, usize)> = BTreeMap::new();
+    // op → (retry time, line of the event that scheduled it, whether its record was stored)
+    let mut not_before: BTreeMap<&OpId, (Millis, usize, bool)> = BTreeMap::new();
+    // host → the line of its last `store_failed` since its last op status change.
+    let mut unstored: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut device_of: BTreeMap<&OpId, &str> = BTreeMap::new();
     for (index, line) in facts.lines.iter().enumerate() {
+        if let TraceEvent::Restarted { error: None, .. } = &line.event {
+            not_before.retain(|op_id, (_, _, stored)| {
+                *stored || device_of.get(op_id) != Some(&line.host.as_str())
+            });
+            continue;
+        }
         let TraceEvent::Client { event } = &line.event else {
             continue;
         };
         match event {
+            Event::StoreFailed { .. } => {
+                unstored.insert(line.host.as_str(), index);
+            }
             Event::Op(update) => {
+                // The coordinator logs a status change before it reports it, so a
+                // `store_failed` since this device's previous status change is this one's.
+                let stored = unstored.remove(line.host.as_str()).is_none();
+                device_of.insert(&update.op_id, line.host.as_str());
                 if let (Some(delay), Some(at)) = (update.delay_ms, update.next_attempt_at_ms) {
                     let envelope = policy.envelope_ms(update.attempts.max(1));
                     if !envelope.contains(&delay) {
@@ -36,7 +57,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
                             &[index],
                         ));
                     }
-                    not_before.insert(&update.op_id, (at, index));
+                    not_before.insert(&update.op_id, (at, index, stored));
                 } else if update.attempts == 0 {
                     // A manual retry starts the schedule again.
                     not_before.remove(&update.op_id);
@@ -45,7 +66,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             Event::BatchSent { batch_id, op_ids } => {
                 let now = Millis(facts.epoch_ms + line.t_ms);
                 for op_id in op_ids {
-                    if let Some((at, scheduled)) = not_before.remove(op_id) {
+                    if let Some((at, scheduled, _)) = not_before.remove(op_id) {
                         if now < at {
                             violations.push(facts.violation(
                                 "backoff",
