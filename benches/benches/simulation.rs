@@ -58,10 +58,8 @@ fn throughput(c: &mut Criterion) {
         let simulated_ms = runner::run(&spec, 1, false)
             .expect("the spec runs")
             .outcome
-            .trace
-            .lines
-            .last()
-            .map_or(0, |l| l.t_ms);
+            .summary
+            .simulated_ms;
         // Host counts include the server host (the echo has the same: its server and clients).
         let mut group =
             c.benchmark_group(format!("throughput/{devices}_devices_{}_hosts", hosts + 1));

@@ -13,6 +13,7 @@ use rockhound_sim::runner::{self, Checked};
 use rockhound_sim::scenario::{self, ScenarioError};
 use rockhound_sim::shrink;
 use rockhound_sim::spec::RunSpec;
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -330,6 +331,10 @@ pub fn provenance() -> Provenance {
 /// several seeds get the seed in their page's name.
 fn write_reports(dir: &Path, jobs: &[Job], results: &[Option<Done>]) -> std::io::Result<()> {
     let provenance = provenance();
+    let mut runs_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for job in jobs {
+        *runs_of.entry(job.label.as_str()).or_default() += 1;
+    }
     let mut reports = Vec::new();
     for (job, result) in jobs.iter().zip(results) {
         let Some((Ok(checked), _)) = result else {
@@ -337,7 +342,7 @@ fn write_reports(dir: &Path, jobs: &[Job], results: &[Option<Done>]) -> std::io:
         };
         let mut report = RunReport::new(&job.spec, checked);
         report.reproduce = job.reproduce.clone();
-        if jobs.iter().filter(|j| j.label == job.label).count() > 1 {
+        if runs_of[job.label.as_str()] > 1 {
             report.name = format!("{}-seed-{}", job.label, job.seed);
         }
         page::write_all(dir, &page::run_files(&report, &provenance))?;
@@ -530,8 +535,7 @@ pub fn explore(
                 let code = report(job, checked, *wall_s, None, false);
                 codes.push(code);
                 let file = out.join(format!("swarm-{}.toml", job.seed));
-                let mut explicit = materialize(&job.spec, job.seed, &checked.outcome.trace);
-                explicit.expect.digest = Some(checked.outcome.digest.clone());
+                let explicit = exported(&job.spec, job.seed, checked);
                 if let Err(e) = std::fs::create_dir_all(out)
                     .and_then(|()| std::fs::write(&file, scenario::to_toml(&explicit)))
                 {
@@ -553,6 +557,14 @@ pub fn explore(
         started.elapsed().as_secs_f64()
     );
     worst(codes)
+}
+
+/// A run as the editable file `export` and `explore` write: explicit steps, its seed, and
+/// the digest `replay` must reproduce.
+fn exported(spec: &RunSpec, seed: u64, checked: &Checked) -> RunSpec {
+    let mut explicit = materialize(spec, seed, &checked.outcome.trace);
+    explicit.expect.digest = Some(checked.outcome.digest.clone());
+    explicit
 }
 
 /// The spec and seed of `shrink` and `export`: the file with `--seed` or its own seed, or
@@ -624,8 +636,7 @@ pub fn export(file: Option<&Path>, seed: Option<u64>, out: &Path) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let mut explicit = materialize(&spec, seed, &checked.outcome.trace);
-    explicit.expect.digest = Some(checked.outcome.digest.clone());
+    let explicit = exported(&spec, seed, &checked);
     if let Err(e) = std::fs::write(out, scenario::to_toml(&explicit)) {
         eprintln!("error: cannot write {}: {e}", out.display());
         return EXIT_USAGE;

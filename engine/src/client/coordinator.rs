@@ -1270,6 +1270,19 @@ impl<S: QueueStore> Coordinator<S> {
     }
 
     /// Open ops on one entity, oldest first.
+    /// The ops on an entity that still shape its local view, in queue order: all but the
+    /// rejected and expired ones.
+    fn open_ops_on(
+        &self,
+        entity_type: EntityType,
+        entity_id: &EntityId,
+    ) -> impl Iterator<Item = &Op> {
+        self.ops_on(entity_type, entity_id)
+            .into_iter()
+            .filter(|e| !matches!(e.status, Status::Rejected | Status::Expired))
+            .map(|e| &e.op)
+    }
+
     fn ops_on(&self, entity_type: EntityType, entity_id: &EntityId) -> Vec<&Entry> {
         let key = (entity_type, entity_id.clone());
         let mut ops = Vec::new();
@@ -1289,12 +1302,9 @@ impl<S: QueueStore> Coordinator<S> {
     /// Whether the entity exists in the local view (what [`Coordinator::entity`] would
     /// return `Some` for), without building it.
     pub fn entity_exists(&self, entity_type: EntityType, entity_id: &EntityId) -> bool {
-        let ops = self.ops_on(entity_type, entity_id);
         local_exists(
             self.replica.get(entity_type, entity_id),
-            ops.into_iter()
-                .filter(|e| !matches!(e.status, Status::Rejected | Status::Expired))
-                .map(|e| &e.op),
+            self.open_ops_on(entity_type, entity_id),
         )
     }
 
@@ -1302,12 +1312,9 @@ impl<S: QueueStore> Coordinator<S> {
     /// ops that may still apply (not rejected or expired) on top. `None` when it does not
     /// exist or is deleted.
     pub fn entity(&self, entity_type: EntityType, entity_id: &EntityId) -> Option<Value> {
-        let ops = self.ops_on(entity_type, entity_id);
         local_view(
             self.replica.get(entity_type, entity_id),
-            ops.into_iter()
-                .filter(|e| !matches!(e.status, Status::Rejected | Status::Expired))
-                .map(|e| &e.op),
+            self.open_ops_on(entity_type, entity_id),
         )
     }
 

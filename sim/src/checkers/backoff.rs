@@ -21,11 +21,14 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
     let mut not_before: BTreeMap<&OpId, (Millis, usize, bool)> = BTreeMap::new();
     // host → the line of its last `store_failed` since its last op status change.
     let mut unstored: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut device_of: BTreeMap<&OpId, &str> = BTreeMap::new();
     for (index, line) in facts.lines.iter().enumerate() {
         if let TraceEvent::Restarted { error: None, .. } = &line.event {
             not_before.retain(|op_id, (_, _, stored)| {
-                *stored || device_of.get(op_id) != Some(&line.host.as_str())
+                *stored
+                    || facts
+                        .ops
+                        .get(*op_id)
+                        .is_none_or(|op| op.device != line.host)
             });
             continue;
         }
@@ -40,7 +43,6 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
                 // The coordinator logs a status change before it reports it, so a
                 // `store_failed` since this device's previous status change is this one's.
                 let stored = unstored.remove(line.host.as_str()).is_none();
-                device_of.insert(&update.op_id, line.host.as_str());
                 if let (Some(delay), Some(at)) = (update.delay_ms, update.next_attempt_at_ms) {
                     let envelope = policy.envelope_ms(update.attempts.max(1));
                     if !envelope.contains(&delay) {

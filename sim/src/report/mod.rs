@@ -13,9 +13,9 @@ pub mod svg;
 use crate::runner::Checked;
 use crate::spec::{Action, RunSpec};
 use crate::trace::{TraceEvent, TraceLine};
-use rockhound_engine::SyncConfig;
 use rockhound_engine::client::Status;
 use rockhound_engine::client::observe::Event;
+use rockhound_engine::{EntityId, EntityType, SyncConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -80,8 +80,6 @@ pub struct RunReport {
     pub unmet: Vec<String>,
     /// Counts.
     pub summary: crate::world::Summary,
-    /// Simulated ms at the end.
-    pub end_ms: u64,
     /// When the liveness phase began.
     pub healed_at_ms: u64,
     /// Per device.
@@ -124,7 +122,7 @@ impl RunReport {
             .iter()
             .find(|l| matches!(l.event, TraceEvent::Phase { phase: "liveness" }))
             .map_or(spec.sim.safety_ms, |l| l.t_ms);
-        let end_ms = lines.last().map_or(0, |l| l.t_ms);
+        let end_ms = outcome.summary.simulated_ms;
         RunReport {
             name: spec.name.clone(),
             description: spec.description.clone(),
@@ -141,7 +139,6 @@ impl RunReport {
             expected_violation: spec.expect.violation.clone(),
             unmet: outcome.unmet.clone(),
             summary: outcome.summary.clone(),
-            end_ms,
             healed_at_ms,
             devices: timelines(spec, lines, end_ms),
             latencies_ms: latencies(lines),
@@ -356,7 +353,7 @@ fn failed(lines: &[TraceLine]) -> Vec<FailedOp> {
 /// (true) time wrote, among entities that exist at the end. Only edits the device accepted
 /// count (a step followed by `enqueued` on that device at the same time).
 fn lost_edits(lines: &[TraceLine]) -> u64 {
-    type Key = (String, String);
+    type Key = (EntityType, EntityId);
     let mut last_write: BTreeMap<(Key, String), Value> = BTreeMap::new();
     let mut pending: Option<(&str, Key, &serde_json::Map<String, Value>)> = None;
     let mut finals: BTreeMap<Key, &Value> = BTreeMap::new();
@@ -377,7 +374,7 @@ fn lost_edits(lines: &[TraceLine]) -> u64 {
                         fields,
                     } => Some((
                         device.as_str(),
-                        (entity_type.as_str().to_owned(), id.clone()),
+                        (*entity_type, EntityId(id.clone())),
                         fields,
                     )),
                     _ => None,
@@ -392,9 +389,7 @@ fn lost_edits(lines: &[TraceLine]) -> u64 {
                     },
             } => {
                 if let Some((device, key, fields)) = pending.take() {
-                    if device == line.host
-                        && key == (entity_type.as_str().to_owned(), entity_id.to_string())
-                    {
+                    if device == line.host && key == (*entity_type, entity_id.clone()) {
                         for (field, value) in fields {
                             last_write.insert((key.clone(), field.clone()), value.clone());
                         }
@@ -403,10 +398,7 @@ fn lost_edits(lines: &[TraceLine]) -> u64 {
             }
             TraceEvent::FinalEntity { snapshot, .. } if !snapshot.deleted => {
                 finals.insert(
-                    (
-                        snapshot.entity_type.as_str().to_owned(),
-                        snapshot.entity_id.to_string(),
-                    ),
+                    (snapshot.entity_type, snapshot.entity_id.clone()),
                     &snapshot.entity,
                 );
             }

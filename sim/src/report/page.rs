@@ -114,9 +114,9 @@ fn verdict_word(ran: bool, violations: usize) -> String {
 /// The numbers of a run as `(label, value)` rows.
 fn counts(report: &RunReport) -> Vec<(&'static str, String)> {
     let s = &report.summary;
+    let mut sorted = report.latencies_ms.clone();
+    sorted.sort_unstable();
     let latency = |q: f64| -> String {
-        let mut sorted = report.latencies_ms.clone();
-        sorted.sort_unstable();
         if sorted.is_empty() {
             return "—".to_owned();
         }
@@ -125,7 +125,7 @@ fn counts(report: &RunReport) -> Vec<(&'static str, String)> {
     };
     vec![
         ("devices", s.devices.to_string()),
-        ("simulated time", format!("{} ms", report.end_ms)),
+        ("simulated time", format!("{} ms", s.simulated_ms)),
         ("ops enqueued", s.enqueued.to_string()),
         ("enqueues refused", s.refused.to_string()),
         ("ops applied", s.applied.to_string()),

@@ -185,7 +185,7 @@ pub fn timeline(report: &RunReport) -> String {
     const ROW: f64 = 26.0;
     let devices: &[DeviceTimeline] = &report.devices;
     let height = TOP + BOTTOM + ROW * devices.len().max(1) as f64;
-    let end_s = report.end_ms as f64 / 1000.0;
+    let end_s = report.summary.simulated_ms as f64 / 1000.0;
     let mut frame = Frame::new(
         "Devices over simulated time",
         height,
