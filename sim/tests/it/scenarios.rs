@@ -147,3 +147,46 @@ fn broken_scenario_files_get_errors_with_file_line_and_column() {
     }
     insta::assert_snapshot!(report);
 }
+
+/// The backoff checker forgives an early resend after a restart only when the retry time's
+/// record was never stored. The same trace with the `store_failed` events taken out (as if
+/// every record had reached the disk) must be a violation: a restarted device that forgot
+/// a durable schedule would be caught.
+#[test]
+fn backoff_forgives_an_early_resend_only_when_the_schedule_was_not_stored() {
+    use rockhound_engine::client::observe::Event;
+    use rockhound_sim::trace::TraceEvent;
+    let spec = scenario::load(
+        &files("scenarios")
+            .into_iter()
+            .find(|p| p.ends_with("disk_full_during_retries.toml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let checked = runner::run(&spec, 0, false).unwrap();
+    let backoff = |lines: &[rockhound_sim::trace::TraceLine]| {
+        rockhound_sim::checkers::check(lines, &spec, 0)
+            .into_iter()
+            .find(|v| v.checker == "backoff")
+            .unwrap()
+            .violations
+    };
+    let lines = &checked.outcome.trace.lines;
+    assert!(backoff(lines).is_empty(), "the real run holds");
+    let as_if_stored: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            !matches!(
+                l.event,
+                TraceEvent::Client {
+                    event: Event::StoreFailed { .. }
+                }
+            )
+        })
+        .cloned()
+        .collect();
+    assert!(as_if_stored.len() < lines.len(), "the run lost a record");
+    let violations = backoff(&as_if_stored);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].to_string().contains("before its retry time"));
+}
