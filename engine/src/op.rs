@@ -323,9 +323,7 @@ impl Op {
     /// Every check of SPEC §3.2 except the checksum match: ids, timestamps, base version,
     /// payload shape per kind, parent references and dependencies.
     pub fn validate(&self) -> Result<(), OpError> {
-        check_id("op_id", self.op_id.as_str())?;
-        check_id("idempotency_key", self.idempotency_key.as_str())?;
-        check_id("entity_id", self.entity_id.as_str())?;
+        self.validate_ids()?;
         for (field, value) in [
             ("client_timestamp_ms", self.client_timestamp_ms),
             ("created_at_ms", self.created_at_ms),
@@ -354,91 +352,17 @@ impl Op {
         Ok(())
     }
 
-    fn payload_error(&self, problem: PayloadProblem) -> OpError {
-        OpError::Payload {
-            kind: self.kind,
-            problem,
-        }
+    /// The id rule for the ids that name the op and its entity: the server checks them
+    /// before it stores anything under them.
+    pub fn validate_ids(&self) -> Result<(), OpError> {
+        check_id("op_id", self.op_id.as_str())?;
+        check_id("idempotency_key", self.idempotency_key.as_str())?;
+        check_id("entity_id", self.entity_id.as_str())?;
+        Ok(())
     }
 
     fn validate_payload(&self) -> Result<(), OpError> {
-        let fields = match (self.kind, &self.payload) {
-            (OpKind::Delete, Value::Null) => return Ok(()),
-            (OpKind::Delete, other) => {
-                return Err(self.payload_error(PayloadProblem::NotNull {
-                    found: json_type(other),
-                }));
-            }
-            (_, Value::Object(fields)) => fields,
-            (_, other) => {
-                return Err(self.payload_error(PayloadProblem::NotObject {
-                    found: json_type(other),
-                }));
-            }
-        };
-        check_number_range(&self.payload, &mut String::new(), 0)
-            .map_err(|problem| self.payload_error(problem))?;
-        let bytes = crate::checksum::canonical_json(&self.payload).len();
-        if bytes > PAYLOAD_BYTES_MAX {
-            return Err(self.payload_error(PayloadProblem::TooLarge { bytes }));
-        }
-        for parent in self.entity_type.parents() {
-            let field = parent.reference_field();
-            match fields.get(&field) {
-                None => {}
-                Some(Value::String(id)) => check_id("parent reference", id)?,
-                // An update may clear an optional reference (a specimen's second parent).
-                Some(Value::Null) if self.kind == OpKind::Update => {}
-                Some(_) => return Err(self.payload_error(PayloadProblem::BadReference { field })),
-            }
-        }
-        match self.kind {
-            OpKind::Create => {
-                let payload_id = fields.get("id").and_then(Value::as_str);
-                if payload_id != Some(self.entity_id.as_str()) {
-                    return Err(self.payload_error(PayloadProblem::IdMismatch {
-                        payload_id: payload_id.unwrap_or("<missing>").to_owned(),
-                        entity_id: self.entity_id.0.clone(),
-                    }));
-                }
-                self.validate_parent_presence(fields)
-            }
-            OpKind::Update if fields.is_empty() => Err(self.payload_error(PayloadProblem::Empty)),
-            OpKind::Update if fields.contains_key("id") => {
-                Err(self.payload_error(PayloadProblem::ChangesId))
-            }
-            OpKind::Update | OpKind::Delete => Ok(()),
-        }
-    }
-
-    fn validate_parent_presence(
-        &self,
-        fields: &serde_json::Map<String, Value>,
-    ) -> Result<(), OpError> {
-        let parents = self.entity_type.parents();
-        let present = |parent: &EntityType| fields.contains_key(&parent.reference_field());
-        let satisfied = if self.entity_type.needs_all_parents() {
-            parents.iter().all(present)
-        } else {
-            parents.iter().any(present)
-        };
-        if satisfied {
-            return Ok(());
-        }
-        let names: Vec<String> = parents
-            .iter()
-            .filter(|p| !present(p))
-            .map(|p| p.reference_field())
-            .collect();
-        let field = if self.entity_type.needs_all_parents() {
-            names.join(" and ")
-        } else {
-            format!("at least one of {}", names.join(" or "))
-        };
-        Err(OpError::MissingParent {
-            entity_type: self.entity_type,
-            field,
-        })
+        check_payload(self.kind, self.entity_type, &self.entity_id, &self.payload)
     }
 
     fn validate_dependencies(&self) -> Result<(), OpError> {
@@ -465,6 +389,102 @@ impl Op {
         }
         Ok(())
     }
+}
+
+/// The payload rules of an op of `kind` on `entity_type`: shape per kind, integer range,
+/// depth, size, reference fields, a create's id and parents.
+fn check_payload(
+    kind: OpKind,
+    entity_type: EntityType,
+    entity_id: &EntityId,
+    payload: &Value,
+) -> Result<(), OpError> {
+    let payload_error = |problem: PayloadProblem| OpError::Payload { kind, problem };
+    let fields = match (kind, payload) {
+        (OpKind::Delete, Value::Null) => return Ok(()),
+        (OpKind::Delete, other) => {
+            return Err(payload_error(PayloadProblem::NotNull {
+                found: json_type(other),
+            }));
+        }
+        (_, Value::Object(fields)) => fields,
+        (_, other) => {
+            return Err(payload_error(PayloadProblem::NotObject {
+                found: json_type(other),
+            }));
+        }
+    };
+    check_number_range(payload, &mut String::new(), 0).map_err(payload_error)?;
+    let bytes = crate::checksum::canonical_json(payload).len();
+    if bytes > PAYLOAD_BYTES_MAX {
+        return Err(payload_error(PayloadProblem::TooLarge { bytes }));
+    }
+    for parent in entity_type.parents() {
+        let field = parent.reference_field();
+        match fields.get(&field) {
+            None => {}
+            Some(Value::String(id)) => check_id("parent reference", id)?,
+            // An update may clear an optional reference (a specimen's second parent).
+            Some(Value::Null) if kind == OpKind::Update => {}
+            Some(_) => return Err(payload_error(PayloadProblem::BadReference { field })),
+        }
+    }
+    match kind {
+        OpKind::Create => {
+            let payload_id = fields.get("id").and_then(Value::as_str);
+            if payload_id != Some(entity_id.as_str()) {
+                return Err(payload_error(PayloadProblem::IdMismatch {
+                    payload_id: payload_id.unwrap_or("<missing>").to_owned(),
+                    entity_id: entity_id.0.clone(),
+                }));
+            }
+            check_parent_presence(entity_type, fields)
+        }
+        OpKind::Update if fields.is_empty() => Err(payload_error(PayloadProblem::Empty)),
+        OpKind::Update if fields.contains_key("id") => {
+            Err(payload_error(PayloadProblem::ChangesId))
+        }
+        OpKind::Update | OpKind::Delete => Ok(()),
+    }
+}
+
+/// Whether `fields` reference the parents their type needs: all of them, or at least one
+/// (a specimen's find log or processed capture).
+pub fn check_parent_presence(
+    entity_type: EntityType,
+    fields: &serde_json::Map<String, Value>,
+) -> Result<(), OpError> {
+    let parents = entity_type.parents();
+    let present = |parent: &EntityType| fields.contains_key(&parent.reference_field());
+    let satisfied = if entity_type.needs_all_parents() {
+        parents.iter().all(present)
+    } else {
+        parents.iter().any(present)
+    };
+    if satisfied {
+        return Ok(());
+    }
+    let names: Vec<String> = parents
+        .iter()
+        .filter(|p| !present(p))
+        .map(|p| p.reference_field())
+        .collect();
+    let field = if entity_type.needs_all_parents() {
+        names.join(" and ")
+    } else {
+        format!("at least one of {}", names.join(" or "))
+    };
+    Err(OpError::MissingParent { entity_type, field })
+}
+
+/// The payload rules for a whole entity written without an op (a `custom` resolution): the
+/// rules of a create's payload.
+pub fn validate_entity(
+    entity_type: EntityType,
+    entity_id: &EntityId,
+    entity: &Value,
+) -> Result<(), OpError> {
+    check_payload(OpKind::Create, entity_type, entity_id, entity)
 }
 
 fn check_number_range(

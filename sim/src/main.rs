@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use rockhound_engine::server::Server;
 use rockhound_engine::{Millis, SyncConfig, UserId};
+use rockhound_sim::http::serve::{ServeLimits, Stopped, serve_tcp};
 use rockhound_sim::http::{self, AppState};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use commands::EXIT_USAGE;
 
@@ -152,22 +154,48 @@ enum Command {
         #[arg(long)]
         trace: Option<PathBuf>,
     },
-    /// Serve the sync HTTP API (SPEC §3.5) on a real socket.
-    Serve {
-        /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        addr: SocketAddr,
-        /// A development user as NAME:TOKEN; repeat for more users.
-        #[arg(long = "user", value_name = "NAME:TOKEN", required = true)]
-        users: Vec<String>,
-        /// Configuration preset: development, production or offline_heavy.
-        #[arg(long, default_value = "production")]
-        preset: String,
-        /// Override an entity type's conflict strategy, as ENTITY=STRATEGY (e.g.
-        /// tag=manual); repeatable.
-        #[arg(long = "strategy", value_name = "ENTITY=STRATEGY")]
-        strategies: Vec<String>,
-    },
+    /// Serve the sync HTTP API (docs/api.md) on a real socket.
+    Serve(ServeArgs),
+}
+
+/// The options of `rockhound serve`.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// A development user as NAME:TOKEN; repeat for more users. Tokens on the command line
+    /// are visible to other local users: prefer --users-file or ROCKHOUND_USERS.
+    #[arg(long = "user", value_name = "NAME:TOKEN")]
+    users: Vec<String>,
+    /// A file of users, one NAME:TOKEN per line (blank lines and # comments skipped).
+    #[arg(long, value_name = "PATH")]
+    users_file: Option<PathBuf>,
+    /// Configuration preset: development, production or offline_heavy.
+    #[arg(long, default_value = "production")]
+    preset: String,
+    /// Override an entity type's conflict strategy, as ENTITY=STRATEGY (e.g.
+    /// tag=manual); repeatable.
+    #[arg(long = "strategy", value_name = "ENTITY=STRATEGY")]
+    strategies: Vec<String>,
+    /// Worker threads serving requests (default: one per core).
+    #[arg(long, default_value_t = default_threads(), value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
+    /// The most connections open at once; more are answered 503.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    connections_max: u32,
+    /// Milliseconds a client may take to send a request's headers.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    header_timeout_ms: u64,
+    /// Milliseconds a client may take to send a request's body.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    body_timeout_ms: u64,
+    /// Milliseconds a connection may stay silent before it is closed.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    idle_timeout_ms: u64,
+    /// Milliseconds open requests may take to finish after SIGINT or SIGTERM.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    shutdown_grace_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -184,7 +212,7 @@ fn main() -> ExitCode {
     };
     // The server logs its requests; the simulation commands print their own report and
     // log only warnings unless RUST_LOG says otherwise.
-    let default_filter = if matches!(cli.command, Command::Serve { .. }) {
+    let default_filter = if matches!(cli.command, Command::Serve(_)) {
         "info"
     } else {
         "warn"
@@ -258,12 +286,7 @@ fn main() -> ExitCode {
         Command::Replay { file, seed, trace } => {
             return ExitCode::from(commands::replay(&file, seed, trace.as_deref()));
         }
-        Command::Serve {
-            addr,
-            users,
-            preset,
-            strategies,
-        } => serve(addr, &users, &preset, &strategies),
+        Command::Serve(args) => serve(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -274,29 +297,72 @@ fn main() -> ExitCode {
     }
 }
 
+/// One serving thread per core by default.
+fn default_threads() -> u16 {
+    u16::try_from(default_jobs())
+        .unwrap_or(u16::MAX)
+        .clamp(1, 1024)
+}
+
 /// One run per core by default.
 fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The users of `serve`: `--user` entries, then the lines of `--users-file`, then the
+/// lines of the `ROCKHOUND_USERS` environment variable.
+fn load_users(args: &ServeArgs) -> anyhow::Result<BTreeMap<String, UserId>> {
+    let mut entries = args.users.clone();
+    if let Some(path) = &args.users_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --users-file {}", path.display()))?;
+        entries.extend(user_lines(&text));
+    }
+    if let Ok(text) = std::env::var("ROCKHOUND_USERS") {
+        entries.extend(user_lines(&text));
+    }
+    if entries.is_empty() {
+        bail!("no users: give --user NAME:TOKEN, --users-file PATH or ROCKHOUND_USERS");
+    }
+    parse_users(&entries)
+}
+
+/// The NAME:TOKEN entries of a users file: one per line, blank lines and `#` comments
+/// skipped.
+fn user_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn parse_users(users: &[String]) -> anyhow::Result<BTreeMap<String, UserId>> {
     let mut tokens = BTreeMap::new();
     for entry in users {
         let Some((name, token)) = entry.split_once(':') else {
-            bail!("--user {entry:?} must be NAME:TOKEN");
+            bail!("user entry {:?} must be NAME:TOKEN", redact(entry));
         };
         rockhound_engine::ids::check_id("user name", name)?;
-        if token.is_empty() {
-            bail!("--user {entry:?} has an empty token");
+        if token.is_empty() || token.contains(char::is_whitespace) {
+            bail!("user {name:?} needs a token without spaces");
         }
         if tokens
             .insert(token.to_owned(), UserId::from(name))
             .is_some()
         {
-            bail!("token of --user {entry:?} is already used by another user");
+            bail!("the token of user {name:?} is already used by another user");
         }
     }
     Ok(tokens)
+}
+
+/// An entry with everything after its first colon hidden, for error messages.
+fn redact(entry: &str) -> String {
+    match entry.split_once(':') {
+        Some((name, _)) => format!("{name}:…"),
+        None => format!("{}…", entry.chars().take(2).collect::<String>()),
+    }
 }
 
 /// The real server's clock: the one place in the workspace that reads the wall clock, since
@@ -331,17 +397,13 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'stati
     })
 }
 
-fn serve(
-    addr: SocketAddr,
-    users: &[String],
-    preset: &str,
-    strategies: &[String],
-) -> anyhow::Result<()> {
-    let tokens = parse_users(users)?;
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let tokens = load_users(args)?;
+    let preset = &args.preset;
     let mut config = SyncConfig::preset(preset).with_context(|| {
         format!("unknown preset {preset:?}; use development, production or offline_heavy")
     })?;
-    for entry in strategies {
+    for entry in &args.strategies {
         let Some((entity, strategy)) = entry.split_once('=') else {
             bail!("--strategy {entry:?} must be ENTITY=STRATEGY");
         };
@@ -350,9 +412,18 @@ fn serve(
             .set_strategy(entity.parse()?, strategy.parse()?);
     }
     config.validate()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let limits = ServeLimits {
+        connections_max: args.connections_max as usize,
+        header_read_timeout: Duration::from_millis(args.header_timeout_ms),
+        body_read_timeout: Duration::from_millis(args.body_timeout_ms),
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+        shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.threads))
         .enable_all()
         .build()?;
+    let addr = args.addr;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -363,10 +434,20 @@ fn serve(
         let shutdown = shutdown_signal()?;
         // Printed on stdout so scripts starting `--addr 127.0.0.1:0` learn the port.
         println!("listening on http://{local}");
-        tracing::info!(%local, users = tokens.len(), preset, "rockhound serve started");
-        let state = AppState::new(Server::new(config), tokens, Arc::new(wall_clock));
-        http::serve(listener, http::router(state), shutdown).await?;
-        tracing::info!("rockhound serve stopped");
-        Ok(())
-    })
+        tracing::info!(%local, users = tokens.len(), preset, threads = args.threads, "rockhound serve started");
+        let mut state = AppState::new(Server::new(config), tokens, Arc::new(wall_clock));
+        state.body_read_timeout = Some(limits.body_read_timeout);
+        let stopped = serve_tcp(listener, http::router(state), limits, shutdown).await?;
+        match stopped {
+            Stopped::Drained => tracing::info!("rockhound serve stopped"),
+            Stopped::GraceExpired => tracing::warn!(
+                grace_ms = args.shutdown_grace_ms,
+                "rockhound serve stopped with requests still open after the grace period"
+            ),
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    // Worker threads may still hold dropped connections' tasks; do not wait for them.
+    runtime.shutdown_background();
+    Ok(())
 }

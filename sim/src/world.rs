@@ -32,7 +32,7 @@ use serde_json::json;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 use tokio::sync::Notify;
 
@@ -176,7 +176,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
         .collect();
     let clock: Clock = Arc::new(move || sim_now(epoch_ms));
     let app = AppState::new(server, tokens, clock);
-    let server_state: Arc<Mutex<Server>> = app.server.clone();
+    let server_state: Arc<parking_lot::Mutex<Server>> = app.server.clone();
     sim.host("server", move || {
         let app = app.clone();
         async move {
@@ -765,8 +765,8 @@ type Snapshot = (u64, bool, serde_json::Value);
 
 /// Whether every device is idle with nothing left to send and a replica equal to the
 /// server's state for its user.
-fn converged(devices: &Devices, server: &Arc<Mutex<Server>>) -> bool {
-    let server = server.lock().expect("server state poisoned");
+fn converged(devices: &Devices, server: &Arc<parking_lot::Mutex<Server>>) -> bool {
+    let server = server.lock();
     let mut by_user: BTreeMap<&UserId, BTreeMap<(EntityType, EntityId), Snapshot>> =
         BTreeMap::new();
     for ((entity_type, entity_id), stored) in &server.tables().entities {
@@ -803,7 +803,12 @@ fn converged(devices: &Devices, server: &Arc<Mutex<Server>>) -> bool {
 
 /// Records the end state: every device's queue and replica, the server's commit log and
 /// entities.
-fn snapshot(devices: &Devices, server: &Arc<Mutex<Server>>, trace: &Rc<RefCell<Trace>>, t_ms: u64) {
+fn snapshot(
+    devices: &Devices,
+    server: &Arc<parking_lot::Mutex<Server>>,
+    trace: &Rc<RefCell<Trace>>,
+    t_ms: u64,
+) {
     let mut trace = trace.borrow_mut();
     for ctx in devices.by_name.values() {
         let state = ctx.state.borrow();
@@ -834,7 +839,7 @@ fn snapshot(devices: &Devices, server: &Arc<Mutex<Server>>, trace: &Rc<RefCell<T
             },
         );
     }
-    let server = server.lock().expect("server state poisoned");
+    let server = server.lock();
     let tables = server.tables();
     let mut rows: Vec<_> = tables.sync_history.iter().collect();
     rows.sort_by_key(|(_, row)| row.seq);

@@ -54,11 +54,20 @@ pub(super) fn field_level(
     overlay(server, winners)
 }
 
-/// The server's elements in their order, then the client's elements the server lacks.
+/// The server's elements in their order, then the client's elements the server lacks, each
+/// once. Elements are compared by their JSON text (equal values have equal text), kept in an
+/// ordered set, so the union costs O(n log n) however the arrays are built: a quadratic union
+/// let one user's batch hold the server for seconds.
 fn set_union(server: &[Value], client: &[Value]) -> Vec<Value> {
-    let mut union = server.to_vec();
+    let text = |item: &Value| serde_json::to_string(item).unwrap_or_default();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut union = Vec::with_capacity(server.len() + client.len());
+    for item in server {
+        seen.insert(text(item));
+        union.push(item.clone());
+    }
     for item in client {
-        if !union.contains(item) {
+        if seen.insert(text(item)) {
             union.push(item.clone());
         }
     }

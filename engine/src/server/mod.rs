@@ -12,6 +12,7 @@ pub mod wire;
 use crate::config::SyncConfig;
 use crate::conflict::{self, Decision, Detection, ServerEntity, Strategy, Write};
 use crate::delta;
+use crate::entity::EntityType;
 use crate::ids::{ConflictId, DeviceId, EntityId, UserId, check_id};
 use crate::op::{BATCH_OP_COUNT_MAX, Batch, Op, OpError, OpKind};
 use crate::planted::Planted;
@@ -28,10 +29,16 @@ use wire::{
 
 /// The most changes one pull page returns.
 pub const PULL_LIMIT_MAX: usize = 1_000;
+/// The most conflicts one page of `GET /api/sync/conflicts` looks at.
+pub const CONFLICT_SCAN_MAX: usize = 10_000;
 /// The most history rows one request returns.
 pub const HISTORY_LIMIT_MAX: usize = 1_000;
 /// The most entities the server holds before it answers `retry` with `storage_full`.
 pub const ENTITY_COUNT_MAX: usize = 5_000_000;
+/// The largest an entity may grow, as JSON bytes, after any write, merge or resolution
+/// (an op's payload is limited apart, to `PAYLOAD_BYTES_MAX`); beyond it the write is
+/// refused with `entity_too_large`.
+pub const ENTITY_BYTES_MAX: usize = 256 * 1024;
 /// The most history rows the server holds before it answers `retry` with `storage_full`.
 pub const HISTORY_ROW_COUNT_MAX: usize = 20_000_000;
 /// Length of one `sync_metrics` window.
@@ -163,13 +170,27 @@ impl<S: ServerStore> Server<S> {
         self.store
     }
 
-    /// Handles `POST /api/sync/batch` for the authenticated `user` at server time `now`.
+    /// Handles `POST /api/sync/batch` for the authenticated `user` at server time `now`:
+    /// [`Server::admit_batch`], [`Server::handle_op`] for each op, [`Server::finish_batch`].
+    /// The HTTP layer calls the three itself, taking the server's lock per op, so that no
+    /// batch holds the server for longer than one op.
     pub fn handle_batch(
         &mut self,
         user: &UserId,
         batch: &Batch,
         now: Millis,
     ) -> Result<BatchResponse, RequestError> {
+        self.admit_batch(user, batch)?;
+        let mut results = Vec::with_capacity(batch.ops.len());
+        for op in &batch.ops {
+            results.push(self.handle_op(user, batch, op, now));
+        }
+        Ok(self.finish_batch(user, batch, results, now))
+    }
+
+    /// The checks a batch passes as a whole before any of its ops is processed: op count,
+    /// ids, batch checksum, device ownership. Changes nothing.
+    pub fn admit_batch(&self, user: &UserId, batch: &Batch) -> Result<(), RequestError> {
         if batch.ops.len() > BATCH_OP_COUNT_MAX {
             return Err(RequestError::TooLarge {
                 message: format!(
@@ -195,20 +216,29 @@ impl<S: ServerStore> Server<S> {
                 },
             });
         }
-        self.check_device(user, &batch.device_id)?;
+        self.check_device(user, &batch.device_id)
+    }
 
-        let mut results = Vec::with_capacity(batch.ops.len());
-        for op in &batch.ops {
-            results.push(self.handle_op(user, batch, op, now));
-        }
-
+    /// Records an admitted batch whose ops were all handled, with their `results`, and
+    /// registers its device to `user` (unless another user's batch registered it first
+    /// meanwhile, when only the batch row is kept).
+    pub fn finish_batch(
+        &mut self,
+        user: &UserId,
+        batch: &Batch,
+        results: Vec<OpResult>,
+        now: Millis,
+    ) -> BatchResponse {
         let mut statuses = BTreeMap::new();
         for result in &results {
             *statuses.entry(result.status).or_insert(0) += 1;
         }
-        let mut device = self.device_state(user, &batch.device_id);
-        device.batch_count += 1;
-        device.last_batch_at_ms = Some(now);
+        let device = self.check_device(user, &batch.device_id).is_ok().then(|| {
+            let mut device = self.device_state(user, &batch.device_id);
+            device.batch_count = device.batch_count.saturating_add(1);
+            device.last_batch_at_ms = Some(now);
+            device
+        });
         let mut metrics = self.metrics_window(user, now);
         metrics.batches += 1;
         let seq = self.store.tables().seq + 1;
@@ -225,15 +255,15 @@ impl<S: ServerStore> Server<S> {
                     received_at_ms: now,
                 },
             )),
-            device: Some(device),
+            device,
             metrics: Some(metrics),
             ..Commit::default()
         });
-        Ok(BatchResponse {
+        BatchResponse {
             batch_id: batch.batch_id.clone(),
             server_time_ms: now,
             results,
-        })
+        }
     }
 
     fn check_device(&self, user: &UserId, device_id: &DeviceId) -> Result<(), RequestError> {
@@ -270,8 +300,8 @@ impl<S: ServerStore> Server<S> {
             })
     }
 
-    /// Processes one op and commits everything it changes in one step.
-    fn handle_op(&mut self, user: &UserId, batch: &Batch, op: &Op, now: Millis) -> OpResult {
+    /// Processes one op of an admitted batch and commits everything it changes in one step.
+    pub fn handle_op(&mut self, user: &UserId, batch: &Batch, op: &Op, now: Millis) -> OpResult {
         let outcome = self.decide_op(user, batch, op, now);
         let tables = self.store.tables();
         let seq = tables.seq + 1;
@@ -293,12 +323,10 @@ impl<S: ServerStore> Server<S> {
                 },
             )
         });
-        // A duplicate has the same checksum, hence the same op id, as the original, whose
-        // queue row was committed with its idempotency record: it must stay untouched.
-        let duplicate = result.status == OpStatus::Duplicate;
-        let queue_key = (user.clone(), op.op_id.clone());
-        assert!(!duplicate || tables.sync_queue.contains_key(&queue_key));
-        let queue = (!duplicate).then(|| {
+        // A duplicate leaves the original's queue row untouched, and an op that is not
+        // stored (damaged, bad ids, a reused key or op id) must not overwrite the row of the
+        // op whose id it claims.
+        let queue = (outcome.stored == Stored::Full).then(|| {
             let row = QueueRow {
                 idempotency_key: op.idempotency_key.clone(),
                 device_id: batch.device_id.clone(),
@@ -312,7 +340,7 @@ impl<S: ServerStore> Server<S> {
             };
             (op.op_id.clone(), row)
         });
-        let history = HistoryRow {
+        let history = (outcome.stored != Stored::Nothing).then(|| HistoryRow {
             seq,
             at_ms: now,
             device_id: batch.device_id.clone(),
@@ -334,9 +362,14 @@ impl<S: ServerStore> Server<S> {
                 client_timestamp_ms: op.client_timestamp_ms,
                 strategy: Some(strategy),
             }),
-        };
-        let mut device = self.device_state(user, &batch.device_id);
-        device.op_count += 1;
+        });
+        // The device was admitted with the batch; on a real server another user's batch may
+        // have registered it since, and a device never changes owner.
+        let device = self.check_device(user, &batch.device_id).is_ok().then(|| {
+            let mut device = self.device_state(user, &batch.device_id);
+            device.op_count = device.op_count.saturating_add(1);
+            device
+        });
         let mut metrics = self.metrics_window(user, now);
         metrics.ops += 1;
         match result.status {
@@ -367,24 +400,52 @@ impl<S: ServerStore> Server<S> {
             entity: outcome.entity,
             queue,
             idempotency,
-            history: Some(history),
+            history,
             conflict,
-            device: Some(device),
+            device,
             metrics: Some(metrics),
             batch: None,
         });
         result
     }
 
+    /// The parent checks every write of fields gets (a create's payload, an update's patch,
+    /// a custom resolution's entity): each `<parent>_id` string must name a live entity of
+    /// the same user.
+    fn check_parents(
+        &self,
+        user: &UserId,
+        entity_type: EntityType,
+        fields: &serde_json::Map<String, Value>,
+    ) -> Result<(), ParentRefusal> {
+        let entities = &self.store.tables().entities;
+        for parent in entity_type.parents() {
+            let Some(Value::String(parent_id)) = fields.get(&parent.reference_field()) else {
+                continue;
+            };
+            match entities.get(&(*parent, EntityId(parent_id.clone()))) {
+                None => return Err(ParentRefusal::Missing),
+                Some(p) if &p.owner != user => return Err(ParentRefusal::Forbidden),
+                Some(p) if p.state.deleted => return Err(ParentRefusal::Deleted),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Decides an op without changing anything.
+    ///
+    /// The order is the point: the checksum is verified before anything else about the op
+    /// is decided or remembered, so a damaged copy can never poison its key or its op id;
+    /// ids that break the id rule are refused before anything stores them.
     fn decide_op(&self, user: &UserId, batch: &Batch, op: &Op, now: Millis) -> OpOutcome {
         let tables = self.store.tables();
         let reject = |reason: &str| OpOutcome::answer(op, OpStatus::Rejected, reason, true);
-        if op.validate().is_err() {
-            return reject("invalid_op");
+        if !self.planted.server_skips_checksums && op.verify_checksum().is_err() {
+            return OpOutcome::unstored(op, "checksum_mismatch", Stored::Nothing);
         }
-        if op.verify_checksum().is_err() && !self.planted.server_skips_checksums {
-            return OpOutcome::answer(op, OpStatus::Rejected, "checksum_mismatch", false);
+        if op.validate_ids().is_err() {
+            return OpOutcome::unstored(op, "invalid_op", Stored::Nothing);
         }
         if let Some(record) = tables
             .sync_idempotency_keys
@@ -392,17 +453,30 @@ impl<S: ServerStore> Server<S> {
             .filter(|_| !self.planted.server_ignores_idempotency)
         {
             if record.op_checksum != op.checksum {
-                return OpOutcome::answer(op, OpStatus::Rejected, "idempotency_key_reused", false);
+                return OpOutcome::unstored(op, "idempotency_key_reused", Stored::HistoryOnly);
             }
             let mut result = record.result.clone();
             result.status = OpStatus::Duplicate;
             return OpOutcome {
                 result,
                 remember: false,
+                stored: Stored::HistoryOnly,
                 strategy: None,
                 entity: None,
                 conflict: None,
             };
+        }
+        // An op id names one op: another key under the same id would overwrite the first
+        // op's queue row (and with it what its dependents see).
+        if tables
+            .sync_queue
+            .get(&(user.clone(), op.op_id.clone()))
+            .is_some_and(|row| row.idempotency_key != op.idempotency_key)
+        {
+            return OpOutcome::unstored(op, "op_id_reused", Stored::HistoryOnly);
+        }
+        if op.validate().is_err() {
+            return reject("invalid_op");
         }
         if now.since_ms(op.created_at_ms) > self.config.idempotency_retention_ms() {
             return reject("expired");
@@ -423,29 +497,30 @@ impl<S: ServerStore> Server<S> {
         if stored.is_some_and(|s| &s.owner != user) {
             return reject("forbidden");
         }
-        if op.kind == OpKind::Create {
-            for parent in op.entity_type.parents() {
-                let Some(Value::String(parent_id)) = op.payload.get(parent.reference_field())
-                else {
-                    continue;
-                };
-                match tables.entities.get(&(*parent, EntityId(parent_id.clone()))) {
-                    None => {
-                        return OpOutcome::answer(
-                            op,
-                            OpStatus::Blocked,
-                            "dependency_missing",
-                            false,
-                        );
-                    }
-                    Some(p) if &p.owner != user => return reject("forbidden"),
-                    Some(p) if p.state.deleted => return reject("parent_deleted"),
-                    Some(_) => {}
+        if let Some(fields) = op.payload.as_object()
+            && let Err(refusal) = self.check_parents(user, op.entity_type, fields)
+        {
+            return match refusal {
+                ParentRefusal::Missing => {
+                    OpOutcome::answer(op, OpStatus::Blocked, "dependency_missing", false)
                 }
-            }
-            if tables.entities.len() >= ENTITY_COUNT_MAX {
-                return OpOutcome::answer(op, OpStatus::Retry, "storage_full", false);
-            }
+                ParentRefusal::Forbidden => reject("forbidden"),
+                ParentRefusal::Deleted => reject("parent_deleted"),
+            };
+        }
+        if op.kind == OpKind::Update
+            && let (Some(server), Some(patch)) = (stored, op.payload.as_object())
+            && clears_needed_parent(op.entity_type, &server.state.fields, patch)
+        {
+            return reject("parent_required");
+        }
+        // Deleting a parent is refused while live children reference it: the server never
+        // orphans a child (see docs/api.md).
+        if op.kind == OpKind::Delete && tables.live_children.contains_key(&key) {
+            return reject("has_children");
+        }
+        if op.kind == OpKind::Create && tables.entities.len() >= ENTITY_COUNT_MAX {
+            return OpOutcome::answer(op, OpStatus::Retry, "storage_full", false);
         }
         if tables.sync_history.len() >= HISTORY_ROW_COUNT_MAX {
             return OpOutcome::answer(op, OpStatus::Retry, "storage_full", false);
@@ -469,6 +544,12 @@ impl<S: ServerStore> Server<S> {
             }
         };
         let next = conflict::commit(server, &decision, &write);
+        if next
+            .as_ref()
+            .is_some_and(|n| !n.deleted && entity_bytes(n) > ENTITY_BYTES_MAX)
+        {
+            return reject("entity_too_large");
+        }
         let after = next
             .as_ref()
             .or(server)
@@ -519,6 +600,7 @@ impl<S: ServerStore> Server<S> {
         OpOutcome {
             result,
             remember: true,
+            stored: Stored::Full,
             strategy: Some(strategy),
             entity: next.map(|state| (key, state)),
             conflict,
@@ -550,11 +632,9 @@ impl<S: ServerStore> Server<S> {
         let mut entries = tables.changes.range(range);
         let mut changes = Vec::with_capacity(limit);
         for ((_, cursor), key) in entries.by_ref().take(limit) {
-            let stored = &tables.entities[key];
-            assert_eq!(
-                &stored.owner, user,
-                "the change index only lists the user's own entities"
-            );
+            let Some(stored) = tables.entities.get(key).filter(|s| &s.owner == user) else {
+                unreachable!("the change index lists only the user's own stored entities");
+            };
             changes.push(Change {
                 cursor: *cursor,
                 entity_type: key.0,
@@ -578,7 +658,11 @@ impl<S: ServerStore> Server<S> {
                 });
             }
         }
-        if let Some(device_id) = device_id {
+        // Only a batch registers a device: a pull records the cursor of a device the user
+        // already registered and claims nothing, so no one can squat another's device id.
+        let registered =
+            device_id.filter(|device_id| self.store.tables().devices.get(*device_id) == Some(user));
+        if let Some(device_id) = registered {
             let mut device = self.device_state(user, device_id);
             device.pull_cursor = next_cursor;
             device.last_pull_at_ms = Some(now);
@@ -597,15 +681,57 @@ impl<S: ServerStore> Server<S> {
         })
     }
 
-    /// Handles `GET /api/sync/conflicts`: the user's conflicts, optionally by status.
+    /// The user's conflicts, optionally by status, oldest first (every one: for tests and
+    /// the simulation; requests page through [`Server::conflicts_page`]).
     pub fn conflicts(&self, user: &UserId, status: Option<ConflictStatus>) -> Vec<ConflictRecord> {
-        self.store
-            .tables()
-            .sync_conflicts
-            .values()
-            .filter(|(owner, record)| owner == user && status.is_none_or(|s| record.status == s))
+        let tables = self.store.tables();
+        let range = (user.clone(), 0)..=(user.clone(), u64::MAX);
+        tables
+            .user_conflicts
+            .range(range)
+            .filter_map(|(_, id)| tables.sync_conflicts.get(id))
+            .filter(|(_, record)| status.is_none_or(|s| record.status == s))
             .map(|(_, record)| record.clone())
             .collect()
+    }
+
+    /// Handles `GET /api/sync/conflicts`: the user's conflicts created after `since`,
+    /// optionally by status, at most `limit`. A page looks at no more than
+    /// [`CONFLICT_SCAN_MAX`] conflicts, so a long run of the other status ends a page early
+    /// (with `has_more`) instead of holding the server.
+    pub fn conflicts_page(
+        &self,
+        user: &UserId,
+        status: Option<ConflictStatus>,
+        since: u64,
+        limit: usize,
+    ) -> Result<wire::ConflictsPage, RequestError> {
+        if !(1..=PULL_LIMIT_MAX).contains(&limit) {
+            return Err(RequestError::invalid(format!(
+                "limit {limit} is out of range: use 1 to {PULL_LIMIT_MAX}"
+            )));
+        }
+        let tables = self.store.tables();
+        let range = (user.clone(), since.saturating_add(1))..=(user.clone(), u64::MAX);
+        let mut entries = tables.user_conflicts.range(range);
+        let mut conflicts = Vec::new();
+        let mut next_cursor = since;
+        for ((_, cursor), id) in entries.by_ref().take(CONFLICT_SCAN_MAX) {
+            next_cursor = *cursor;
+            if let Some((_, record)) = tables.sync_conflicts.get(id)
+                && status.is_none_or(|s| record.status == s)
+            {
+                conflicts.push(record.clone());
+                if conflicts.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(wire::ConflictsPage {
+            conflicts,
+            next_cursor,
+            has_more: entries.next().is_some(),
+        })
     }
 
     /// Handles `POST /api/sync/conflicts/<id>/resolve`.
@@ -633,7 +759,11 @@ impl<S: ServerStore> Server<S> {
             });
         }
         let key = (record.entity_type, record.entity_id.clone());
-        let current = &tables.entities[&key].state;
+        let Some(current) = tables.entities.get(&key).map(|stored| &stored.state) else {
+            return Err(RequestError::NotFound {
+                message: format!("conflict {conflict_id} names no stored entity"),
+            });
+        };
         let (deleted, fields) = match (request.resolution, &request.entity) {
             (Resolution::KeepServer | Resolution::KeepClient, Some(_)) => {
                 return Err(RequestError::invalid(
@@ -653,6 +783,12 @@ impl<S: ServerStore> Server<S> {
                         record.entity_id.as_str()
                     )));
                 }
+                // A custom entity is a whole entity written by the user: it gets the rules of
+                // a create's payload and the parent checks of any write.
+                crate::op::validate_entity(record.entity_type, &record.entity_id, entity)
+                    .map_err(|e| RequestError::invalid(format!("custom entity: {e}")))?;
+                self.check_parents(user, record.entity_type, fields)
+                    .map_err(|refusal| parent_request_error(refusal, record.entity_type))?;
                 (false, Some(fields.clone()))
             }
             (Resolution::KeepServer, None) => (current.deleted, None),
@@ -667,6 +803,18 @@ impl<S: ServerStore> Server<S> {
                 (false, entity.as_object().cloned())
             }
         };
+        if let Some(fields) = &fields {
+            let bytes = serde_json::to_vec(fields).map_or(usize::MAX, |b| b.len());
+            if bytes > ENTITY_BYTES_MAX {
+                return Err(RequestError::BadRequest {
+                    code: "entity_too_large",
+                    message: format!(
+                        "the resolved entity would be {bytes} bytes, more than the limit of \
+                         {ENTITY_BYTES_MAX}"
+                    ),
+                });
+            }
+        }
         let resolution = match request.resolution {
             Resolution::KeepServer => "keep_server",
             Resolution::KeepClient => "keep_client",
@@ -747,7 +895,7 @@ impl<S: ServerStore> Server<S> {
             entity_count: tables
                 .changes
                 .range(range)
-                .filter(|(_, key)| !tables.entities[*key].state.deleted)
+                .filter(|(_, key)| tables.entities.get(*key).is_some_and(|s| !s.state.deleted))
                 .count() as u64,
         })
     }
@@ -798,6 +946,8 @@ impl<S: ServerStore> Server<S> {
             report.conflicts = retain_counting(&mut tables.sync_conflicts, |(_, c)| {
                 c.status == ConflictStatus::Open || c.resolved_at_ms.is_some_and(|t| t.0 >= cutoff)
             });
+            let kept = &tables.sync_conflicts;
+            tables.user_conflicts.retain(|_, id| kept.contains_key(id));
             report.batches =
                 retain_counting(&mut tables.sync_batches, |b| b.received_at_ms.0 >= cutoff);
             report.metrics_windows = retain_counting(&mut tables.sync_metrics, |w| {
@@ -806,6 +956,66 @@ impl<S: ServerStore> Server<S> {
         });
         report
     }
+}
+
+/// Why a write's parent references are refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ParentRefusal {
+    /// A referenced parent does not exist (yet).
+    Missing,
+    /// A referenced parent belongs to another user.
+    Forbidden,
+    /// A referenced parent is a tombstone.
+    Deleted,
+}
+
+/// The answer to a resolution whose entity references a parent it may not.
+fn parent_request_error(refusal: ParentRefusal, entity_type: EntityType) -> RequestError {
+    match refusal {
+        ParentRefusal::Missing => RequestError::invalid(format!(
+            "custom {entity_type} references a parent that does not exist"
+        )),
+        ParentRefusal::Forbidden => RequestError::Forbidden {
+            message: format!("custom {entity_type} references another user's parent"),
+        },
+        ParentRefusal::Deleted => {
+            RequestError::invalid(format!("custom {entity_type} references a deleted parent"))
+        }
+    }
+}
+
+/// Whether an update's patch clears (sets to `null`) a parent reference the entity needs.
+fn clears_needed_parent(
+    entity_type: EntityType,
+    current: &serde_json::Map<String, Value>,
+    patch: &serde_json::Map<String, Value>,
+) -> bool {
+    let clears = entity_type
+        .parents()
+        .iter()
+        .any(|p| patch.get(&p.reference_field()) == Some(&Value::Null));
+    if !clears {
+        return false;
+    }
+    let mut after = current.clone();
+    for parent in entity_type.parents() {
+        let field = parent.reference_field();
+        match patch.get(&field) {
+            Some(Value::Null) => {
+                after.remove(&field);
+            }
+            Some(value) => {
+                after.insert(field, value.clone());
+            }
+            None => {}
+        }
+    }
+    crate::op::check_parent_presence(entity_type, &after).is_err()
+}
+
+/// The size of an entity's fields as JSON, in bytes: what [`ENTITY_BYTES_MAX`] limits.
+fn entity_bytes(entity: &ServerEntity) -> usize {
+    serde_json::to_vec(&entity.fields).map_or(usize::MAX, |bytes| bytes.len())
 }
 
 /// Keeps the rows `keep` accepts and returns how many were removed.
@@ -834,11 +1044,26 @@ fn conflict_id(seq: u64) -> ConflictId {
     ConflictId(format!("conflict-{seq}"))
 }
 
+/// What of an op the server stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stored {
+    /// Its queue row and its history row.
+    Full,
+    /// Its history row only: a duplicate, or an op that reuses another op's key or id,
+    /// whose queue row must stay the original's.
+    HistoryOnly,
+    /// Nothing: its checksum did not verify or its ids break the id rule, so none of what
+    /// it claims can be trusted or stored.
+    Nothing,
+}
+
 /// What processing one op decided, before it is committed.
 struct OpOutcome {
     result: OpResult,
     /// Whether the answer is final and goes under the idempotency key.
     remember: bool,
+    /// What of the op is stored besides its count in the metrics.
+    stored: Stored,
     strategy: Option<Strategy>,
     entity: Option<(EntityKey, ServerEntity)>,
     conflict: Option<ConflictRecord>,
@@ -857,9 +1082,18 @@ impl OpOutcome {
                 reason: Some(reason.to_owned()),
             },
             remember,
+            stored: Stored::Full,
             strategy: None,
             entity: None,
             conflict: None,
+        }
+    }
+
+    /// A rejection that stores `stored` of the op and is never remembered.
+    fn unstored(op: &Op, reason: &str, stored: Stored) -> OpOutcome {
+        OpOutcome {
+            stored,
+            ..OpOutcome::answer(op, OpStatus::Rejected, reason, false)
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::ids::{BatchId, ConflictId, DeviceId, EntityId, IdempotencyKey, OpId, 
 use crate::op::OpKind;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// An entity's key: ids are unique per type across all users; the owner is recorded.
 pub type EntityKey = (EntityType, EntityId);
@@ -88,6 +88,10 @@ pub struct Tables {
     pub sync_queue: BTreeMap<(UserId, OpId), QueueRow>,
     /// Conflicts, open and resolved, with their owner.
     pub sync_conflicts: BTreeMap<ConflictId, (UserId, ConflictRecord)>,
+    /// Each user's conflicts by the commit that created them: the order `GET
+    /// /api/sync/conflicts` pages in.
+    #[serde(default)]
+    pub user_conflicts: BTreeMap<(UserId, u64), ConflictId>,
     /// Batches received.
     pub sync_batches: BTreeMap<(UserId, BatchId), BatchRecord>,
     /// Per user and device.
@@ -100,6 +104,10 @@ pub struct Tables {
     pub sync_idempotency_keys: BTreeMap<(UserId, IdempotencyKey), IdempotencyRecord>,
     /// Which user each device belongs to (registered by its first batch).
     pub devices: BTreeMap<DeviceId, UserId>,
+    /// Live children per parent entity, derived from the `<parent>_id` fields of live
+    /// entities (tombstones reference nothing): what a parent delete must not orphan.
+    #[serde(default)]
+    pub live_children: BTreeMap<EntityKey, BTreeSet<EntityKey>>,
     /// The last commit sequence number.
     pub seq: u64,
 }
@@ -130,8 +138,9 @@ pub struct Commit {
 }
 
 impl Tables {
-    /// Applies one commit. Every part lands, or (on a broken invariant) the process stops
-    /// before any does.
+    /// Applies one commit. Every part lands, or (on a broken invariant) the commit panics
+    /// before any does: every assertion runs before the first change, so a panic caught
+    /// by the HTTP layer leaves the tables as they were.
     pub fn apply(&mut self, commit: Commit) {
         assert_eq!(commit.seq, self.seq + 1, "commits apply in sequence");
         if let Some((key, _)) = &commit.entity
@@ -139,11 +148,36 @@ impl Tables {
         {
             assert_eq!(previous.owner, commit.user, "an entity never changes owner");
         }
+        if let Some((key, _)) = &commit.idempotency {
+            assert!(
+                !self
+                    .sync_idempotency_keys
+                    .contains_key(&(commit.user.clone(), key.clone())),
+                "an idempotency key is recorded once"
+            );
+        }
+        if let Some(row) = &commit.history {
+            assert_eq!(row.seq, commit.seq, "a history row sits at its commit");
+        }
         self.seq = commit.seq;
         let user = commit.user;
         if let Some((key, state)) = commit.entity {
             if let Some(previous) = self.entities.get(&key) {
                 self.changes.remove(&(user.clone(), previous.cursor));
+                for parent in parent_keys(key.0, &previous.state) {
+                    if let Some(children) = self.live_children.get_mut(&parent) {
+                        children.remove(&key);
+                        if children.is_empty() {
+                            self.live_children.remove(&parent);
+                        }
+                    }
+                }
+            }
+            for parent in parent_keys(key.0, &state) {
+                self.live_children
+                    .entry(parent)
+                    .or_default()
+                    .insert(key.clone());
             }
             self.changes.insert((user.clone(), commit.seq), key.clone());
             let row = StoredEntity {
@@ -157,16 +191,17 @@ impl Tables {
             self.sync_queue.insert((user.clone(), op_id), row);
         }
         if let Some((key, record)) = commit.idempotency {
-            let previous = self
-                .sync_idempotency_keys
+            self.sync_idempotency_keys
                 .insert((user.clone(), key), record);
-            assert!(previous.is_none(), "an idempotency key is recorded once");
         }
         if let Some(row) = commit.history {
-            assert_eq!(row.seq, commit.seq);
             self.sync_history.insert((user.clone(), commit.seq), row);
         }
         if let Some(conflict) = commit.conflict {
+            if !self.sync_conflicts.contains_key(&conflict.conflict_id) {
+                self.user_conflicts
+                    .insert((user.clone(), commit.seq), conflict.conflict_id.clone());
+            }
             self.sync_conflicts
                 .insert(conflict.conflict_id.clone(), (user.clone(), conflict));
         }
@@ -183,6 +218,22 @@ impl Tables {
                 .insert((user, window.window_start_ms), window);
         }
     }
+}
+
+/// The parents a live entity references through its `<parent>_id` fields; none for a
+/// tombstone.
+pub fn parent_keys(entity_type: EntityType, state: &ServerEntity) -> Vec<EntityKey> {
+    if state.deleted {
+        return Vec::new();
+    }
+    entity_type
+        .parents()
+        .iter()
+        .filter_map(|parent| {
+            let id = state.fields.get(&parent.reference_field())?.as_str()?;
+            Some((*parent, EntityId(id.to_owned())))
+        })
+        .collect()
 }
 
 /// Where the server keeps its tables. Implementations must apply each commit atomically.
@@ -213,5 +264,58 @@ impl ServerStore for MemoryStore {
 
     fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) {
         keep(&mut self.tables);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::IdempotencyKey;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    fn record() -> IdempotencyRecord {
+        IdempotencyRecord {
+            op_checksum: "0".repeat(64),
+            result: OpResult {
+                op_id: OpId::from("op-1"),
+                status: OpStatus::Applied,
+                version: Some(1),
+                entity: None,
+                deleted: false,
+                conflict_id: None,
+                reason: None,
+            },
+            at_ms: Millis(1),
+        }
+    }
+
+    #[test]
+    fn a_commit_that_breaks_an_invariant_panics_before_changing_anything() {
+        let mut tables = Tables::default();
+        let user = UserId::from("ann");
+        let key = IdempotencyKey::from("key-1");
+        tables.apply(Commit {
+            user: user.clone(),
+            seq: 1,
+            idempotency: Some((key.clone(), record())),
+            ..Commit::default()
+        });
+        let before = tables.clone();
+        // The key again, with a device and metrics that would land before the idempotency
+        // record in apply's order of writes.
+        let broken = Commit {
+            user: user.clone(),
+            seq: 2,
+            idempotency: Some((key, record())),
+            device: Some(DeviceState {
+                device_id: DeviceId::from("phone"),
+                ..DeviceState::default()
+            }),
+            metrics: Some(MetricsWindow::default()),
+            ..Commit::default()
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| tables.apply(broken)));
+        assert!(outcome.is_err(), "the invariant is asserted");
+        assert_eq!(tables, before, "and nothing of the commit landed");
     }
 }

@@ -768,3 +768,5 @@ proptest! {
         }
     }
 }
+
+mod hardening;

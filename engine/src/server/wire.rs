@@ -118,6 +118,18 @@ pub struct ChangesPage {
     pub has_more: bool,
 }
 
+/// The answer to `GET /api/sync/conflicts`: one page of the user's conflicts, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictsPage {
+    /// Conflicts created after `since` (and of the status asked for), in creation order.
+    pub conflicts: Vec<ConflictRecord>,
+    /// The cursor to ask from next.
+    pub next_cursor: u64,
+    /// Whether more conflicts wait beyond this page.
+    pub has_more: bool,
+}
+
 /// Whether a conflict awaits a person.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -6,24 +6,34 @@
 //! with the status of SPEC §3.5, and a refused request changes nothing.
 
 pub mod client;
+pub mod serve;
 
 use axum::body::{Body, to_bytes};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rockhound_engine::ids::ConflictId;
+use rockhound_engine::ids::{ConflictId, check_id};
 use rockhound_engine::server::wire::{ConflictStatus, ResolveRequest};
 use rockhound_engine::server::{RequestError, Server};
 use rockhound_engine::{Batch, DeviceId, Millis, UserId};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The largest request body accepted, in bytes (HTTP 413 beyond).
 pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// The longest request target (path and query) accepted, in bytes (HTTP 414 beyond).
+pub const URI_BYTES_MAX: usize = 8 * 1024;
+/// The most header bytes (names and values) a request may carry (HTTP 431 beyond).
+pub const HEADER_BYTES_MAX: usize = 32 * 1024;
+/// The most header fields a request may carry (HTTP 431 beyond).
+pub const HEADER_COUNT_MAX: usize = 64;
 /// Default page size of `GET /api/sync/changes`.
 pub const PULL_LIMIT_DEFAULT: usize = 100;
 /// Default row count of `GET /api/sync/history`.
@@ -36,30 +46,61 @@ pub type Clock = Arc<dyn Fn() -> Millis + Send + Sync>;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    /// The sans-IO server; handlers hold the lock only while it computes, never across I/O.
-    pub server: Arc<Mutex<Server>>,
+    /// The sans-IO server. Handlers hold the lock only while it computes one step (a
+    /// batch's admission, one op, the batch's record, one read), never across I/O, and
+    /// hand it on fairly, so no request waits behind a whole batch of another user.
+    pub server: Arc<parking_lot::Mutex<Server>>,
     /// Bearer tokens and the users they authenticate.
     pub tokens: Arc<BTreeMap<String, UserId>>,
     /// The server's clock.
     pub clock: Clock,
+    /// How long a request body may take to arrive; `None` waits as long as the
+    /// connection lives (the simulation, whose network faults are the point).
+    pub body_read_timeout: Option<Duration>,
 }
 
 impl AppState {
     /// State over `server`, with `tokens` mapping bearer tokens to users.
     pub fn new(server: Server, tokens: BTreeMap<String, UserId>, clock: Clock) -> AppState {
         AppState {
-            server: Arc::new(Mutex::new(server)),
+            server: Arc::new(parking_lot::Mutex::new(server)),
             tokens: Arc::new(tokens),
             clock,
+            body_read_timeout: None,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Server> {
-        // A handler that panicked mid-request broke an engine invariant; serving on from
-        // that state could apply garbage, so poisoning stays fatal.
-        self.server
-            .lock()
-            .expect("server state poisoned by a panic")
+    /// Runs one step of the server under its lock.
+    ///
+    /// A panic inside the engine is a bug, but it must not take the server down for every
+    /// user: it is caught here and answered 500. The engine makes every change through one
+    /// commit whose assertions all run before its first write, so the interrupted step
+    /// changed nothing; the lock is not poisoned and the next request is served.
+    fn with_server<T>(
+        &self,
+        step: impl FnOnce(&mut Server) -> Result<T, RequestError>,
+    ) -> Result<T, ApiError> {
+        let mut server = self.server.lock();
+        let outcome = catch_unwind(AssertUnwindSafe(|| step(&mut server)));
+        // A fair unlock hands the lock to the longest waiter, so a batch that takes the
+        // lock once per op cannot starve the other users' requests.
+        parking_lot::MutexGuard::unlock_fair(server);
+        match outcome {
+            Ok(result) => result.map_err(ApiError::from),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "request hit an engine bug; answered 500");
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the server hit an internal error; the step it was taking was not applied",
+                ))
+            }
+        }
     }
 }
 
@@ -118,7 +159,7 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// The router of SPEC §3.5.
+/// The router of the HTTP API (docs/api.md).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/sync/batch", post(post_batch))
@@ -131,10 +172,54 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not answer that method",
+            )
+        })
+        .layer(middleware::from_fn(check_head))
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Refuses a request whose target or headers are over their limits, with the error body
+/// every refusal carries (hyper's own limits, far above these, answer bare).
+async fn check_head(request: Request, next: Next) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if target > URI_BYTES_MAX {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("request target is {target} bytes, more than the limit of {URI_BYTES_MAX}"),
+        )
+        .into_response();
+    }
+    let headers = request.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > HEADER_COUNT_MAX || bytes > HEADER_BYTES_MAX {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "request carries {} headers of {bytes} bytes; the limits are \
+                 {HEADER_COUNT_MAX} headers and {HEADER_BYTES_MAX} bytes",
+                headers.len()
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Serves `router` on `listener` until `shutdown` completes (the simulation's server
+/// uses [`crate::net::serve`]; `rockhound serve` uses [`serve::serve_tcp`]).
 pub async fn serve<L>(
     listener: L,
     router: Router,
@@ -155,10 +240,13 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiErro
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <token> header"))?;
+    // RFC 7235: the scheme is case-insensitive and followed by one or more spaces.
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim_start_matches(' '))
         .ok_or_else(|| unauthorized("Authorization header must be Bearer <token>"))?;
     state
         .tokens
@@ -167,17 +255,58 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiErro
         .ok_or_else(|| unauthorized("unknown token"))
 }
 
-async fn read_body(body: Body) -> Result<Vec<u8>, ApiError> {
-    to_bytes(body, REQUEST_BYTES_MAX)
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|_| {
+async fn read_body(state: &AppState, body: Body) -> Result<Vec<u8>, ApiError> {
+    let read = to_bytes(body, REQUEST_BYTES_MAX);
+    let bytes = match state.body_read_timeout {
+        Some(timeout) => tokio::time::timeout(timeout, read).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "request body did not arrive within {} ms",
+                    timeout.as_millis()
+                ),
+            )
+        })?,
+        None => read.await,
+    };
+    bytes.map(|b| b.to_vec()).map_err(|error| {
+        if is_length_limit(&error) {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 format!("request body is larger than the limit of {REQUEST_BYTES_MAX} bytes"),
             )
-        })
+        } else {
+            ApiError::malformed(format!("request body could not be read: {error}"))
+        }
+    })
+}
+
+/// Whether a body error is the length limit (and not, say, broken chunked encoding).
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// A path id: refused with `invalid_value` (and not echoed back) unless it follows the id
+/// rule.
+fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) = path.map_err(|_| ApiError::malformed("the path is not valid UTF-8"))?;
+    check_id("conflict id", &id).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_value",
+            "conflict id must be 1 to 128 characters of letters, digits and -_.:",
+        )
+    })?;
+    Ok(id)
 }
 
 async fn post_batch(
@@ -186,12 +315,20 @@ async fn post_batch(
     body: Body,
 ) -> ApiResult<rockhound_engine::server::wire::BatchResponse> {
     let user = authenticate(&state, &headers)?;
-    let bytes = read_body(body).await?;
+    let bytes = read_body(&state, body).await?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::malformed("request body is not UTF-8"))?;
     let batch = Batch::from_json(text).map_err(|e| ApiError::malformed(e.to_string()))?;
     let now = (state.clock)();
-    let response = state.lock().handle_batch(&user, &batch, now)?;
+    // One lock per step: each op is committed on its own anyway, and between two ops
+    // another user's request gets its turn.
+    state.with_server(|server| server.admit_batch(&user, &batch))?;
+    let mut results = Vec::with_capacity(batch.ops.len());
+    for op in &batch.ops {
+        results.push(state.with_server(|server| Ok(server.handle_op(&user, &batch, op, now)))?);
+    }
+    let response =
+        state.with_server(|server| Ok(server.finish_batch(&user, &batch, results, now)))?;
     Ok(Json(response))
 }
 
@@ -213,9 +350,9 @@ async fn get_changes(
     let Query(query) = query?;
     let now = (state.clock)();
     let limit = query.limit.unwrap_or(PULL_LIMIT_DEFAULT);
-    let page = state
-        .lock()
-        .changes(&user, query.device_id.as_ref(), query.since, limit, now)?;
+    let page = state.with_server(|server| {
+        server.changes(&user, query.device_id.as_ref(), query.since, limit, now)
+    })?;
     Ok(Json(page))
 }
 
@@ -223,33 +360,38 @@ async fn get_changes(
 #[serde(deny_unknown_fields)]
 struct ConflictsQuery {
     status: Option<ConflictStatus>,
+    #[serde(default)]
+    since: u64,
+    limit: Option<usize>,
 }
 
 async fn get_conflicts(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<ConflictsQuery>, QueryRejection>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<rockhound_engine::server::wire::ConflictsPage> {
     let user = authenticate(&state, &headers)?;
     let Query(query) = query?;
-    let conflicts = state.lock().conflicts(&user, query.status);
-    Ok(Json(serde_json::json!({ "conflicts": conflicts })))
+    let limit = query.limit.unwrap_or(PULL_LIMIT_DEFAULT);
+    let page = state
+        .with_server(|server| server.conflicts_page(&user, query.status, query.since, limit))?;
+    Ok(Json(page))
 }
 
 async fn post_resolve(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<rockhound_engine::server::wire::ConflictRecord> {
     let user = authenticate(&state, &headers)?;
-    let bytes = read_body(body).await?;
+    let id = path_id(path)?;
+    let bytes = read_body(&state, body).await?;
     let request: ResolveRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::malformed(format!("malformed resolve request: {e}")))?;
     let now = (state.clock)();
     let record = state
-        .lock()
-        .resolve_conflict(&user, &ConflictId(id), &request, now)?;
+        .with_server(|server| server.resolve_conflict(&user, &ConflictId(id), &request, now))?;
     Ok(Json(record))
 }
 
@@ -266,7 +408,7 @@ async fn get_state(
 ) -> ApiResult<rockhound_engine::server::wire::StateResponse> {
     let user = authenticate(&state, &headers)?;
     let Query(query) = query?;
-    let response = state.lock().state(&user, &query.device_id)?;
+    let response = state.with_server(|server| server.state(&user, &query.device_id))?;
     Ok(Json(response))
 }
 
@@ -283,17 +425,58 @@ async fn get_history(
 ) -> ApiResult<serde_json::Value> {
     let user = authenticate(&state, &headers)?;
     let Query(query) = query?;
-    let rows = state
-        .lock()
-        .history(&user, query.limit.unwrap_or(HISTORY_LIMIT_DEFAULT))?;
+    let limit = query.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
+    let rows = state.with_server(|server| server.history(&user, limit))?;
     Ok(Json(serde_json::json!({ "history": rows })))
 }
+
+/// `/metrics` takes no parameters, and says so like the other endpoints do.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsQuery {}
 
 async fn get_metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
+    query: Result<Query<MetricsQuery>, QueryRejection>,
 ) -> ApiResult<serde_json::Value> {
     let user = authenticate(&state, &headers)?;
-    let windows = state.lock().metrics(&user);
+    let Query(MetricsQuery {}) = query?;
+    let windows = state.with_server(|server| Ok(server.metrics(&user)))?;
     Ok(Json(serde_json::json!({ "windows": windows })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rockhound_engine::SyncConfig;
+
+    fn state() -> AppState {
+        AppState::new(
+            Server::new(SyncConfig::default()),
+            BTreeMap::new(),
+            Arc::new(|| Millis(1_760_000_000_000)),
+        )
+    }
+
+    #[test]
+    fn a_panic_inside_a_step_is_answered_500_and_the_next_request_is_served() {
+        let state = state();
+        let before = state.server.lock().tables().clone();
+        let error = state
+            .with_server(|_| -> Result<(), RequestError> { panic!("planted engine bug") })
+            .unwrap_err();
+        assert_eq!(
+            (error.status, error.code),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        );
+        let windows = state
+            .with_server(|server| Ok(server.metrics(&UserId::from("ann"))))
+            .unwrap();
+        assert!(
+            windows.is_empty(),
+            "the lock was handed on and the server answers"
+        );
+        assert_eq!(&before, state.server.lock().tables(), "nothing changed");
+    }
 }

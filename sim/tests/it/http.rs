@@ -9,13 +9,13 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
-const TOKEN: &str = "ann-token";
-const BOB: &str = "bob-token";
+pub(crate) const TOKEN: &str = "ann-token";
+pub(crate) const BOB: &str = "bob-token";
 
 /// The server process; killed when dropped so a failing test leaves nothing behind.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) struct Served {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Drop for Served {
@@ -36,7 +36,12 @@ const STRATEGIES: [(EntityType, &str); 6] = [
     (EntityType::FindLog, "manual"),
 ];
 
-fn start() -> Served {
+pub(crate) fn start() -> Served {
+    start_with(&[])
+}
+
+/// `serve` with ann and bob, the six strategies of [`STRATEGIES`] and `extra` arguments.
+pub(crate) fn start_with(extra: &[&str]) -> Served {
     let mut args: Vec<String> = [
         "serve",
         "--addr",
@@ -51,6 +56,7 @@ fn start() -> Served {
     for (entity_type, strategy) in STRATEGIES {
         args.extend(["--strategy".to_owned(), format!("{entity_type}={strategy}")]);
     }
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_rockhound"))
         .args(args)
         .stdout(Stdio::piped())
@@ -70,7 +76,7 @@ fn start() -> Served {
     Served { child, addr }
 }
 
-async fn call(
+pub(crate) async fn call(
     addr: SocketAddr,
     method: Method,
     path: &str,
@@ -81,7 +87,7 @@ async fn call(
     request(stream, method, path, token, body).await.unwrap()
 }
 
-async fn get(addr: SocketAddr, path: &str, token: &str) -> Value {
+pub(crate) async fn get(addr: SocketAddr, path: &str, token: &str) -> Value {
     let response = call(addr, Method::GET, path, Some(token), None).await;
     assert_eq!(
         response.status,
@@ -92,7 +98,7 @@ async fn get(addr: SocketAddr, path: &str, token: &str) -> Value {
     response.json().unwrap()
 }
 
-fn op(
+pub(crate) fn op(
     n: u32,
     entity_type: EntityType,
     entity: &str,
@@ -124,7 +130,7 @@ fn op(
     .sealed()
 }
 
-fn batch(device: &str, ops: Vec<Op>) -> Vec<u8> {
+pub(crate) fn batch(device: &str, ops: Vec<Op>) -> Vec<u8> {
     let id = ops
         .first()
         .map_or("empty".to_owned(), |o| o.op_id.to_string());
@@ -138,7 +144,7 @@ fn with_member(body: &[u8], member: &str, value: Value) -> Vec<u8> {
     serde_json::to_vec(&object).unwrap()
 }
 
-async fn send(addr: SocketAddr, token: &str, body: Vec<u8>) -> Response {
+pub(crate) async fn send(addr: SocketAddr, token: &str, body: Vec<u8>) -> Response {
     call(
         addr,
         Method::POST,
@@ -149,7 +155,7 @@ async fn send(addr: SocketAddr, token: &str, body: Vec<u8>) -> Response {
     .await
 }
 
-async fn results(addr: SocketAddr, device: &str, ops: Vec<Op>) -> Vec<Value> {
+pub(crate) async fn results(addr: SocketAddr, device: &str, ops: Vec<Op>) -> Vec<Value> {
     let response = send(addr, TOKEN, batch(device, ops)).await;
     assert_eq!(
         response.status,
@@ -163,7 +169,7 @@ async fn results(addr: SocketAddr, device: &str, ops: Vec<Op>) -> Vec<Value> {
         .clone()
 }
 
-fn status(result: &Value) -> (&str, Option<&str>) {
+pub(crate) fn status(result: &Value) -> (&str, Option<&str>) {
     (
         result["status"].as_str().unwrap(),
         result["reason"].as_str(),

@@ -1,0 +1,452 @@
+//! Regression tests for the findings of the adversarial review of the server core: each
+//! one failed before its fix. The HTTP-level findings are tested over a real socket in
+//! `sim/tests/it/hardening.rs`.
+
+use super::*;
+
+/// A create of a find log under `session`.
+fn find_log(n: u32, id: &str, session: &str) -> Op {
+    op(
+        n,
+        EntityType::FindLog,
+        id,
+        OpKind::Create,
+        0,
+        json!({"id": id, "field_session_id": session, "notes": "quartz"}),
+    )
+}
+
+/// `op` with its content changed after sealing: the checksum is no longer its own.
+fn damaged(mut op: Op, change: impl FnOnce(&mut Op)) -> Op {
+    change(&mut op);
+    op
+}
+
+#[test]
+fn an_invalid_copy_carrying_a_valid_ops_checksum_neither_panics_nor_blocks_the_valid_op() {
+    let mut server = Server::new(SyncConfig::default());
+    let valid = session(1, "fs");
+    // Same key, another op id, an invalid created_at_ms, and the valid op's checksum.
+    let forged = damaged(valid.clone(), |op| {
+        op.op_id = OpId::from("op-forged");
+        op.created_at_ms = Millis(0);
+    });
+    let first = send(&mut server, "ann", "phone", vec![forged]);
+    assert_eq!(
+        statuses(&first),
+        [(OpStatus::Rejected, Some("checksum_mismatch"))]
+    );
+    let second = send(&mut server, "ann", "phone", vec![valid]);
+    assert_eq!(statuses(&second), [(OpStatus::Applied, None)]);
+    replay::verify(server.tables()).unwrap();
+}
+
+#[test]
+fn a_damaged_invalid_copy_is_not_remembered_and_the_genuine_op_applies() {
+    let mut server = Server::new(SyncConfig::default());
+    let genuine = session(1, "fs");
+    let damaged_copy = damaged(genuine.clone(), |op| op.base_version = 7);
+    let first = send(&mut server, "ann", "phone", vec![damaged_copy]);
+    assert_eq!(
+        statuses(&first),
+        [(OpStatus::Rejected, Some("checksum_mismatch"))]
+    );
+    let tables = server.tables();
+    assert!(
+        tables.sync_idempotency_keys.is_empty(),
+        "nothing remembered"
+    );
+    assert!(
+        tables.sync_queue.is_empty(),
+        "no queue row under a claimed id"
+    );
+    assert!(
+        tables.sync_history.is_empty(),
+        "no history row under a claimed id"
+    );
+    let second = send(&mut server, "ann", "phone", vec![genuine]);
+    assert_eq!(statuses(&second), [(OpStatus::Applied, None)]);
+}
+
+#[test]
+fn a_damaged_copy_of_an_applied_op_leaves_its_queue_row_and_its_dependents_alone() {
+    let mut server = Server::new(SyncConfig::default());
+    let parent = session(1, "fs");
+    send(&mut server, "ann", "phone", vec![parent.clone()]);
+    let copy = damaged(parent.clone(), |op| op.payload["name"] = json!("forged"));
+    send(&mut server, "ann", "phone", vec![copy]);
+    let mut child = find_log(2, "fl", "fs");
+    child.depends_on = vec![parent.op_id.clone()];
+    let child = child.sealed();
+    let results = send(&mut server, "ann", "phone", vec![child]);
+    assert_eq!(statuses(&results), [(OpStatus::Applied, None)]);
+}
+
+#[test]
+fn an_op_id_used_under_another_key_is_refused_and_does_not_overwrite_the_first() {
+    let mut server = Server::new(SyncConfig::default());
+    send(&mut server, "ann", "phone", vec![session(1, "fs")]);
+    let mut other = session(2, "fs-2");
+    other.op_id = OpId::from("op-1");
+    let results = send(&mut server, "ann", "phone", vec![other.sealed()]);
+    assert_eq!(
+        statuses(&results),
+        [(OpStatus::Rejected, Some("op_id_reused"))]
+    );
+    let row = &server.tables().sync_queue[&(user("ann"), OpId::from("op-1"))];
+    assert_eq!(
+        (row.entity_id.as_str(), row.status),
+        ("fs", OpStatus::Applied)
+    );
+    assert!(
+        !server
+            .tables()
+            .entities
+            .contains_key(&(EntityType::FieldSession, EntityId::from("fs-2")))
+    );
+}
+
+#[test]
+fn an_op_with_ids_over_the_id_rule_is_answered_but_not_stored() {
+    let mut server = Server::new(SyncConfig::default());
+    let mut huge = session(1, "fs");
+    huge.op_id = OpId("o".repeat(100_000));
+    huge.idempotency_key = IdempotencyKey("k".repeat(100_000));
+    let results = send(&mut server, "ann", "phone", vec![huge.sealed()]);
+    assert_eq!(
+        statuses(&results),
+        [(OpStatus::Rejected, Some("invalid_op"))]
+    );
+    let tables = server.tables();
+    assert!(tables.sync_queue.is_empty());
+    assert!(tables.sync_history.is_empty());
+    assert!(tables.sync_idempotency_keys.is_empty());
+    assert_eq!(server.metrics(&user("ann"))[0].rejected, 1, "still counted");
+}
+
+#[test]
+fn a_pull_does_not_register_a_device_so_no_one_can_squat_its_id() {
+    let mut server = Server::new(SyncConfig::default());
+    server
+        .changes(
+            &user("mallory"),
+            Some(&DeviceId::from("ann-phone")),
+            0,
+            10,
+            NOW,
+        )
+        .unwrap();
+    assert!(server.tables().devices.is_empty());
+    let results = send(&mut server, "ann", "ann-phone", vec![session(1, "fs")]);
+    assert_eq!(statuses(&results), [(OpStatus::Applied, None)]);
+    // Once registered by a batch, the owner's pulls record the cursor, others are refused.
+    let page = server
+        .changes(&user("ann"), Some(&DeviceId::from("ann-phone")), 0, 10, NOW)
+        .unwrap();
+    let state = server
+        .state(&user("ann"), &DeviceId::from("ann-phone"))
+        .unwrap();
+    assert_eq!(state.device.pull_cursor, page.next_cursor);
+    let error = server
+        .changes(
+            &user("mallory"),
+            Some(&DeviceId::from("ann-phone")),
+            0,
+            10,
+            NOW,
+        )
+        .unwrap_err();
+    assert_eq!(error.code(), "forbidden");
+}
+
+fn update(n: u32, entity_type: EntityType, id: &str, base: u64, patch: Value) -> Op {
+    op(n, entity_type, id, OpKind::Update, base, patch)
+}
+
+#[test]
+fn an_update_gets_the_parent_checks_a_create_gets() {
+    let mut server = Server::new(SyncConfig::default());
+    send(&mut server, "bob", "bob-phone", vec![session(90, "bob-fs")]);
+    send(
+        &mut server,
+        "ann",
+        "phone",
+        vec![
+            session(1, "fs"),
+            session(2, "fs-old"),
+            find_log(3, "fl", "fs"),
+        ],
+    );
+    let delete_old = op(
+        4,
+        EntityType::FieldSession,
+        "fs-old",
+        OpKind::Delete,
+        1,
+        Value::Null,
+    );
+    send(&mut server, "ann", "phone", vec![delete_old]);
+    let cases = [
+        (
+            json!({"field_session_id": "bob-fs"}),
+            OpStatus::Rejected,
+            "forbidden",
+        ),
+        (
+            json!({"field_session_id": "nowhere"}),
+            OpStatus::Blocked,
+            "dependency_missing",
+        ),
+        (
+            json!({"field_session_id": "fs-old"}),
+            OpStatus::Rejected,
+            "parent_deleted",
+        ),
+        (
+            json!({"field_session_id": null}),
+            OpStatus::Rejected,
+            "parent_required",
+        ),
+    ];
+    for (n, (patch, status, reason)) in (10..).zip(cases) {
+        let results = send(
+            &mut server,
+            "ann",
+            "phone",
+            vec![update(n, EntityType::FindLog, "fl", 1, patch.clone())],
+        );
+        assert_eq!(statuses(&results), [(status, Some(reason))], "{patch}");
+    }
+    let entity = &server.tables().entities[&(EntityType::FindLog, EntityId::from("fl"))];
+    assert_eq!(entity.state.fields["field_session_id"], json!("fs"));
+    assert_eq!(entity.state.version, 1, "no refused update changed it");
+}
+
+#[test]
+fn a_specimen_may_clear_one_of_its_two_parents_but_not_both() {
+    let mut server = Server::new(SyncConfig::default());
+    send(
+        &mut server,
+        "ann",
+        "phone",
+        vec![session(1, "fs"), find_log(2, "fl", "fs")],
+    );
+    let specimen = op(
+        3,
+        EntityType::Specimen,
+        "sp",
+        OpKind::Create,
+        0,
+        json!({"id": "sp", "find_log_id": "fl", "processed_capture_id": null}),
+    );
+    // A create may not carry a null reference at all.
+    let results = send(&mut server, "ann", "phone", vec![specimen]);
+    assert_eq!(
+        statuses(&results),
+        [(OpStatus::Rejected, Some("invalid_op"))]
+    );
+    let specimen = op(
+        4,
+        EntityType::Specimen,
+        "sp",
+        OpKind::Create,
+        0,
+        json!({"id": "sp", "find_log_id": "fl"}),
+    );
+    send(&mut server, "ann", "phone", vec![specimen]);
+    let clear = update(
+        5,
+        EntityType::Specimen,
+        "sp",
+        1,
+        json!({"find_log_id": null}),
+    );
+    let results = send(&mut server, "ann", "phone", vec![clear]);
+    assert_eq!(
+        statuses(&results),
+        [(OpStatus::Rejected, Some("parent_required"))]
+    );
+}
+
+#[test]
+fn deleting_a_parent_with_live_children_is_refused_until_the_children_are_gone() {
+    let mut server = Server::new(SyncConfig::default());
+    send(
+        &mut server,
+        "ann",
+        "phone",
+        vec![session(1, "fs"), find_log(2, "fl", "fs")],
+    );
+    let delete_parent = |n| {
+        op(
+            n,
+            EntityType::FieldSession,
+            "fs",
+            OpKind::Delete,
+            1,
+            Value::Null,
+        )
+    };
+    let results = send(&mut server, "ann", "phone", vec![delete_parent(3)]);
+    assert_eq!(
+        statuses(&results),
+        [(OpStatus::Rejected, Some("has_children"))]
+    );
+    let delete_child = op(4, EntityType::FindLog, "fl", OpKind::Delete, 1, Value::Null);
+    let results = send(
+        &mut server,
+        "ann",
+        "phone",
+        vec![delete_child, delete_parent(5)],
+    );
+    assert_eq!(
+        statuses(&results),
+        [(OpStatus::Applied, None), (OpStatus::Applied, None)]
+    );
+    assert!(server.tables().live_children.is_empty());
+    replay::verify(server.tables()).unwrap();
+}
+
+#[test]
+fn a_merge_of_large_arrays_is_bounded_and_an_entity_over_its_size_limit_is_refused() {
+    let mut config = SyncConfig::default();
+    config
+        .entities
+        .set_strategy(EntityType::Tag, Strategy::Merge);
+    let mut server = Server::new(config);
+    let tag = op(
+        1,
+        EntityType::Tag,
+        "t",
+        OpKind::Create,
+        0,
+        json!({"id": "t", "members": []}),
+    );
+    send(&mut server, "ann", "phone", vec![tag]);
+    // Each update adds 4,000 distinct members from base version 1, so every one after the
+    // first is a conflict whose arrays are unioned; the entity grows by ~60 KB per write.
+    let mut refused = 0;
+    for n in 0..8u32 {
+        let members: Vec<String> = (0..4_000).map(|i| format!("m-{n}-{i:06}")).collect();
+        let results = send(
+            &mut server,
+            "ann",
+            "phone",
+            vec![update(
+                10 + n,
+                EntityType::Tag,
+                "t",
+                1,
+                json!({ "members": members }),
+            )],
+        );
+        let result = &results[0];
+        if result.reason.as_deref() == Some("entity_too_large") {
+            refused += 1;
+        } else {
+            assert!(
+                matches!(result.status, OpStatus::Applied | OpStatus::Conflict),
+                "{result:?}"
+            );
+        }
+    }
+    assert!(refused > 0, "the entity limit was reached");
+    let stored = &server.tables().entities[&(EntityType::Tag, EntityId::from("t"))];
+    let bytes = serde_json::to_vec(&stored.state.fields).unwrap().len();
+    assert!(bytes <= ENTITY_BYTES_MAX, "{bytes} bytes stored");
+    replay::verify(server.tables()).unwrap();
+}
+
+fn manual_conflict() -> (Server, ConflictId) {
+    let (mut server, result) = super::stale_update_under(Strategy::Manual);
+    send(&mut server, "bob", "bob-phone", vec![session(90, "bob-fs")]);
+    (server, result.conflict_id.unwrap())
+}
+
+fn custom(entity: Value) -> ResolveRequest {
+    ResolveRequest {
+        resolution: Resolution::Custom,
+        entity: Some(entity),
+    }
+}
+
+#[test]
+fn a_custom_resolution_gets_the_op_rules() {
+    let (mut server, id) = manual_conflict();
+    let before = server.tables().clone();
+    let deep = (0..120).fold(json!(1), |inner, _| json!([inner]));
+    let cases = [
+        (
+            json!({"id": "fs", "blob": "x".repeat(3 * 1024 * 1024)}),
+            "invalid_value",
+        ),
+        (json!({"id": "fs", "deep": deep}), "invalid_value"),
+        (json!({"id": "fs", "count": 1u64 << 63}), "invalid_value"),
+    ];
+    for (entity, code) in cases {
+        let error = server
+            .resolve_conflict(&user("ann"), &id, &custom(entity), NOW)
+            .unwrap_err();
+        assert_eq!(error.code(), code, "{error}");
+    }
+    assert_eq!(&before, server.tables(), "nothing stored by a refusal");
+    let ok = server.resolve_conflict(
+        &user("ann"),
+        &id,
+        &custom(json!({"id": "fs", "name": "agreed"})),
+        NOW,
+    );
+    assert!(ok.is_ok());
+}
+
+#[test]
+fn a_custom_resolution_may_not_reference_another_users_parent() {
+    let mut config = SyncConfig::default();
+    config
+        .entities
+        .set_strategy(EntityType::FindLog, Strategy::Manual);
+    let mut server = Server::new(config);
+    send(&mut server, "bob", "bob-phone", vec![session(90, "bob-fs")]);
+    send(
+        &mut server,
+        "ann",
+        "phone",
+        vec![session(1, "fs"), find_log(2, "fl", "fs")],
+    );
+    send(
+        &mut server,
+        "ann",
+        "phone",
+        vec![update(
+            3,
+            EntityType::FindLog,
+            "fl",
+            1,
+            json!({"notes": "a"}),
+        )],
+    );
+    let results = send(
+        &mut server,
+        "ann",
+        "phone",
+        vec![update(
+            4,
+            EntityType::FindLog,
+            "fl",
+            1,
+            json!({"notes": "b"}),
+        )],
+    );
+    let id = results[0].conflict_id.clone().unwrap();
+    let error = server
+        .resolve_conflict(
+            &user("ann"),
+            &id,
+            &custom(json!({"id": "fl", "field_session_id": "bob-fs"})),
+            NOW,
+        )
+        .unwrap_err();
+    assert_eq!(error.code(), "forbidden");
+    let stored = &server.tables().entities[&(EntityType::FindLog, EntityId::from("fl"))];
+    assert_eq!(stored.state.fields["field_session_id"], json!("fs"));
+}
