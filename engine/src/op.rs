@@ -477,6 +477,17 @@ pub fn check_parent_presence(
     Err(OpError::MissingParent { entity_type, field })
 }
 
+/// The payload rules of an op of `kind` on `entity_type` (what [`Op::validate`] checks of
+/// its payload), for callers that check an edit before an op exists.
+pub fn validate_payload(
+    kind: OpKind,
+    entity_type: EntityType,
+    entity_id: &EntityId,
+    payload: &Value,
+) -> Result<(), OpError> {
+    check_payload(kind, entity_type, entity_id, payload)
+}
+
 /// The payload rules for a whole entity written without an op (a `custom` resolution): the
 /// rules of a create's payload.
 pub fn validate_entity(

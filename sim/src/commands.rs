@@ -69,6 +69,7 @@ pub fn parse_shard(text: &str) -> Result<(u64, u64), String> {
 }
 
 /// A scenario to run: where it came from and the spec.
+#[derive(Clone)]
 struct Job {
     label: String,
     reproduce: String,
@@ -158,9 +159,10 @@ fn report(job: &Job, checked: &Checked, wall_s: f64, trace_out: Option<&Path>, b
     }
     let summary = &checked.outcome.summary;
     println!(
-        "scenario {}: {} ops enqueued, {} applied, {} conflicts, {} rejected, {} dead-lettered, {} expired, {} batches, converged {}",
+        "scenario {}: {} ops enqueued, {} edits refused, {} applied, {} conflicts, {} rejected, {} dead-lettered, {} expired, {} batches, converged {}",
         job.label,
         summary.enqueued,
+        summary.refused,
         summary.applied,
         summary.conflicts,
         summary.rejected,
@@ -202,9 +204,24 @@ fn report(job: &Job, checked: &Checked, wall_s: f64, trace_out: Option<&Path>, b
                 .write_jsonl(std::io::BufWriter::new(f))
         }) {
             Ok(_) => println!("trace written to {}", path.display()),
-            Err(e) => eprintln!("error: cannot write the trace to {}: {e}", path.display()),
+            Err(e) => {
+                eprintln!("error: cannot write the trace to {}: {e}", path.display());
+                return EXIT_USAGE;
+            }
         }
     }
+    let code = match digest_check(job, checked) {
+        Some(false) => {
+            println!(
+                "digest {} differs from expect.digest {} recorded for seed {}",
+                checked.outcome.digest,
+                job.spec.expect.digest.as_deref().unwrap_or_default(),
+                job.seed
+            );
+            worst([code, EXIT_NONDETERMINISM])
+        }
+        _ => code,
+    };
     match (code, expected) {
         (EXIT_OK, Some(name)) => println!("result: ok (the planted bug was caught by {name})"),
         (EXIT_OK, None) => println!("result: ok"),
@@ -218,6 +235,13 @@ fn report(job: &Job, checked: &Checked, wall_s: f64, trace_out: Option<&Path>, b
         println!("reproduce: {}", job.reproduce);
     }
     code
+}
+
+/// Whether the run reproduced the digest its file records: `None` when the file records
+/// none, or records it for another seed than the one run.
+fn digest_check(job: &Job, checked: &Checked) -> Option<bool> {
+    let expected = job.spec.expect.digest.as_ref()?;
+    (job.spec.seed.unwrap_or(0) == job.seed).then(|| *expected == checked.outcome.digest)
 }
 
 fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
@@ -282,6 +306,13 @@ pub fn run(
     }
     if trace.is_some() && work.len() > 1 {
         eprintln!("error: --trace takes one scenario and one seed");
+        return EXIT_USAGE;
+    }
+    // Find out before the run, not after it, that the trace cannot be written.
+    if let Some(path) = trace
+        && let Err(e) = std::fs::File::create(path)
+    {
+        eprintln!("error: cannot write the trace to {}: {e}", path.display());
         return EXIT_USAGE;
     }
     let results = run_jobs(&work, jobs, recheck, None, &AtomicBool::new(false));
@@ -474,7 +505,57 @@ pub fn check(
     code
 }
 
-/// `rockhound explore`: swarm scenarios over a seed range.
+/// The most failing seeds of one `explore` whose whole report is kept to print at the end;
+/// later failures are saved as files and listed by seed, so memory stays bounded however
+/// many seeds fail.
+const FAILURE_REPORTS_MAX: usize = 20;
+
+/// A failing seed of `explore`: its exit code, and its run while within
+/// [`FAILURE_REPORTS_MAX`].
+struct Failure {
+    seed: u64,
+    code: u8,
+    run: Option<(Job, Checked, f64)>,
+    error: Option<String>,
+}
+
+/// Sets `stop` on the first Ctrl-C (SIGINT), so that no new seed starts and what was found
+/// so far is saved and summarized; a second Ctrl-C ends the process at once.
+fn stop_on_interrupt(stop: std::sync::Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            stop.store(true, Ordering::Relaxed);
+            eprintln!(
+                "\ninterrupted: no new seed starts; finishing the running ones (Ctrl-C again to quit now)"
+            );
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
+    });
+}
+
+/// The seeds of shard `k` of `n` in `seeds`: the `i`-th is `start + (k - 1) + i * n`.
+fn shard_seeds(seeds: &RangeInclusive<u64>, (k, n): (u64, u64)) -> impl Fn(u64) -> Option<u64> {
+    let (start, end) = (*seeds.start(), *seeds.end());
+    move |i| {
+        let offset = i.checked_mul(n)?.checked_add(k - 1)?;
+        start.checked_add(offset).filter(|seed| *seed <= end)
+    }
+}
+
+/// `rockhound explore`: swarm scenarios over a seed range. Each seed's scenario is built
+/// when a worker takes the seed and dropped when its run is judged, so memory does not
+/// depend on the range's length.
 #[allow(clippy::disallowed_methods)]
 pub fn explore(
     seeds: RangeInclusive<u64>,
@@ -485,79 +566,131 @@ pub fn explore(
     recheck: bool,
 ) -> u8 {
     let (k, n) = shard;
-    let start = *seeds.start();
-    let work: Vec<Job> = seeds
-        .filter(|seed| (seed - start) % n == k - 1)
-        .map(|seed| Job {
-            label: format!("swarm-{seed}"),
-            reproduce: format!(
-                "rockhound replay {}",
-                out.join(format!("swarm-{seed}.toml")).display()
-            ),
-            spec: swarm_spec(seed),
-            seed,
-        })
-        .collect();
-    let progress = ProgressBar::new(work.len() as u64);
+    let seed_at = shard_seeds(&seeds, shard);
+    let span = seeds.end() - seeds.start();
+    let total = if span >= k - 1 {
+        (span - (k - 1)) / n + 1
+    } else {
+        0
+    };
+    let progress = ProgressBar::new(total);
     progress.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {elapsed_precise} eta {eta}")
             .expect("a valid template"),
     );
-    let stop = AtomicBool::new(false);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    stop_on_interrupt(stop.clone());
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let ran = std::sync::atomic::AtomicU64::new(0);
+    let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
     // The time budget is the one wall-clock limit of the simulation commands; it decides
     // how many seeds run, never what a run does.
     let started = std::time::Instant::now();
-    let results = std::thread::scope(|scope| {
-        if let Some(budget) = time_budget_s {
-            let stop = &stop;
-            let progress = &progress;
-            scope.spawn(move || {
-                while !progress.is_finished() && started.elapsed().as_secs() < budget {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
+    let over_budget = || time_budget_s.is_some_and(|budget| started.elapsed().as_secs() >= budget);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) && !over_budget() {
+                    let Some(seed) = seed_at(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return;
+                    };
+                    let job = Job {
+                        label: format!("swarm-{seed}"),
+                        reproduce: format!(
+                            "rockhound replay {}",
+                            out.join(format!("swarm-{seed}.toml")).display()
+                        ),
+                        spec: swarm_spec(seed),
+                        seed,
+                    };
+                    let run_started = std::time::Instant::now();
+                    let result = runner::run(
+                        &job.spec,
+                        seed,
+                        recheck && runner::wants_determinism(&job.spec),
+                    );
+                    let wall_s = run_started.elapsed().as_secs_f64();
+                    ran.fetch_add(1, Ordering::Relaxed);
+                    progress.inc(1);
+                    let failure = match result {
+                        Ok(checked) if checked.passed(&job.spec) => continue,
+                        Ok(checked) => {
+                            save_failure(out, &job, &checked);
+                            Failure {
+                                seed,
+                                code: code_of(&job, &checked),
+                                run: Some((job, checked, wall_s)),
+                                error: None,
+                            }
+                        }
+                        Err(error) => Failure {
+                            seed,
+                            code: EXIT_USAGE,
+                            run: None,
+                            error: Some(error.to_string()),
+                        },
+                    };
+                    let mut failures = failures.lock().expect("failure list");
+                    let mut failure = failure;
+                    if failures.len() >= FAILURE_REPORTS_MAX {
+                        failure.run = None;
+                    }
+                    failures.push(failure);
                 }
-                stop.store(true, Ordering::Relaxed);
             });
         }
-        let results = run_jobs(&work, jobs, recheck, Some(&progress), &stop);
-        progress.finish_and_clear();
-        results
     });
-    let ran = results.iter().filter(|r| r.is_some()).count();
-    let mut failures = 0;
+    progress.finish_and_clear();
+    let mut failures = failures.into_inner().expect("failure list");
+    failures.sort_by_key(|f| f.seed);
     let mut codes = Vec::new();
-    for (job, result) in work.iter().zip(&results) {
-        let Some((result, wall_s)) = result else {
-            continue;
-        };
-        match result {
-            Ok(checked) if checked.passed(&job.spec) => {}
-            Ok(checked) => {
-                failures += 1;
-                let code = report(job, checked, *wall_s, None, false);
-                codes.push(code);
-                let file = out.join(format!("swarm-{}.toml", job.seed));
-                let explicit = exported(&job.spec, job.seed, checked);
-                if let Err(e) = std::fs::create_dir_all(out)
-                    .and_then(|()| std::fs::write(&file, scenario::to_toml(&explicit)))
-                {
-                    eprintln!("error: cannot save {}: {e}", file.display());
-                } else {
-                    println!("saved {}", file.display());
-                }
+    for failure in &failures {
+        match (&failure.run, &failure.error) {
+            (Some((job, checked, wall_s)), _) => {
+                codes.push(report(job, checked, *wall_s, None, false));
+                println!(
+                    "saved {}",
+                    out.join(format!("swarm-{}.toml", failure.seed)).display()
+                );
             }
-            Err(error) => {
-                failures += 1;
-                println!("seed={} error: {error}", job.seed);
-                codes.push(EXIT_USAGE);
+            (None, Some(error)) => {
+                println!("seed={} error: {error}", failure.seed);
+                codes.push(failure.code);
+            }
+            (None, None) => {
+                println!(
+                    "seed={} failed (exit {}); saved {}",
+                    failure.seed,
+                    failure.code,
+                    out.join(format!("swarm-{}.toml", failure.seed)).display()
+                );
+                codes.push(failure.code);
             }
         }
     }
+    let interrupted = if stop.load(Ordering::Relaxed) {
+        " (interrupted)"
+    } else {
+        ""
+    };
     println!(
-        "explored {ran} of {} seeds (shard {k}/{n}) in {:.1} s: {failures} failed",
-        work.len(),
-        started.elapsed().as_secs_f64()
+        "explored {} of {total} seeds (shard {k}/{n}) in {:.1} s{interrupted}: {} failed",
+        ran.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        failures.len()
     );
     worst(codes)
+}
+
+/// Saves a failing seed's run as an explicit scenario file in `out`.
+fn save_failure(out: &Path, job: &Job, checked: &Checked) {
+    let file = out.join(format!("swarm-{}.toml", job.seed));
+    let explicit = exported(&job.spec, job.seed, checked);
+    if let Err(e) = std::fs::create_dir_all(out)
+        .and_then(|()| std::fs::write(&file, scenario::to_toml(&explicit)))
+    {
+        eprintln!("error: cannot save {}: {e}", file.display());
+    }
 }
 
 /// A run as the editable file `export` and `explore` write: explicit steps, its seed, and
@@ -685,19 +818,29 @@ pub fn replay(file: &Path, seed: Option<u64>, trace: Option<&Path>) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let code = report(&job, &checked, wall_s, trace, false);
+    let mut replayed = job.clone();
+    // `report` compares the digest itself when the seed is the recorded one; replay
+    // compares it for any seed the file records it for and says what it found.
+    replayed.spec.expect.digest = None;
+    let code = report(&replayed, &checked, wall_s, trace, false);
     match &job.spec.expect.digest {
         Some(expected) if *expected != checked.outcome.digest => {
             println!(
                 "replay: digest {} differs from the recorded {expected}",
                 checked.outcome.digest
             );
-            EXIT_NONDETERMINISM
+            worst([code, EXIT_NONDETERMINISM])
         }
         Some(_) => {
             println!("replay: digest matches the recorded one");
             code
         }
-        None => code,
+        None => {
+            println!(
+                "replay: {} records no digest (expect.digest), so there is nothing to compare; `rockhound export` writes one",
+                file.display()
+            );
+            code
+        }
     }
 }

@@ -45,7 +45,7 @@ enum Command {
         #[arg(long, value_parser = commands::parse_seeds)]
         seeds: Option<RangeInclusive<u64>>,
         /// Runs at once (each run is single-threaded).
-        #[arg(long, default_value_t = default_jobs())]
+        #[arg(long, default_value_t = default_jobs(), value_parser = parse_jobs)]
         jobs: usize,
         /// Write the trace as JSON Lines to this file (one scenario, one seed).
         #[arg(long)]
@@ -66,7 +66,7 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
         /// Runs at once.
-        #[arg(long, default_value_t = default_jobs())]
+        #[arg(long, default_value_t = default_jobs(), value_parser = parse_jobs)]
         jobs: usize,
         /// Also run the scenarios marked `slow`.
         #[arg(long)]
@@ -85,7 +85,7 @@ enum Command {
         #[arg(long, default_value = "reports")]
         out: PathBuf,
         /// Runs at once.
-        #[arg(long, default_value_t = default_jobs())]
+        #[arg(long, default_value_t = default_jobs(), value_parser = parse_jobs)]
         jobs: usize,
     },
     /// Design comparisons: each file's variants on the same seeds, side by side.
@@ -112,7 +112,7 @@ enum Command {
         #[arg(long, value_parser = commands::parse_shard, default_value = "1/1")]
         shard: (u64, u64),
         /// Runs at once.
-        #[arg(long, default_value_t = default_jobs())]
+        #[arg(long, default_value_t = default_jobs(), value_parser = parse_jobs)]
         jobs: usize,
         /// Where failing seeds are saved as scenario files.
         #[arg(long, default_value = "explore-failures")]
@@ -296,6 +296,17 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// `--jobs`: 1 to [`JOBS_MAX`] runs at once.
+fn parse_jobs(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(jobs) if (1..=JOBS_MAX).contains(&jobs) => Ok(jobs),
+        _ => Err(format!("{text:?} is not a job count from 1 to {JOBS_MAX}")),
+    }
+}
+
+/// The most runs one command runs at once.
+const JOBS_MAX: usize = 1024;
 
 /// One serving thread per core by default.
 fn default_threads() -> u16 {

@@ -15,6 +15,23 @@ pub const DEVICE_COUNT_MAX: usize = 1_000;
 pub const STEP_COUNT_MAX: usize = 100_000;
 /// Longest simulated run (safety plus liveness), in ms: one simulated week plus a day.
 pub const RUN_MS_MAX: u64 = 8 * 24 * 60 * 60 * 1000 + 24 * 60 * 60 * 1000;
+/// Most random user actions per device (`workload.actions_per_device`).
+pub const ACTIONS_PER_DEVICE_MAX: usize = 10_000;
+/// Most random user actions in one run, over every device.
+pub const WORKLOAD_ACTION_COUNT_MAX: usize = 1_000_000;
+/// Most offline field trips per device (`workload.field_trips_per_device`).
+pub const FIELD_TRIPS_PER_DEVICE_MAX: usize = 1_000;
+/// Most random faults of one kind (`faults.device_crashes`, `faults.partitions`, …).
+pub const FAULT_COUNT_MAX: usize = 10_000;
+/// Largest one-way message latency, in ms.
+pub const LATENCY_MS_MAX: u64 = 60_000;
+/// Largest clock skew a step or the fault mix may give a device, either way, in ms (a year).
+pub const SKEW_MS_MAX: u64 = 365 * 24 * 60 * 60 * 1000;
+/// Most bytes of a half-written record a crash may leave (it is cut to less than one
+/// record's frame, since a torn write never leaves a whole record).
+pub const TORN_BYTES_MAX: usize = 1024 * 1024;
+/// Largest simulated disk (`capacity_bytes` of a `disk` step), in bytes.
+pub const DISK_BYTES_MAX: usize = 1024 * 1024 * 1024;
 
 /// One run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -561,6 +578,60 @@ pub struct ValueSpec {
     pub equals: Value,
 }
 
+/// The limits of one step's own values, and the edits the client would refuse whatever
+/// the state (a create missing its parent reference, an empty update, an out-of-range
+/// number): refused here, so a scripted step never vanishes at run time.
+fn check_step_values(action: &Action) -> Result<(), String> {
+    use rockhound_engine::op::{OpKind, validate_entity, validate_payload};
+    match action {
+        Action::Crash { torn_bytes, .. } if *torn_bytes > TORN_BYTES_MAX => Err(format!(
+            "torn_bytes = {torn_bytes} is more than the limit of {TORN_BYTES_MAX}"
+        )),
+        Action::Skew { offset_ms, .. } if offset_ms.unsigned_abs() > SKEW_MS_MAX => Err(format!(
+            "offset_ms = {offset_ms} is beyond the limit of ±{SKEW_MS_MAX} ms"
+        )),
+        Action::Disk {
+            capacity_bytes: Some(bytes),
+            ..
+        } if *bytes > DISK_BYTES_MAX => Err(format!(
+            "capacity_bytes = {bytes} is more than the limit of {DISK_BYTES_MAX}"
+        )),
+        Action::Create {
+            entity_type,
+            id,
+            fields,
+            ..
+        } => {
+            let entity_id = rockhound_engine::EntityId(id.clone());
+            rockhound_engine::ids::check_id("id", id).map_err(|e| e.to_string())?;
+            let mut entity = fields.clone();
+            entity.insert("id".to_owned(), Value::String(id.clone()));
+            validate_entity(*entity_type, &entity_id, &Value::Object(entity))
+                .map_err(|e| format!("the client would refuse this create: {e}"))
+        }
+        Action::Update {
+            entity_type,
+            id,
+            fields,
+            ..
+        } => {
+            let entity_id = rockhound_engine::EntityId(id.clone());
+            rockhound_engine::ids::check_id("id", id).map_err(|e| e.to_string())?;
+            validate_payload(
+                OpKind::Update,
+                *entity_type,
+                &entity_id,
+                &Value::Object(fields.clone()),
+            )
+            .map_err(|e| format!("the client would refuse this update: {e}"))
+        }
+        Action::Delete { id, .. } => {
+            rockhound_engine::ids::check_id("id", id).map_err(|e| e.to_string())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Why a spec cannot run.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -660,28 +731,49 @@ impl RunSpec {
                 ),
             );
         }
-        if sim.devices_per_host == 0 {
+        if !(1..=DEVICE_COUNT_MAX).contains(&sim.devices_per_host) {
             return fail(
                 "sim.devices_per_host",
-                "sim.devices_per_host must be at least 1".into(),
-            );
-        }
-        if sim.safety_ms + sim.liveness_ms > RUN_MS_MAX {
-            return fail(
-                "sim.liveness_ms",
                 format!(
-                    "safety_ms + liveness_ms = {} ms is longer than the limit of {RUN_MS_MAX} ms",
-                    sim.safety_ms + sim.liveness_ms
+                    "sim.devices_per_host = {} is out of range: use 1 to {DEVICE_COUNT_MAX}",
+                    sim.devices_per_host
                 ),
             );
         }
-        if !rockhound_engine::Millis(sim.epoch_ms).is_plausible() {
+        match sim.safety_ms.checked_add(sim.liveness_ms) {
+            Some(total) if total <= RUN_MS_MAX => {}
+            total => {
+                return fail(
+                    "sim.liveness_ms",
+                    format!(
+                        "safety_ms + liveness_ms = {} ms is longer than the limit of {RUN_MS_MAX} ms",
+                        total.map_or_else(|| "more than 2^64".to_owned(), |t| t.to_string())
+                    ),
+                );
+            }
+        }
+        let run_end = sim.epoch_ms.checked_add(RUN_MS_MAX + SKEW_MS_MAX);
+        if !rockhound_engine::Millis(sim.epoch_ms).is_plausible()
+            || !run_end.is_some_and(|end| rockhound_engine::Millis(end).is_plausible())
+        {
             return fail(
                 "sim.epoch_ms",
-                format!("sim.epoch_ms = {} is not a plausible time", sim.epoch_ms),
+                format!(
+                    "sim.epoch_ms = {} is not a plausible time (the whole run, skew included, must be)",
+                    sim.epoch_ms
+                ),
             );
         }
         let network = &self.network;
+        if network.latency_ms_max > LATENCY_MS_MAX {
+            return fail(
+                "network.latency_ms_max",
+                format!(
+                    "network.latency_ms_max = {} is more than the limit of {LATENCY_MS_MAX} ms",
+                    network.latency_ms_max
+                ),
+            );
+        }
         if network.latency_ms_min > network.latency_ms_max {
             return fail(
                 "network.latency_ms_min",
@@ -700,6 +792,7 @@ impl RunSpec {
                 return fail(name, format!("{name} = {rate} is not between 0 and 1"));
             }
         }
+        self.check_workload_and_faults(devices.len())?;
         if self.steps.len() > STEP_COUNT_MAX {
             return fail(
                 "steps",
@@ -746,6 +839,9 @@ impl RunSpec {
                     );
                 }
             }
+            if let Err(why) = check_step_values(&step.action) {
+                return fail(&path, format!("{at}: {why}"));
+            }
             if let Action::Resolve { resolution, .. } = &step.action {
                 if !matches!(resolution.as_str(), "keep_server" | "keep_client") {
                     return fail(
@@ -780,11 +876,104 @@ impl RunSpec {
                 );
             }
         }
+        if let Some(digest) = &self.expect.digest
+            && !rockhound_engine::checksum::is_checksum_format(digest)
+        {
+            return fail(
+                "expect.digest",
+                format!("expect.digest = {digest:?} is not 64 lowercase hex characters"),
+            );
+        }
         for value in &self.expect.values {
             rockhound_engine::ids::check_id("expect.values id", &value.id)
                 .map_err(|e| SpecError::new(e.to_string()))?;
         }
         Ok(config)
+    }
+
+    /// The limits of the random workload and the fault mix: every count, duration and
+    /// rate has one, so that no line of a file can make a run expand without bound.
+    fn check_workload_and_faults(&self, device_count: usize) -> Result<(), SpecError> {
+        let over = |key: &str, value: String, limit: String| {
+            Err(SpecError::at(
+                key,
+                format!("{key} = {value} is more than the limit of {limit}"),
+            ))
+        };
+        if let Some(workload) = &self.workload {
+            if workload.actions_per_device > ACTIONS_PER_DEVICE_MAX {
+                return over(
+                    "workload.actions_per_device",
+                    workload.actions_per_device.to_string(),
+                    ACTIONS_PER_DEVICE_MAX.to_string(),
+                );
+            }
+            let total = workload.actions_per_device.saturating_mul(device_count);
+            if total > WORKLOAD_ACTION_COUNT_MAX {
+                return Err(SpecError::at(
+                    "workload.actions_per_device",
+                    format!(
+                        "workload.actions_per_device = {} over {device_count} devices is {total} actions, more than the limit of {WORKLOAD_ACTION_COUNT_MAX}",
+                        workload.actions_per_device
+                    ),
+                ));
+            }
+            if workload.field_trips_per_device > FIELD_TRIPS_PER_DEVICE_MAX {
+                return over(
+                    "workload.field_trips_per_device",
+                    workload.field_trips_per_device.to_string(),
+                    FIELD_TRIPS_PER_DEVICE_MAX.to_string(),
+                );
+            }
+            if workload.field_trip_ms_max > RUN_MS_MAX {
+                return over(
+                    "workload.field_trip_ms_max",
+                    workload.field_trip_ms_max.to_string(),
+                    format!("{RUN_MS_MAX} ms"),
+                );
+            }
+        }
+        let Some(faults) = &self.faults else {
+            return Ok(());
+        };
+        for (key, count) in [
+            ("faults.device_crashes", faults.device_crashes),
+            ("faults.server_crashes", faults.server_crashes),
+            ("faults.partitions", faults.partitions),
+            ("faults.holds", faults.holds),
+            ("faults.disk_faults", faults.disk_faults),
+        ] {
+            if count > FAULT_COUNT_MAX {
+                return over(key, count.to_string(), FAULT_COUNT_MAX.to_string());
+            }
+        }
+        if faults.outage_ms_max > RUN_MS_MAX {
+            return over(
+                "faults.outage_ms_max",
+                faults.outage_ms_max.to_string(),
+                format!("{RUN_MS_MAX} ms"),
+            );
+        }
+        if faults.skew_ms_max > SKEW_MS_MAX {
+            return over(
+                "faults.skew_ms_max",
+                faults.skew_ms_max.to_string(),
+                format!("{SKEW_MS_MAX} ms"),
+            );
+        }
+        for (key, rate) in [
+            ("faults.loss_rate", faults.loss_rate),
+            ("faults.duplicate_rate", faults.duplicate_rate),
+            ("faults.corrupt_rate", faults.corrupt_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(SpecError::at(
+                    key,
+                    format!("{key} = {rate} is not between 0 and 1"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Steps in the order they run: by `at_ms`, then file order.

@@ -666,11 +666,16 @@ fn crash(ctx: &DeviceCtx, now: Millis, torn_bytes: usize) {
         return;
     };
     let mut store = coordinator.into_store();
+    let mut torn_bytes = torn_bytes;
     if torn_bytes > 0 {
         // The process died while appending a record: part of its frame reached the disk.
+        // A torn write leaves less than the whole frame (a whole one would be a complete,
+        // if foreign, record: a state no real crash produces), so the count is cut to one
+        // byte less than the frame; the trace records the bytes actually left.
         let frame = encode_frame(format!("{{\"record\":\"in progress at {}\"}}", now.0).as_bytes())
             .expect("a small record frames");
-        let _ = store.write(&frame[..torn_bytes.min(frame.len())]);
+        torn_bytes = torn_bytes.min(frame.len() - 1);
+        let _ = store.write(&frame[..torn_bytes]);
         store.torn_bytes_on_crash = torn_bytes;
     } else {
         store.torn_bytes_on_crash = 0;

@@ -221,3 +221,141 @@ fn explore_splits_the_seed_space_into_shards_and_saves_failures() {
     );
     assert!(!out.exists(), "nothing failed, nothing saved");
 }
+
+/// A scenario file in a temporary folder.
+fn scenario_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const SMALL: &str = "seed = 3\n[[users]]\nname = \"ann\"\ndevices = [\"phone\"]\n\n[sim]\nsafety_ms = 2000\nliveness_ms = 20000\n\n[[steps]]\nat_ms = 0\ndo = \"create\"\ndevice = \"phone\"\nentity_type = \"tag\"\nid = \"t\"\n";
+
+#[test]
+fn a_trace_that_cannot_be_written_exits_with_the_usage_code() {
+    let output = rockhound(&[
+        "run",
+        "scenarios/queue_full.toml",
+        "--seed",
+        "1",
+        "--trace",
+        "/nonexistent-folder/trace.jsonl",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot write the trace"));
+}
+
+#[test]
+fn zero_jobs_is_a_usage_error() {
+    for command in [
+        vec!["run", "scenarios/queue_full.toml", "--jobs", "0"],
+        vec!["explore", "--seeds", "0..1", "--jobs", "0"],
+        vec!["check", "--jobs", "0"],
+    ] {
+        let output = rockhound(&command);
+        assert_eq!(output.status.code(), Some(2), "{command:?}");
+    }
+}
+
+#[test]
+fn digests_are_checked_by_run_and_replay_and_a_missing_or_malformed_one_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = scenario_file(dir.path(), "plain.toml", SMALL);
+    let replayed = rockhound(&["replay", plain.to_str().unwrap()]);
+    assert_eq!(replayed.status.code(), Some(0));
+    assert!(
+        stdout(&replayed).contains("records no digest"),
+        "{}",
+        stdout(&replayed)
+    );
+
+    let malformed = scenario_file(
+        dir.path(),
+        "malformed.toml",
+        &format!("{SMALL}\n[expect]\ndigest = \"abc\"\n"),
+    );
+    for command in ["run", "replay"] {
+        let output = rockhound(&[command, malformed.to_str().unwrap()]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{command}: {}",
+            stdout(&output)
+        );
+        assert!(String::from_utf8_lossy(&output.stderr).contains("expect.digest"));
+    }
+
+    let wrong = scenario_file(
+        dir.path(),
+        "wrong.toml",
+        &format!("{SMALL}\n[expect]\ndigest = \"{}\"\n", "0".repeat(64)),
+    );
+    let output = rockhound(&["run", wrong.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(3), "{}", stdout(&output));
+    assert!(stdout(&output).contains("differs from expect.digest"));
+    // On another seed than the recorded one there is nothing to compare.
+    let output = rockhound(&["run", wrong.to_str().unwrap(), "--seed", "4"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+}
+
+#[test]
+fn the_summary_counts_the_edits_the_client_refused() {
+    let output = rockhound(&["run", "scenarios/queue_full.toml", "--seed", "1"]);
+    let summary = stdout(&output);
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("scenario "))
+        .unwrap();
+    let refused: u64 = line
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" edits refused"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(refused > 0, "queue_full refuses edits: {line}");
+}
+
+#[test]
+fn explore_over_the_largest_range_starts_at_once_and_stops_on_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = rockhound(&[
+        "explore",
+        "--seeds",
+        "0..9999999",
+        "--time-budget",
+        "2",
+        "--jobs",
+        "1",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    let text = stdout(&output);
+    assert!(text.contains("of 10000000 seeds"), "{text}");
+    assert!(matches!(output.status.code(), Some(0 | 1)), "{text}");
+}
+
+#[test]
+fn ctrl_c_during_explore_keeps_what_was_found_and_prints_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_rockhound"))
+        .args(["explore", "--seeds", "0..999999", "--jobs", "1", "--out"])
+        .arg(dir.path())
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = child.wait_with_output().unwrap();
+    let text = stdout(&output);
+    assert!(text.contains("(interrupted)"), "{text}");
+    assert!(matches!(output.status.code(), Some(0 | 1)), "{text}");
+}

@@ -190,3 +190,103 @@ fn backoff_forgives_an_early_resend_only_when_the_schedule_was_not_stored() {
     assert_eq!(violations.len(), 1, "{violations:?}");
     assert!(violations[0].to_string().contains("before its retry time"));
 }
+
+/// Every count, duration and size a scenario sets has a limit; beyond it the file is
+/// refused at the key's line, before anything is expanded (one line once took 15-22 GB).
+#[test]
+fn scenario_values_beyond_their_limits_are_refused_at_their_line() {
+    const HEAD: &str = "[[users]]\nname = \"ann\"\ndevices = [\"phone\", \"tablet\"]\n";
+    let cases: &[(&str, String)] = &[
+        (
+            "actions",
+            format!("{HEAD}[workload]\nactions_per_device = 18446744073709551615\n"),
+        ),
+        (
+            "trips",
+            format!("{HEAD}[workload]\nfield_trips_per_device = 99999999\n"),
+        ),
+        (
+            "trip_length",
+            format!("{HEAD}[workload]\nfield_trip_ms_max = 18446744073709551615\n"),
+        ),
+        (
+            "crashes",
+            format!("{HEAD}[faults]\ndevice_crashes = 4000000000\n"),
+        ),
+        (
+            "partitions",
+            format!("{HEAD}[faults]\npartitions = 10001\n"),
+        ),
+        (
+            "outage",
+            format!("{HEAD}[faults]\noutage_ms_max = 18446744073709551615\n"),
+        ),
+        (
+            "fault_skew",
+            format!("{HEAD}[faults]\nskew_ms_max = 18446744073709551615\n"),
+        ),
+        ("fault_rate", format!("{HEAD}[faults]\nloss_rate = nan\n")),
+        (
+            "phases_wrap",
+            format!("{HEAD}[sim]\nsafety_ms = 18446744073709551615\nliveness_ms = 2\n"),
+        ),
+        (
+            "hosts",
+            format!("{HEAD}[sim]\ndevices_per_host = 18446744073709551615\n"),
+        ),
+        (
+            "latency",
+            format!("{HEAD}[network]\nlatency_ms_max = 18446744073709551615\n"),
+        ),
+        ("epoch", format!("{HEAD}[sim]\nepoch_ms = 4102444000000\n")),
+        (
+            "torn",
+            format!(
+                "{HEAD}[[steps]]\nat_ms = 0\ndo = \"crash\"\ndevice = \"phone\"\ntorn_bytes = 18446744073709551615\n"
+            ),
+        ),
+        (
+            "skew_step",
+            format!(
+                "{HEAD}[[steps]]\nat_ms = 0\ndo = \"skew\"\ndevice = \"phone\"\noffset_ms = -9223372036854775808\n"
+            ),
+        ),
+        (
+            "disk",
+            format!(
+                "{HEAD}[[steps]]\nat_ms = 0\ndo = \"disk\"\ndevice = \"phone\"\ncapacity_bytes = 18446744073709551615\n"
+            ),
+        ),
+        (
+            "orphan_create",
+            format!(
+                "{HEAD}[[steps]]\nat_ms = 0\ndo = \"create\"\ndevice = \"phone\"\nentity_type = \"find_log\"\nid = \"f\"\n"
+            ),
+        ),
+        (
+            "empty_update",
+            format!(
+                "{HEAD}[[steps]]\nat_ms = 0\ndo = \"create\"\ndevice = \"phone\"\nentity_type = \"tag\"\nid = \"t\"\n\n[[steps]]\nat_ms = 1\ndo = \"update\"\ndevice = \"phone\"\nentity_type = \"tag\"\nid = \"t\"\nfields = {{}}\n"
+            ),
+        ),
+        (
+            "huge_number",
+            format!(
+                "{HEAD}[[steps]]\nat_ms = 0\ndo = \"create\"\ndevice = \"phone\"\nentity_type = \"tag\"\nid = \"t\"\nfields = {{ count = 9007199254740993 }}\n"
+            ),
+        ),
+        (
+            "bad_digest",
+            format!("{HEAD}[expect]\ndigest = \"not-a-digest\"\n"),
+        ),
+    ];
+    let mut report = String::new();
+    for (name, text) in cases {
+        let path = PathBuf::from(format!("scenarios/{name}.toml"));
+        let error = scenario::parse(&path, text).expect_err(name).to_string();
+        let line: usize = error.split(':').nth(1).unwrap().parse().unwrap();
+        assert!(line > 3, "{name}: the error points past the users: {error}");
+        report.push_str(&format!("{error}\n"));
+    }
+    insta::assert_snapshot!(report);
+}
