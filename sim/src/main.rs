@@ -448,6 +448,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%local, users = tokens.len(), preset, threads = args.threads, "rockhound serve started");
         let mut state = AppState::new(Server::new(config), tokens, Arc::new(wall_clock));
         state.body_read_timeout = Some(limits.body_read_timeout);
+        state.yield_between_ops = true;
         let stopped = serve_tcp(listener, http::router(state), limits, shutdown).await?;
         match stopped {
             Stopped::Drained => tracing::info!("rockhound serve stopped"),

@@ -847,7 +847,8 @@ fn snapshot(
     let server = server.lock();
     let tables = server.tables();
     let mut rows: Vec<_> = tables.sync_history.iter().collect();
-    rows.sort_by_key(|(_, row)| row.seq);
+    // Each user's commits are numbered apart; the log lists them by number, then user.
+    rows.sort_by_key(|((user, seq), _)| (*seq, user.clone()));
     for ((user, _), row) in rows {
         trace.record(
             t_ms,

@@ -196,11 +196,14 @@ fn main() {
             (ATTACKER.to_owned(), UserId::from("mallory")),
             (VICTIM.to_owned(), UserId::from("ann")),
         ]);
-        let state = AppState::new(
+        let mut state = AppState::new(
             Server::new(SyncConfig::default()),
             tokens,
             Arc::new(|| Millis(wall_ms())),
         );
+        // As `rockhound serve` sets it up.
+        state.body_read_timeout = Some(ServeLimits::default().body_read_timeout);
+        state.yield_between_ops = true;
         let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve_tcp(
             listener,

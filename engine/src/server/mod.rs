@@ -189,34 +189,26 @@ impl<S: ServerStore> Server<S> {
     }
 
     /// The checks a batch passes as a whole before any of its ops is processed: op count,
-    /// ids, batch checksum, device ownership. Changes nothing.
+    /// ids, batch checksum ([`check_batch`]), device ownership. Changes nothing.
     pub fn admit_batch(&self, user: &UserId, batch: &Batch) -> Result<(), RequestError> {
-        if batch.ops.len() > BATCH_OP_COUNT_MAX {
-            return Err(RequestError::TooLarge {
-                message: format!(
-                    "batch carries {} ops, more than the limit of {BATCH_OP_COUNT_MAX}",
-                    batch.ops.len()
-                ),
-            });
-        }
-        check_id("batch_id", batch.batch_id.as_str())
-            .map_err(|e| RequestError::invalid(e.to_string()))?;
-        check_id("device_id", batch.device_id.as_str())
-            .map_err(|e| RequestError::invalid(e.to_string()))?;
-        let checked = if self.planted.server_skips_checksums {
-            Ok(())
-        } else {
-            batch.verify_checksum()
-        };
-        if let Err(error) = checked {
-            return Err(match error {
-                OpError::ChecksumFormat { .. } => RequestError::invalid(format!("batch {error}")),
-                _ => RequestError::ChecksumMismatch {
-                    message: format!("batch {error}"),
-                },
-            });
-        }
+        check_batch(batch, self.verifies_checksums())?;
         self.check_device(user, &batch.device_id)
+    }
+
+    /// Whether the server verifies checksums (always, unless a negative test planted the
+    /// bug that it does not).
+    pub fn verifies_checksums(&self) -> bool {
+        !self.planted.server_skips_checksums
+    }
+
+    /// Whether `device_id` may send for `user`: it is theirs, or nobody's yet.
+    pub fn check_device(&self, user: &UserId, device_id: &DeviceId) -> Result<(), RequestError> {
+        match self.store.tables().devices.get(device_id) {
+            Some(owner) if owner != user => Err(RequestError::Forbidden {
+                message: format!("device {device_id} belongs to another user"),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Records an admitted batch whose ops were all handled, with their `results`, and
@@ -241,7 +233,7 @@ impl<S: ServerStore> Server<S> {
         });
         let mut metrics = self.metrics_window(user, now);
         metrics.batches += 1;
-        let seq = self.store.tables().seq + 1;
+        let seq = self.store.tables().next_seq(user);
         self.store.commit(Commit {
             user: user.clone(),
             seq,
@@ -263,15 +255,6 @@ impl<S: ServerStore> Server<S> {
             batch_id: batch.batch_id.clone(),
             server_time_ms: now,
             results,
-        }
-    }
-
-    fn check_device(&self, user: &UserId, device_id: &DeviceId) -> Result<(), RequestError> {
-        match self.store.tables().devices.get(device_id) {
-            Some(owner) if owner != user => Err(RequestError::Forbidden {
-                message: format!("device {device_id} belongs to another user"),
-            }),
-            _ => Ok(()),
         }
     }
 
@@ -304,7 +287,7 @@ impl<S: ServerStore> Server<S> {
     pub fn handle_op(&mut self, user: &UserId, batch: &Batch, op: &Op, now: Millis) -> OpResult {
         let outcome = self.decide_op(user, batch, op, now);
         let tables = self.store.tables();
-        let seq = tables.seq + 1;
+        let seq = tables.next_seq(user);
         let result = outcome.result;
 
         // Only final answers are remembered under the idempotency key: a corrupted copy, a
@@ -381,7 +364,7 @@ impl<S: ServerStore> Server<S> {
             OpStatus::Retry => metrics.retries += 1,
         }
         let conflict = outcome.conflict.map(|mut record| {
-            record.conflict_id = conflict_id(seq);
+            record.conflict_id = conflict_id(user, seq);
             record
         });
         // The conflict id is the commit's sequence number, known only now; the remembered
@@ -543,7 +526,10 @@ impl<S: ServerStore> Server<S> {
                 )
             }
         };
-        let next = conflict::commit(server, &decision, &write);
+        let code = decision_code(&decision, strategy);
+        let already_done = decision == Decision::AlreadyDone;
+        let manual = decision == Decision::Manual;
+        let next = conflict::commit_owned(server, decision, &write);
         if next
             .as_ref()
             .is_some_and(|n| !n.deleted && entity_bytes(n) > ENTITY_BYTES_MAX)
@@ -565,9 +551,8 @@ impl<S: ServerStore> Server<S> {
         };
         let mut conflict = None;
         if let Some(case) = case
-            && decision != Decision::AlreadyDone
+            && !already_done
         {
-            let code = decision_code(&decision, strategy);
             result.status = OpStatus::Conflict;
             result.entity = (!after.deleted).then(|| after.to_value());
             result.deleted = after.deleted;
@@ -587,14 +572,14 @@ impl<S: ServerStore> Server<S> {
                 server_entity: server.to_value(),
                 client_payload: op.payload.clone(),
                 client_timestamp_ms: op.client_timestamp_ms,
-                status: if decision == Decision::Manual {
+                status: if manual {
                     ConflictStatus::Open
                 } else {
                     ConflictStatus::Resolved
                 },
-                resolution: (decision != Decision::Manual).then(|| "auto".to_owned()),
+                resolution: (!manual).then(|| "auto".to_owned()),
                 created_at_ms: now,
-                resolved_at_ms: (decision != Decision::Manual).then_some(now),
+                resolved_at_ms: (!manual).then_some(now),
             });
         }
         OpOutcome {
@@ -666,7 +651,7 @@ impl<S: ServerStore> Server<S> {
             let mut device = self.device_state(user, device_id);
             device.pull_cursor = next_cursor;
             device.last_pull_at_ms = Some(now);
-            let seq = self.store.tables().seq + 1;
+            let seq = self.store.tables().next_seq(user);
             self.store.commit(Commit {
                 user: user.clone(),
                 seq,
@@ -824,7 +809,7 @@ impl<S: ServerStore> Server<S> {
         resolved.status = ConflictStatus::Resolved;
         resolved.resolution = Some(resolution.to_owned());
         resolved.resolved_at_ms = Some(now);
-        let seq = tables.seq + 1;
+        let seq = tables.next_seq(user);
         let changed = request.resolution != Resolution::KeepServer;
         let next = changed.then(|| {
             let version = current.version + 1;
@@ -958,6 +943,33 @@ impl<S: ServerStore> Server<S> {
     }
 }
 
+/// The checks of a batch as a whole that need no server state: op count, ids and (when
+/// `verify_checksums`) the batch checksum. The HTTP layer runs them before it takes the
+/// server's lock, since checksumming a 4 MiB batch takes milliseconds.
+pub fn check_batch(batch: &Batch, verify_checksums: bool) -> Result<(), RequestError> {
+    if batch.ops.len() > BATCH_OP_COUNT_MAX {
+        return Err(RequestError::TooLarge {
+            message: format!(
+                "batch carries {} ops, more than the limit of {BATCH_OP_COUNT_MAX}",
+                batch.ops.len()
+            ),
+        });
+    }
+    check_id("batch_id", batch.batch_id.as_str())
+        .map_err(|e| RequestError::invalid(e.to_string()))?;
+    check_id("device_id", batch.device_id.as_str())
+        .map_err(|e| RequestError::invalid(e.to_string()))?;
+    if !verify_checksums {
+        return Ok(());
+    }
+    batch.verify_checksum().map_err(|error| match error {
+        OpError::ChecksumFormat { .. } => RequestError::invalid(format!("batch {error}")),
+        _ => RequestError::ChecksumMismatch {
+            message: format!("batch {error}"),
+        },
+    })
+}
+
 /// Why a write's parent references are refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ParentRefusal {
@@ -1014,8 +1026,27 @@ fn clears_needed_parent(
 }
 
 /// The size of an entity's fields as JSON, in bytes: what [`ENTITY_BYTES_MAX`] limits.
+/// Counted as it is written, without a buffer.
 fn entity_bytes(entity: &ServerEntity) -> usize {
-    serde_json::to_vec(&entity.fields).map_or(usize::MAX, |bytes| bytes.len())
+    let mut counter = ByteCounter(0);
+    match serde_json::to_writer(&mut counter, &entity.fields) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(bytes.len());
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Keeps the rows `keep` accepts and returns how many were removed.
@@ -1040,8 +1071,12 @@ pub fn decision_code(decision: &Decision, strategy: Strategy) -> &'static str {
     }
 }
 
-fn conflict_id(seq: u64) -> ConflictId {
-    ConflictId(format!("conflict-{seq}"))
+/// A conflict's id: the user's commit that created it, after a tag of the user (the first
+/// eight hex digits of the SHA-256 of their id) that keeps ids unique across users. It
+/// tells the user nothing they do not know.
+fn conflict_id(user: &UserId, seq: u64) -> ConflictId {
+    let tag = crate::checksum::sha256_hex(user.as_str().as_bytes());
+    ConflictId(format!("conflict-{}-{seq}", &tag[..8]))
 }
 
 /// What of an op the server stores.

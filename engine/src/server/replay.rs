@@ -60,8 +60,10 @@ pub struct ReplayMismatch {
 pub struct Replayed {
     /// The entities as the log builds them.
     pub entities: BTreeMap<EntityKey, ServerEntity>,
-    /// `(row seq, reference decision code)` for each row with an op write, in commit order.
-    pub decisions: Vec<(u64, Option<&'static str>)>,
+    /// `(row index, reference decision code)` for each row with an op write, in commit
+    /// order; the index is the row's position in the rows replayed (a row's `seq` counts
+    /// its user's commits only, so it does not name a row among several users').
+    pub decisions: Vec<(usize, Option<&'static str>)>,
 }
 
 /// Rebuilds every entity from the history rows, in commit order.
@@ -77,7 +79,7 @@ pub fn replay_rows<'a>(
 ) -> Result<Replayed, ReplayMismatch> {
     let mut replayed = Replayed::default();
     let model = &mut replayed.entities;
-    for row in rows {
+    for (index, row) in rows.into_iter().enumerate() {
         let key = (row.entity_type, row.entity_id.clone());
         let mismatch = |detail: String| ReplayMismatch {
             entity_type: key.0.to_string(),
@@ -126,7 +128,7 @@ pub fn replay_rows<'a>(
                         )));
                     }
                 };
-                replayed.decisions.push((row.seq, code));
+                replayed.decisions.push((index, code));
                 if let Some(next) = conflict::commit(server, &decision, &write) {
                     model.insert(key.clone(), next);
                 }

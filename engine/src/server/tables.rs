@@ -108,8 +108,12 @@ pub struct Tables {
     /// entities (tombstones reference nothing): what a parent delete must not orphan.
     #[serde(default)]
     pub live_children: BTreeMap<EntityKey, BTreeSet<EntityKey>>,
-    /// The last commit sequence number.
+    /// How many commits were applied, over every user (internal: never sent to a client).
     pub seq: u64,
+    /// Each user's last commit sequence number. Cursors, history rows and conflict ids
+    /// count a user's own commits only, so nothing a user sees tells of another's activity.
+    #[serde(default)]
+    pub user_seqs: BTreeMap<UserId, u64>,
 }
 
 /// One atomic change to the tables. Absent parts are left alone.
@@ -117,7 +121,7 @@ pub struct Tables {
 pub struct Commit {
     /// The user the commit belongs to.
     pub user: UserId,
-    /// Its sequence number: exactly `Tables::seq + 1`.
+    /// Its sequence number among the user's commits: exactly [`Tables::next_seq`].
     pub seq: u64,
     /// A new state for one entity (moves it to cursor `seq` in the change index).
     pub entity: Option<(EntityKey, ServerEntity)>,
@@ -138,11 +142,20 @@ pub struct Commit {
 }
 
 impl Tables {
+    /// The sequence number `user`'s next commit takes.
+    pub fn next_seq(&self, user: &UserId) -> u64 {
+        self.user_seqs.get(user).copied().unwrap_or(0) + 1
+    }
+
     /// Applies one commit. Every part lands, or (on a broken invariant) the commit panics
     /// before any does: every assertion runs before the first change, so a panic caught
     /// by the HTTP layer leaves the tables as they were.
     pub fn apply(&mut self, commit: Commit) {
-        assert_eq!(commit.seq, self.seq + 1, "commits apply in sequence");
+        assert_eq!(
+            commit.seq,
+            self.next_seq(&commit.user),
+            "a user's commits apply in sequence"
+        );
         if let Some((key, _)) = &commit.entity
             && let Some(previous) = self.entities.get(key)
         {
@@ -159,7 +172,8 @@ impl Tables {
         if let Some(row) = &commit.history {
             assert_eq!(row.seq, commit.seq, "a history row sits at its commit");
         }
-        self.seq = commit.seq;
+        self.seq += 1;
+        self.user_seqs.insert(commit.user.clone(), commit.seq);
         let user = commit.user;
         if let Some((key, state)) = commit.entity {
             if let Some(previous) = self.entities.get(&key) {

@@ -3,7 +3,6 @@
 
 use super::{Facts, Violation};
 use rockhound_engine::server::replay::replay_rows;
-use std::collections::BTreeMap;
 
 /// Runs the checker.
 pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
@@ -19,14 +18,10 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             )];
         }
     };
-    let by_seq: BTreeMap<u64, (usize, &rockhound_engine::server::wire::HistoryRow)> = facts
-        .commits
-        .iter()
-        .map(|(line, _, row)| (row.seq, (*line, *row)))
-        .collect();
     let mut violations = Vec::new();
-    for (seq, reference) in replayed.decisions {
-        let (line, row) = by_seq[&seq];
+    for (index, reference) in replayed.decisions {
+        let (line, user, row) = facts.commits[index];
+        let seq = row.seq;
         let server = match row.status.as_str() {
             "conflict" => row.reason.as_deref(),
             _ => None,
@@ -41,7 +36,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
                 "conflict_oracle",
                 line,
                 format!(
-                    "commit {seq} ({} {} by {}) was {}, the reference strategy gives {}",
+                    "commit {seq} of {user} ({} {} by {}) was {}, the reference strategy gives {}",
                     row.entity_type,
                     row.entity_id,
                     row.op_id.as_ref().map_or("?", |o| o.as_str()),

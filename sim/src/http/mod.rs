@@ -57,6 +57,10 @@ pub struct AppState {
     /// How long a request body may take to arrive; `None` waits as long as the
     /// connection lives (the simulation, whose network faults are the point).
     pub body_read_timeout: Option<Duration>,
+    /// Whether a batch's handler yields to the runtime after each op (`rockhound serve`).
+    /// The simulated server does not: a yield would spread one batch over several
+    /// simulated ticks, a slowness no real server has.
+    pub yield_between_ops: bool,
 }
 
 impl AppState {
@@ -67,6 +71,7 @@ impl AppState {
             tokens: Arc::new(tokens),
             clock,
             body_read_timeout: None,
+            yield_between_ops: false,
         }
     }
 
@@ -322,10 +327,17 @@ async fn post_batch(
     let now = (state.clock)();
     // One lock per step: each op is committed on its own anyway, and between two ops
     // another user's request gets its turn.
-    state.with_server(|server| server.admit_batch(&user, &batch))?;
+    let verify = state.with_server(|server| Ok(server.verifies_checksums()))?;
+    rockhound_engine::server::check_batch(&batch, verify)?;
+    state.with_server(|server| server.check_device(&user, &batch.device_id))?;
     let mut results = Vec::with_capacity(batch.ops.len());
     for op in &batch.ops {
         results.push(state.with_server(|server| Ok(server.handle_op(&user, &batch, op, now)))?);
+        // Let the other requests on this worker thread run between two ops, so that a
+        // long batch cannot hold a thread (or, with one thread, the whole server).
+        if state.yield_between_ops {
+            tokio::task::yield_now().await;
+        }
     }
     let response =
         state.with_server(|server| Ok(server.finish_batch(&user, &batch, results, now)))?;

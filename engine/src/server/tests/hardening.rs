@@ -450,3 +450,42 @@ fn a_custom_resolution_may_not_reference_another_users_parent() {
     let stored = &server.tables().entities[&(EntityType::FindLog, EntityId::from("fl"))];
     assert_eq!(stored.state.fields["field_session_id"], json!("fs"));
 }
+
+#[test]
+fn cursors_history_and_conflict_ids_count_only_the_users_own_commits() {
+    let quiet = |bob_ops: u32| {
+        let mut server = super::stale_update_under(Strategy::Manual).0;
+        for n in 0..bob_ops {
+            send(
+                &mut server,
+                "bob",
+                "bob-phone",
+                vec![session(100 + n, &format!("b{n}"))],
+            );
+        }
+        let ann = user("ann");
+        let page = server.changes(&ann, None, 0, 100, NOW).unwrap();
+        let history: Vec<u64> = server
+            .history(&ann, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        let conflicts: Vec<String> = server
+            .conflicts(&ann, None)
+            .iter()
+            .map(|c| c.conflict_id.0.clone())
+            .collect();
+        (page, history, conflicts)
+    };
+    // However much bob does, ann sees the same numbers.
+    assert_eq!(quiet(0), quiet(25));
+    let mut server = Server::new(SyncConfig::default());
+    send(&mut server, "bob", "bob-phone", vec![session(100, "b")]);
+    send(&mut server, "ann", "phone", vec![session(1, "fs")]);
+    let page = server.changes(&user("ann"), None, 0, 100, NOW).unwrap();
+    assert_eq!(
+        page.changes[0].cursor, 1,
+        "ann's first commit is her cursor 1"
+    );
+}
