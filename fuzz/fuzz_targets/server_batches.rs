@@ -12,7 +12,7 @@ use rockhound_engine::entity::EntityType;
 use rockhound_engine::ids::ConflictId;
 use rockhound_engine::server::Server;
 use rockhound_engine::server::replay;
-use rockhound_engine::server::wire::{Resolution, ResolveRequest};
+use rockhound_engine::server::wire::{ConflictStatus, Resolution, ResolveRequest};
 use rockhound_engine::{Batch, DeviceId, Millis, Op, OpKind, SyncConfig, UserId};
 use serde_json::{Map, Value, json};
 
@@ -145,6 +145,11 @@ fn check(server: &Server) {
     }
     for user in USERS {
         let user = UserId::from(user);
+        // The running counts behind GET /state equal a recount.
+        let counts = tables.user_counts.get(&user).copied().unwrap_or_default();
+        let live = tables.entities.values().filter(|e| e.owner == user && !e.state.deleted).count();
+        let open = server.conflicts(&user, Some(ConflictStatus::Open)).len();
+        assert_eq!((counts.live_entities, counts.open_conflicts), (live as u64, open as u64));
         let page = server.conflicts(&user, None);
         assert!(page.iter().all(|c| tables.entities[&(c.entity_type, c.entity_id.clone())].owner == user));
         for ((owner, _), key) in &tables.changes {

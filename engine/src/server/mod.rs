@@ -869,19 +869,16 @@ impl<S: ServerStore> Server<S> {
         self.check_device(user, device_id)?;
         let tables = self.store.tables();
         let range = (user.clone(), 0)..=(user.clone(), u64::MAX);
+        let counts = tables.user_counts.get(user).copied().unwrap_or_default();
         Ok(StateResponse {
             device: self.device_state(user, device_id),
             latest_cursor: tables
                 .changes
-                .range(range.clone())
+                .range(range)
                 .next_back()
                 .map_or(0, |((_, c), _)| *c),
-            open_conflicts: self.conflicts(user, Some(ConflictStatus::Open)).len() as u64,
-            entity_count: tables
-                .changes
-                .range(range)
-                .filter(|(_, key)| tables.entities.get(*key).is_some_and(|s| !s.state.deleted))
-                .count() as u64,
+            open_conflicts: counts.open_conflicts,
+            entity_count: counts.live_entities,
         })
     }
 

@@ -5,7 +5,9 @@
 //! idempotency record, its history row, its queue row, its conflict row, its metrics and its
 //! device state land together or not at all. A store that crashes loses whole commits only.
 
-use super::wire::{ConflictRecord, DeviceState, HistoryRow, MetricsWindow, OpResult, OpStatus};
+use super::wire::{
+    ConflictRecord, ConflictStatus, DeviceState, HistoryRow, MetricsWindow, OpResult, OpStatus,
+};
 use crate::conflict::ServerEntity;
 use crate::entity::EntityType;
 use crate::ids::{BatchId, ConflictId, DeviceId, EntityId, IdempotencyKey, OpId, UserId};
@@ -88,6 +90,10 @@ pub struct Tables {
     pub sync_queue: BTreeMap<(UserId, OpId), QueueRow>,
     /// Conflicts, open and resolved, with their owner.
     pub sync_conflicts: BTreeMap<ConflictId, (UserId, ConflictRecord)>,
+    /// Per user: live (not deleted) entities and open conflicts, kept with every commit so
+    /// that `GET /api/sync/state` answers without walking a user's tables.
+    #[serde(default)]
+    pub user_counts: BTreeMap<UserId, UserCounts>,
     /// Each user's conflicts by the commit that created them: the order `GET
     /// /api/sync/conflicts` pages in.
     #[serde(default)]
@@ -114,6 +120,15 @@ pub struct Tables {
     /// count a user's own commits only, so nothing a user sees tells of another's activity.
     #[serde(default)]
     pub user_seqs: BTreeMap<UserId, u64>,
+}
+
+/// A user's running counts (see [`Tables::user_counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCounts {
+    /// Entities that are not tombstones.
+    pub live_entities: u64,
+    /// Conflicts awaiting a person.
+    pub open_conflicts: u64,
 }
 
 /// One atomic change to the tables. Absent parts are left alone.
@@ -147,6 +162,31 @@ impl Tables {
         self.user_seqs.get(user).copied().unwrap_or(0) + 1
     }
 
+    /// Keeps [`Tables::user_counts`] with a commit about to apply.
+    fn count(&mut self, commit: &Commit) {
+        if let Some((key, state)) = &commit.entity {
+            let was_live = self.entities.get(key).is_some_and(|e| !e.state.deleted);
+            let counts = self.user_counts.entry(commit.user.clone()).or_default();
+            match (was_live, !state.deleted) {
+                (false, true) => counts.live_entities += 1,
+                (true, false) => counts.live_entities -= 1,
+                _ => {}
+            }
+        }
+        if let Some(conflict) = &commit.conflict {
+            let was_open = self
+                .sync_conflicts
+                .get(&conflict.conflict_id)
+                .is_some_and(|(_, c)| c.status == ConflictStatus::Open);
+            let counts = self.user_counts.entry(commit.user.clone()).or_default();
+            match (was_open, conflict.status == ConflictStatus::Open) {
+                (false, true) => counts.open_conflicts += 1,
+                (true, false) => counts.open_conflicts -= 1,
+                _ => {}
+            }
+        }
+    }
+
     /// Applies one commit. Every part lands, or (on a broken invariant) the commit panics
     /// before any does: every assertion runs before the first change, so a panic caught
     /// by the HTTP layer leaves the tables as they were.
@@ -174,6 +214,7 @@ impl Tables {
         }
         self.seq += 1;
         self.user_seqs.insert(commit.user.clone(), commit.seq);
+        self.count(&commit);
         let user = commit.user;
         if let Some((key, state)) = commit.entity {
             if let Some(previous) = self.entities.get(&key) {

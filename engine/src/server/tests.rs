@@ -759,6 +759,14 @@ proptest! {
             }
         }
         prop_assert!(writes.values().all(|&count| count == 1), "{writes:?}");
+        // The running counts behind GET /state equal a recount.
+        let tables = server.tables();
+        for name in users {
+            let counts = tables.user_counts.get(&user(name)).copied().unwrap_or_default();
+            let live = tables.entities.values().filter(|e| e.owner == user(name) && !e.state.deleted).count();
+            let open = server.conflicts(&user(name), Some(ConflictStatus::Open)).len();
+            prop_assert_eq!((counts.live_entities, counts.open_conflicts), (live as u64, open as u64));
+        }
         // Each user's pull shows only that user's entities.
         for name in users {
             let page = server.changes(&user(name), None, 0, PULL_LIMIT_MAX, NOW).unwrap();
