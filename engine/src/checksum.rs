@@ -1,4 +1,4 @@
-//! Canonical JSON (RFC 8785, JCS) and SHA-256 checksums, exactly as SPEC §3.5 defines them.
+//! Canonical JSON (RFC 8785, JCS) and SHA-256 checksums, exactly as docs/api.md defines them.
 //!
 //! An op's checksum is SHA-256 over the JCS encoding of the op object without its
 //! `checksum` member; a batch's checksum likewise over the batch object. Because JCS fixes
@@ -65,7 +65,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex
 }
 
-/// The checksum of a JSON object without its `checksum` member (SPEC §3.5).
+/// The checksum of a JSON object without its `checksum` member (docs/api.md).
 ///
 /// # Panics
 /// If `object` is not a JSON object: callers checksum ops and batches, which always are.

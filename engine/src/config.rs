@@ -124,7 +124,7 @@ impl SyncConfig {
 
     /// How long the server must remember an idempotency key so that no op still in some
     /// device's queue can be applied twice: queue TTL + maximum backoff + maximum skew, plus
-    /// one day of margin (SPEC §3.4).
+    /// one day of margin (docs/api.md, `expired`).
     pub fn idempotency_retention_ms(&self) -> u64 {
         self.retry_span_ms_max() + self.clock_skew_ms_max + DAY_MS
     }

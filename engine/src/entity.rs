@@ -1,5 +1,5 @@
 //! The entity catalogue: the eleven entity types, their upload priority, their parents and
-//! their default conflict strategy (SPEC §3.1), as one table.
+//! their default conflict strategy, as one table.
 //!
 //! Parents are part of the data model and fixed; priority and strategy are defaults that a
 //! [`Catalogue`] can override per deployment or per scenario.
@@ -259,7 +259,7 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
-    /// The catalogue of SPEC §3.1 with `overrides` applied on top.
+    /// The catalogue of this file with `overrides` applied on top.
     pub fn with_overrides(overrides: BTreeMap<EntityType, EntityOverride>) -> Catalogue {
         Catalogue { overrides }
     }

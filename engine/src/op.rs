@@ -1,4 +1,4 @@
-//! The operation and the batch as they travel on the wire (SPEC §3.2, §3.5), with their
+//! The operation and the batch as they travel on the wire (docs/api.md), with their
 //! checksums and the validation every op passes on its way in.
 //!
 //! An [`Op`] is exactly the JSON object of the wire format: unknown members are refused, and
@@ -320,7 +320,7 @@ impl Op {
         verify_claimed(&self.checksum, || self.compute_checksum())
     }
 
-    /// Every check of SPEC §3.2 except the checksum match: ids, timestamps, base version,
+    /// Every check of an op except the checksum match: ids, timestamps, base version,
     /// payload shape per kind, parent references and dependencies.
     pub fn validate(&self) -> Result<(), OpError> {
         self.validate_ids()?;

@@ -1,5 +1,5 @@
 //! The simulation commands of the `rockhound` binary: `run`, `check`, `explore`, `shrink`,
-//! `export` and `replay`. Each returns its exit code (SPEC §5): 0 when every checker holds,
+//! `export` and `replay`. Each returns its exit code (docs/simulation.md): 0 when every checker holds,
 //! 1 on a violation, 2 on a bad scenario or bad arguments, 3 when a determinism re-run
 //! disagrees.
 

@@ -1,4 +1,4 @@
-//! The `rockhound` command line (SPEC §5): the simulation commands `run`, `check`,
+//! The `rockhound` command line (README.md, docs/scenarios.md): the simulation commands `run`, `check`,
 //! `explore`, `shrink`, `export` and `replay` (in [`commands`]), and `serve`, the real HTTP
 //! server.
 

@@ -1,4 +1,4 @@
-//! The server's answers on the wire (SPEC §3.5): per-op results, batch responses, change
+//! The server's answers on the wire (docs/api.md): per-op results, batch responses, change
 //! pages, conflicts, state, history and metrics. Requests (`Op`, `Batch`) live in `op.rs`.
 
 use crate::conflict::Strategy;

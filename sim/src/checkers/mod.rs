@@ -1,4 +1,4 @@
-//! The eleven checkers of SPEC §4, one module each. Each reads the run's trace (through the
+//! The eleven checkers (docs/simulation.md), one module each. Each reads the run's trace (through the
 //! [`Facts`] index built once) and reports violations naming the seed, the simulated time
 //! and the trace lines involved. `determinism` compares two runs and lives in
 //! [`crate::runner`]'s re-run; its module holds the comparison.

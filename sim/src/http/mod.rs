@@ -1,9 +1,9 @@
-//! The HTTP API of SPEC §3.5 as an axum router over the sans-IO [`Server`].
+//! The HTTP API (docs/api.md) as an axum router over the sans-IO [`Server`].
 //!
 //! The router holds no I/O of its own: [`serve`] runs it on any [`axum::serve::Listener`],
 //! so the same handlers answer on a real socket and on simulated TCP. Time comes from the
 //! [`Clock`] the caller supplies. Every error is `{ "error": code, "message": sentence }`
-//! with the status of SPEC §3.5, and a refused request changes nothing.
+//! with the status docs/api.md gives, and a refused request changes nothing.
 
 pub mod client;
 pub mod serve;

@@ -1,4 +1,4 @@
-//! Design validation reports (SPEC §6): what a run's trace says, as numbers ([`RunReport`]),
+//! Design validation reports (docs/reports.md): what a run's trace says, as numbers ([`RunReport`]),
 //! as SVG plots ([`svg`]) and as Markdown and self-contained HTML pages ([`page`]); design
 //! comparisons of one scenario under several configurations ([`compare`]).
 //!

@@ -1,4 +1,4 @@
-//! The `rockhound` binary's contract (SPEC §5): the `seed=<N> digest=<hex>` line, the exit
+//! The `rockhound` binary's contract (README.md): the `seed=<N> digest=<hex>` line, the exit
 //! codes, byte-identical traces, and the export → replay and shrink round trips.
 
 use std::path::{Path, PathBuf};
