@@ -119,8 +119,16 @@ impl DeviceCtx {
     pub fn flush(&self, now: Millis) {
         let events = {
             let mut state = self.state.borrow_mut();
+            // The planted stranding bug breaks the invariants on purpose.
+            let paranoid =
+                crate::paranoid::enabled() && !state.planted.client_strands_in_flight_offline;
             match state.coordinator.as_mut() {
-                Some(coordinator) => coordinator.take_events(),
+                Some(coordinator) => {
+                    if paranoid {
+                        coordinator.check_invariants(now);
+                    }
+                    coordinator.take_events()
+                }
                 None => return,
             }
         };

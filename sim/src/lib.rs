@@ -14,6 +14,7 @@ pub mod export;
 pub mod file_store;
 pub mod http;
 pub mod net;
+pub mod paranoid;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -29,6 +29,10 @@ use commands::EXIT_USAGE;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Check every simulated device's coordinator invariants after every step it takes (a
+    /// broken one stops the run); slower, and the trace is the same.
+    #[arg(long, global = true)]
+    paranoid: bool,
 }
 
 #[derive(Subcommand)]
@@ -224,6 +228,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if cli.paranoid {
+        rockhound_sim::paranoid::enable();
+    }
     let result = match cli.command {
         Command::Run {
             files,

@@ -28,7 +28,7 @@ use crate::time::Millis;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Settled or failed ops kept for `history()`.
 pub const HISTORY_LEN_MAX: usize = 1_000;
@@ -656,6 +656,33 @@ impl<S: QueueStore> Coordinator<S> {
             None => {}
         }
         self.queue.promote(now);
+    }
+
+    /// Checks that the coordinator's parts agree, and panics if they do not: the queue's
+    /// indexes (readiness, backoff, op ids, waiting counts; nothing both blocked and
+    /// ready), the ops marked in flight against the batch in flight, no request in flight
+    /// while offline, and seqs below the next one. For the model-based proptest after
+    /// every step, and for the simulation after every step with `--paranoid` (which skips
+    /// runs whose planted bug strands in-flight ops: that bug breaks these invariants on
+    /// purpose, and a test here shows they catch it).
+    pub fn check_invariants(&self, now: Millis) {
+        self.queue.check_index(now);
+        let batch: BTreeSet<u64> = match &self.in_flight {
+            Some((InFlight::Batch { seqs, .. }, _)) => seqs.iter().copied().collect(),
+            _ => BTreeSet::new(),
+        };
+        assert_eq!(
+            self.queue.seqs_with(Status::InFlight),
+            batch,
+            "the ops marked in flight are the batch in flight"
+        );
+        assert!(
+            self.online || self.in_flight.is_none(),
+            "no request is in flight while offline"
+        );
+        if let Some(last) = self.queue.last_seq() {
+            assert!(last < self.next_seq, "seq {last} is not below the next seq");
+        }
     }
 
     /// The next request to send, if any. Call after every event until it returns `None`.

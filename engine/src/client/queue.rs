@@ -250,6 +250,20 @@ impl Queue {
         stats
     }
 
+    /// The seqs of the ops in `status`.
+    pub fn seqs_with(&self, status: Status) -> BTreeSet<u64> {
+        self.entries
+            .iter()
+            .filter(|(_, entry)| entry.status == status)
+            .map(|(seq, _)| *seq)
+            .collect()
+    }
+
+    /// The highest seq held, if any.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.entries.keys().next_back().copied()
+    }
+
     /// Adds `entry` (pending, or in any status when rebuilding after a restart). Blockers
     /// not in the queue count as settled. Returns the failed op that blocks it, if any, in
     /// which case the entry is stored as blocked.
@@ -658,6 +672,14 @@ impl Queue {
     /// Checks the index against the entries (for tests and debug assertions): `waiting`,
     /// `dependants`, `ready` and `backing_off` all agree with the statuses.
     pub fn check_index(&self, now: Millis) {
+        assert_eq!(self.by_op.len(), self.entries.len(), "one op id per entry");
+        for (op_id, seq) in &self.by_op {
+            let entry = self.entries.get(seq);
+            assert!(
+                entry.is_some_and(|e| e.op.op_id == *op_id),
+                "op {op_id} indexed at seq {seq}, which holds another op or none"
+            );
+        }
         for (seq, entry) in &self.entries {
             let waiting = entry
                 .blockers

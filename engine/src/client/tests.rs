@@ -828,6 +828,8 @@ mod model {
         }
 
         fn check(&mut self) -> Result<(), TestCaseError> {
+            // The coordinator's own invariants first: its parts agree after every step.
+            self.device.check_invariants(self.now);
             let backoff = self.device.config().backoff;
             for event in self.device.take_events() {
                 if let Event::Op(update) = event {
@@ -897,4 +899,44 @@ mod model {
             }
         }
     }
+}
+
+#[test]
+fn the_invariants_hold_through_a_batch_and_catch_ops_stranded_in_flight() {
+    let mut device = open(SyncConfig::default());
+    device.set_online(T0, true);
+    device.enqueue(T0, T0, session("fs")).unwrap();
+    device.check_invariants(T0);
+    let sent = batch(device.poll(T0));
+    device.check_invariants(T0);
+    device.set_online(T0, false);
+    device.check_invariants(T0);
+    device.set_online(T0, true);
+    let sent_again = batch(device.poll(T0));
+    assert_eq!(sent_again.ops.len(), sent.ops.len());
+    device.on_batch_response(T0, &answer(&sent_again, OpStatus::Applied, None));
+    device.check_invariants(T0);
+
+    // The planted bug leaves the batch's ops marked in flight with nothing in flight.
+    let mut stranded = open(SyncConfig::default());
+    stranded.plant(crate::planted::Planted {
+        client_strands_in_flight_offline: true,
+        ..crate::planted::Planted::default()
+    });
+    stranded.set_online(T0, true);
+    stranded.enqueue(T0, T0, session("fs")).unwrap();
+    batch(stranded.poll(T0));
+    stranded.set_online(T0, false);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        stranded.check_invariants(T0);
+    }));
+    let message = caught.expect_err("the invariant fires");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("the ops marked in flight are the batch in flight"),
+        "{message}"
+    );
 }

@@ -359,3 +359,17 @@ fn ctrl_c_during_explore_keeps_what_was_found_and_prints_the_summary() {
     assert!(text.contains("(interrupted)"), "{text}");
     assert!(matches!(output.status.code(), Some(0 | 1)), "{text}");
 }
+
+#[test]
+fn paranoid_mode_checks_every_step_and_leaves_the_trace_as_it_was() {
+    let plain = rockhound(&["run", "scenarios/field_season.toml", "--seed", "2"]);
+    let paranoid = rockhound(&[
+        "run",
+        "scenarios/field_season.toml",
+        "--seed",
+        "2",
+        "--paranoid",
+    ]);
+    assert_eq!(paranoid.status.code(), Some(0), "{}", stdout(&paranoid));
+    assert_eq!(digest_line(&plain), digest_line(&paranoid));
+}
