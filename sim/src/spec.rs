@@ -582,7 +582,7 @@ pub struct ValueSpec {
 /// the state (a create missing its parent reference, an empty update, an out-of-range
 /// number): refused here, so a scripted step never vanishes at run time.
 fn check_step_values(action: &Action) -> Result<(), String> {
-    use rockhound_engine::op::{OpKind, validate_entity, validate_payload};
+    use rockhound_engine::op::OpKind;
     match action {
         Action::Crash { torn_bytes, .. } if *torn_bytes > TORN_BYTES_MAX => Err(format!(
             "torn_bytes = {torn_bytes} is more than the limit of {TORN_BYTES_MAX}"
@@ -602,34 +602,40 @@ fn check_step_values(action: &Action) -> Result<(), String> {
             fields,
             ..
         } => {
-            let entity_id = rockhound_engine::EntityId(id.clone());
-            rockhound_engine::ids::check_id("id", id).map_err(|e| e.to_string())?;
             let mut entity = fields.clone();
             entity.insert("id".to_owned(), Value::String(id.clone()));
-            validate_entity(*entity_type, &entity_id, &Value::Object(entity))
-                .map_err(|e| format!("the client would refuse this create: {e}"))
+            check_edit(OpKind::Create, *entity_type, id, Value::Object(entity))
         }
         Action::Update {
             entity_type,
             id,
             fields,
             ..
-        } => {
-            let entity_id = rockhound_engine::EntityId(id.clone());
-            rockhound_engine::ids::check_id("id", id).map_err(|e| e.to_string())?;
-            validate_payload(
-                OpKind::Update,
-                *entity_type,
-                &entity_id,
-                &Value::Object(fields.clone()),
-            )
-            .map_err(|e| format!("the client would refuse this update: {e}"))
-        }
+        } => check_edit(
+            OpKind::Update,
+            *entity_type,
+            id,
+            Value::Object(fields.clone()),
+        ),
         Action::Delete { id, .. } => {
             rockhound_engine::ids::check_id("id", id).map_err(|e| e.to_string())
         }
         _ => Ok(()),
     }
+}
+
+/// The client's rules for a scripted create or update: the id rule, then the payload rules
+/// of an op of `kind`.
+fn check_edit(
+    kind: rockhound_engine::op::OpKind,
+    entity_type: EntityType,
+    id: &str,
+    payload: Value,
+) -> Result<(), String> {
+    rockhound_engine::ids::check_id("id", id).map_err(|e| e.to_string())?;
+    let entity_id = rockhound_engine::EntityId(id.to_owned());
+    rockhound_engine::op::validate_payload(kind, entity_type, &entity_id, &payload)
+        .map_err(|e| format!("the client would refuse this {kind}: {e}"))
 }
 
 /// Why a spec cannot run.
