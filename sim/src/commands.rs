@@ -19,14 +19,37 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Every checker held.
-pub const EXIT_OK: u8 = 0;
-/// A checker found a violation (or an expectation was unmet).
-pub const EXIT_VIOLATION: u8 = 1;
-/// Bad scenario file or arguments.
-pub const EXIT_USAGE: u8 = 2;
-/// A determinism re-run disagreed.
-pub const EXIT_NONDETERMINISM: u8 = 3;
+/// How a command ends, as its process exit code. Ordered by precedence: when runs end
+/// differently, the command ends as the worst of them ([`worst`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Exit {
+    /// Every checker held (exit 0).
+    Ok,
+    /// A checker found a violation, or an expectation was unmet (exit 1).
+    Violation,
+    /// A bad scenario file or bad arguments (exit 2).
+    Usage,
+    /// A determinism re-run or a recorded digest disagreed (exit 3).
+    Nondeterminism,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Violation => 1,
+            Exit::Usage => 2,
+            Exit::Nondeterminism => 3,
+        }
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> std::process::ExitCode {
+        std::process::ExitCode::from(exit.code())
+    }
+}
 
 /// Most seeds one command runs.
 pub const SEED_COUNT_MAX: u64 = 10_000_000;
@@ -66,6 +89,91 @@ pub fn parse_shard(text: &str) -> Result<(u64, u64), String> {
         return Err(error());
     }
     Ok((k, n))
+}
+
+/// `--jobs`: 1 to [`JOBS_MAX`] runs at once.
+pub fn parse_jobs(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(jobs) if (1..=JOBS_MAX).contains(&jobs) => Ok(jobs),
+        _ => Err(format!("{text:?} is not a job count from 1 to {JOBS_MAX}")),
+    }
+}
+
+/// The most runs one command runs at once.
+pub const JOBS_MAX: usize = 1024;
+
+/// One run per core by default.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The options of `rockhound run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Scenario files (TOML).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Run with this seed instead of the file's own.
+    #[arg(long, conflicts_with = "seeds")]
+    pub seed: Option<u64>,
+    /// Run every seed of the inclusive range A..B.
+    #[arg(long, value_parser = parse_seeds)]
+    pub seeds: Option<RangeInclusive<u64>>,
+    /// Runs at once (each run is single-threaded).
+    #[arg(long, default_value_t = default_jobs(), value_parser = parse_jobs)]
+    pub jobs: usize,
+    /// Write the trace as JSON Lines to this file (one scenario, one seed).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Skip the determinism re-run.
+    #[arg(long)]
+    pub no_recheck: bool,
+    /// Also write a report (Markdown, HTML, SVG) per run into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+}
+
+/// The options of `rockhound check`.
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// The suite's folder.
+    #[arg(long, default_value = "scenarios")]
+    pub dir: PathBuf,
+    /// Run every scenario with this seed instead of its own.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Runs at once.
+    #[arg(long, default_value_t = default_jobs(), value_parser = parse_jobs)]
+    pub jobs: usize,
+    /// Also run the scenarios marked `slow`.
+    #[arg(long)]
+    pub slow: bool,
+    /// Also write a report per scenario and the suite's index into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+}
+
+/// The options of `rockhound explore`.
+#[derive(clap::Args)]
+pub struct ExploreArgs {
+    /// The inclusive seed range A..B.
+    #[arg(long, value_parser = parse_seeds, default_value = "0..99")]
+    pub seeds: RangeInclusive<u64>,
+    /// Stop starting new seeds after this many wall-clock seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub time_budget: Option<u64>,
+    /// Run only shard K of N of the range (1-based), to split it between machines.
+    #[arg(long, value_parser = parse_shard, default_value = "1/1")]
+    pub shard: (u64, u64),
+    /// Runs at once.
+    #[arg(long, default_value_t = default_jobs(), value_parser = parse_jobs)]
+    pub jobs: usize,
+    /// Where failing seeds are saved as scenario files.
+    #[arg(long, default_value = "explore-failures")]
+    pub out: PathBuf,
+    /// Also re-run every seed to check determinism (doubles the time).
+    #[arg(long)]
+    pub recheck: bool,
 }
 
 /// A scenario to run: where it came from and the spec.
@@ -134,23 +242,29 @@ fn run_jobs(
 }
 
 /// The exit code of one run.
-fn code_of(job: &Job, checked: &Checked) -> u8 {
+fn code_of(job: &Job, checked: &Checked) -> Exit {
     if checked.passed(&job.spec) {
-        EXIT_OK
+        Exit::Ok
     } else if checked.nondeterministic() && job.spec.expect.violation.is_none() {
-        EXIT_NONDETERMINISM
+        Exit::Nondeterminism
     } else {
-        EXIT_VIOLATION
+        Exit::Violation
     }
 }
 
 /// Prints one run's block: the contract line `seed=<N> digest=<hex>`, then the verdicts (in
 /// `brief` mode a passing run gets one line instead). Returns its exit code.
-fn report(job: &Job, checked: &Checked, wall_s: f64, trace_out: Option<&Path>, brief: bool) -> u8 {
+fn report(
+    job: &Job,
+    checked: &Checked,
+    wall_s: f64,
+    trace_out: Option<&Path>,
+    brief: bool,
+) -> Exit {
     println!("seed={} digest={}", job.seed, checked.outcome.digest);
     let code = code_of(job, checked);
     let expected = job.spec.expect.violation.as_deref();
-    if brief && code == EXIT_OK {
+    if brief && code == Exit::Ok {
         match expected {
             Some(name) => println!("  ok    {} (planted bug caught by {name})", job.label),
             None => println!("  ok    {}", job.label),
@@ -206,7 +320,7 @@ fn report(job: &Job, checked: &Checked, wall_s: f64, trace_out: Option<&Path>, b
             Ok(_) => println!("trace written to {}", path.display()),
             Err(e) => {
                 eprintln!("error: cannot write the trace to {}: {e}", path.display());
-                return EXIT_USAGE;
+                return Exit::Usage;
             }
         }
     }
@@ -218,20 +332,20 @@ fn report(job: &Job, checked: &Checked, wall_s: f64, trace_out: Option<&Path>, b
                 job.spec.expect.digest.as_deref().unwrap_or_default(),
                 job.seed
             );
-            worst([code, EXIT_NONDETERMINISM])
+            worst([code, Exit::Nondeterminism])
         }
         _ => code,
     };
     match (code, expected) {
-        (EXIT_OK, Some(name)) => println!("result: ok (the planted bug was caught by {name})"),
-        (EXIT_OK, None) => println!("result: ok"),
-        (EXIT_NONDETERMINISM, _) => println!("result: NONDETERMINISTIC"),
+        (Exit::Ok, Some(name)) => println!("result: ok (the planted bug was caught by {name})"),
+        (Exit::Ok, None) => println!("result: ok"),
+        (Exit::Nondeterminism, _) => println!("result: NONDETERMINISTIC"),
         (_, Some(name)) => {
             println!("result: FAILED (expected {name} to report the planted bug; it did not)")
         }
         (_, None) => println!("result: FAILED"),
     }
-    if code != EXIT_OK {
+    if code != Exit::Ok {
         println!("reproduce: {}", job.reproduce);
     }
     code
@@ -244,18 +358,11 @@ fn digest_check(job: &Job, checked: &Checked) -> Option<bool> {
     (job.spec.seed.unwrap_or(0) == job.seed).then(|| *expected == checked.outcome.digest)
 }
 
-fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
-    codes
-        .into_iter()
-        .fold(EXIT_OK, |worst, code| match (worst, code) {
-            (EXIT_NONDETERMINISM, _) | (_, EXIT_NONDETERMINISM) => EXIT_NONDETERMINISM,
-            (EXIT_USAGE, _) | (_, EXIT_USAGE) => EXIT_USAGE,
-            (EXIT_VIOLATION, _) | (_, EXIT_VIOLATION) => EXIT_VIOLATION,
-            _ => EXIT_OK,
-        })
+fn worst(codes: impl IntoIterator<Item = Exit>) -> Exit {
+    codes.into_iter().max().unwrap_or(Exit::Ok)
 }
 
-fn finish(jobs: &[Job], results: Vec<Option<Done>>, trace_out: Option<&Path>, brief: bool) -> u8 {
+fn finish(jobs: &[Job], results: Vec<Option<Done>>, trace_out: Option<&Path>, brief: bool) -> Exit {
     let mut codes = Vec::new();
     for (job, result) in jobs.iter().zip(results) {
         match result {
@@ -264,7 +371,7 @@ fn finish(jobs: &[Job], results: Vec<Option<Done>>, trace_out: Option<&Path>, br
             }
             Some((Err(error), _)) => {
                 println!("seed={} error: {}: {error}", job.seed, job.label);
-                codes.push(EXIT_USAGE);
+                codes.push(Exit::Usage);
             }
             None => {}
         }
@@ -273,20 +380,47 @@ fn finish(jobs: &[Job], results: Vec<Option<Done>>, trace_out: Option<&Path>, br
 }
 
 /// `rockhound run`.
-pub fn run(
-    files: &[PathBuf],
+pub fn run(args: &RunArgs) -> Exit {
+    run_plan(&RunPlan {
+        files: &args.files,
+        seeds: args.seeds.clone().or(args.seed.map(|s| s..=s)),
+        jobs: args.jobs,
+        trace: args.trace.as_deref(),
+        recheck: !args.no_recheck,
+        brief: false,
+        report_dir: args.report.as_deref(),
+    })
+}
+
+/// What `run` and `check` run, and how they print it.
+struct RunPlan<'a> {
+    files: &'a [PathBuf],
+    /// The seeds, or each file's own.
     seeds: Option<RangeInclusive<u64>>,
     jobs: usize,
-    trace: Option<&Path>,
+    trace: Option<&'a Path>,
+    /// Whether each run is re-run for determinism.
     recheck: bool,
+    /// One line per passing run (the suite) instead of the whole verdict.
     brief: bool,
-    report_dir: Option<&Path>,
-) -> u8 {
+    report_dir: Option<&'a Path>,
+}
+
+fn run_plan(plan: &RunPlan<'_>) -> Exit {
+    let RunPlan {
+        files,
+        ref seeds,
+        jobs,
+        trace,
+        recheck,
+        brief,
+        report_dir,
+    } = *plan;
     let loaded = match load_all(files) {
         Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("error: {error}");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     let mut work = Vec::new();
@@ -306,20 +440,20 @@ pub fn run(
     }
     if trace.is_some() && work.len() > 1 {
         eprintln!("error: --trace takes one scenario and one seed");
-        return EXIT_USAGE;
+        return Exit::Usage;
     }
     // Find out before the run, not after it, that the trace cannot be written.
     if let Some(path) = trace
         && let Err(e) = std::fs::File::create(path)
     {
         eprintln!("error: cannot write the trace to {}: {e}", path.display());
-        return EXIT_USAGE;
+        return Exit::Usage;
     }
     let results = run_jobs(&work, jobs, recheck, None, &AtomicBool::new(false));
     if let Some(dir) = report_dir {
         if let Err(e) = write_reports(dir, &work, &results) {
             eprintln!("error: cannot write the reports to {}: {e}", dir.display());
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
         println!("reports written to {}", dir.display());
     }
@@ -384,21 +518,21 @@ fn write_reports(dir: &Path, jobs: &[Job], results: &[Option<Done>]) -> std::io:
 }
 
 /// `rockhound compare`: each comparison file's variants on the same seeds.
-pub fn compare(files: &[PathBuf], seeds: Option<RangeInclusive<u64>>, out: &Path) -> u8 {
+pub fn compare(files: &[PathBuf], seeds: Option<RangeInclusive<u64>>, out: &Path) -> Exit {
     let provenance = provenance();
     for file in files {
         let spec = match compare::load(file) {
             Ok(spec) => spec,
             Err(error) => {
                 eprintln!("error: {error}");
-                return EXIT_USAGE;
+                return Exit::Usage;
             }
         };
         let range = match seeds.clone().map_or_else(|| parse_seeds(&spec.seeds), Ok) {
             Ok(range) => range,
             Err(error) => {
                 eprintln!("error: {}: {error}", file.display());
-                return EXIT_USAGE;
+                return Exit::Usage;
             }
         };
         let results = compare::run(&spec, range);
@@ -421,11 +555,11 @@ pub fn compare(files: &[PathBuf], seeds: Option<RangeInclusive<u64>>, out: &Path
         }
         if let Err(e) = page::write_all(out, &compare::files(&stem, &spec, &results, &provenance)) {
             eprintln!("error: cannot write to {}: {e}", out.display());
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     }
     println!("comparisons written to {}", out.display());
-    EXIT_OK
+    Exit::Ok
 }
 
 /// Every `.toml` under `dir` and `dir/negative`, sorted.
@@ -448,22 +582,18 @@ pub fn suite_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// `rockhound check`: the whole scenario suite, without the scenarios marked `slow` unless
 /// `slow`.
-pub fn check(
-    dir: &Path,
-    seed: Option<u64>,
-    jobs: usize,
-    slow: bool,
-    report_dir: Option<&Path>,
-) -> u8 {
+pub fn check(args: &CheckArgs) -> Exit {
+    let dir = args.dir.as_path();
+    let slow = args.slow;
     let files = match suite_files(dir) {
         Ok(files) if !files.is_empty() => files,
         Ok(_) => {
             eprintln!("error: no scenario files in {}", dir.display());
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
         Err(e) => {
             eprintln!("error: cannot read {}: {e}", dir.display());
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     let mut chosen = Vec::new();
@@ -485,18 +615,18 @@ pub fn check(
             String::new()
         }
     );
-    let code = run(
-        &chosen,
-        seed.map(|s| s..=s),
-        jobs,
-        None,
-        true,
-        true,
-        report_dir,
-    );
+    let code = run_plan(&RunPlan {
+        files: &chosen,
+        seeds: args.seed.map(|s| s..=s),
+        jobs: args.jobs,
+        trace: None,
+        recheck: true,
+        brief: true,
+        report_dir: args.report.as_deref(),
+    });
     println!(
         "suite: {}",
-        if code == EXIT_OK {
+        if code == Exit::Ok {
             "every scenario holds"
         } else {
             "FAILED"
@@ -514,7 +644,7 @@ const FAILURE_REPORTS_MAX: usize = 20;
 /// [`FAILURE_REPORTS_MAX`].
 struct Failure {
     seed: u64,
-    code: u8,
+    code: Exit,
     run: Option<(Job, Checked, f64)>,
     error: Option<String>,
 }
@@ -557,16 +687,18 @@ fn shard_seeds(seeds: &RangeInclusive<u64>, (k, n): (u64, u64)) -> impl Fn(u64) 
 /// when a worker takes the seed and dropped when its run is judged, so memory does not
 /// depend on the range's length.
 #[allow(clippy::disallowed_methods)]
-pub fn explore(
-    seeds: RangeInclusive<u64>,
-    shard: (u64, u64),
-    time_budget_s: Option<u64>,
-    jobs: usize,
-    out: &Path,
-    recheck: bool,
-) -> u8 {
+pub fn explore(args: &ExploreArgs) -> Exit {
+    let ExploreArgs {
+        ref seeds,
+        time_budget: time_budget_s,
+        shard,
+        jobs,
+        ref out,
+        recheck,
+    } = *args;
+    let out = out.as_path();
     let (k, n) = shard;
-    let seed_at = shard_seeds(&seeds, shard);
+    let seed_at = shard_seeds(seeds, shard);
     let span = seeds.end() - seeds.start();
     let total = if span >= k - 1 {
         (span - (k - 1)) / n + 1
@@ -625,7 +757,7 @@ pub fn explore(
                         }
                         Err(error) => Failure {
                             seed,
-                            code: EXIT_USAGE,
+                            code: Exit::Usage,
                             run: None,
                             error: Some(error.to_string()),
                         },
@@ -661,7 +793,7 @@ pub fn explore(
                 println!(
                     "seed={} failed (exit {}); saved {}",
                     failure.seed,
-                    failure.code,
+                    failure.code.code(),
                     out.join(format!("swarm-{}.toml", failure.seed)).display()
                 );
                 codes.push(failure.code);
@@ -703,7 +835,7 @@ fn exported(spec: &RunSpec, seed: u64, checked: &Checked) -> RunSpec {
 
 /// The spec and seed of `shrink` and `export`: the file with `--seed` or its own seed, or
 /// the swarm scenario of `--seed`.
-fn spec_for(file: Option<&Path>, seed: Option<u64>) -> Result<(RunSpec, u64), u8> {
+fn spec_for(file: Option<&Path>, seed: Option<u64>) -> Result<(RunSpec, u64), Exit> {
     match (file, seed) {
         (Some(path), seed) => match scenario::load(path) {
             Ok(spec) => {
@@ -712,19 +844,19 @@ fn spec_for(file: Option<&Path>, seed: Option<u64>) -> Result<(RunSpec, u64), u8
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                Err(EXIT_USAGE)
+                Err(Exit::Usage)
             }
         },
         (None, Some(seed)) => Ok((swarm_spec(seed), seed)),
         (None, None) => {
             eprintln!("error: give a scenario file, a --seed of the swarm scenario, or both");
-            Err(EXIT_USAGE)
+            Err(Exit::Usage)
         }
     }
 }
 
 /// `rockhound shrink`.
-pub fn shrink(file: Option<&Path>, seed: Option<u64>, out: &Path) -> u8 {
+pub fn shrink(file: Option<&Path>, seed: Option<u64>, out: &Path) -> Exit {
     let (spec, seed) = match spec_for(file, seed) {
         Ok(found) => found,
         Err(code) => return code,
@@ -733,7 +865,7 @@ pub fn shrink(file: Option<&Path>, seed: Option<u64>, out: &Path) -> u8 {
         Ok(shrunk) => {
             if let Err(e) = std::fs::write(out, scenario::to_toml(&shrunk.spec)) {
                 eprintln!("error: cannot write {}: {e}", out.display());
-                return EXIT_USAGE;
+                return Exit::Usage;
             }
             println!(
                 "shrunk to {} steps and {} devices in {} runs; still fails {}",
@@ -748,17 +880,17 @@ pub fn shrink(file: Option<&Path>, seed: Option<u64>, out: &Path) -> u8 {
                 out.display(),
                 shrunk.seed
             );
-            EXIT_OK
+            Exit::Ok
         }
         Err(error) => {
             eprintln!("error: {error}");
-            EXIT_USAGE
+            Exit::Usage
         }
     }
 }
 
 /// `rockhound export`.
-pub fn export(file: Option<&Path>, seed: Option<u64>, out: &Path) -> u8 {
+pub fn export(file: Option<&Path>, seed: Option<u64>, out: &Path) -> Exit {
     let (spec, seed) = match spec_for(file, seed) {
         Ok(found) => found,
         Err(code) => return code,
@@ -767,13 +899,13 @@ pub fn export(file: Option<&Path>, seed: Option<u64>, out: &Path) -> u8 {
         Ok(checked) => checked,
         Err(error) => {
             eprintln!("error: {error}");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     let explicit = exported(&spec, seed, &checked);
     if let Err(e) = std::fs::write(out, scenario::to_toml(&explicit)) {
         eprintln!("error: cannot write {}: {e}", out.display());
-        return EXIT_USAGE;
+        return Exit::Usage;
     }
     println!("seed={seed} digest={}", checked.outcome.digest);
     println!(
@@ -781,17 +913,17 @@ pub fn export(file: Option<&Path>, seed: Option<u64>, out: &Path) -> u8 {
         explicit.steps.len(),
         out.display()
     );
-    EXIT_OK
+    Exit::Ok
 }
 
 /// `rockhound replay`: runs a file with its own seed (or `--seed`) and checks the digest it
 /// records.
-pub fn replay(file: &Path, seed: Option<u64>, trace: Option<&Path>) -> u8 {
+pub fn replay(file: &Path, seed: Option<u64>, trace: Option<&Path>) -> Exit {
     let spec = match scenario::load(file) {
         Ok(spec) => spec,
         Err(error) => {
             eprintln!("error: {error}");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     let seed = seed.or(spec.seed).unwrap_or(0);
@@ -815,7 +947,7 @@ pub fn replay(file: &Path, seed: Option<u64>, trace: Option<&Path>) -> u8 {
         Ok(checked) => checked,
         Err(error) => {
             eprintln!("error: {error}");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     let mut replayed = job.clone();
@@ -829,7 +961,7 @@ pub fn replay(file: &Path, seed: Option<u64>, trace: Option<&Path>) -> u8 {
                 "replay: digest {} differs from the recorded {expected}",
                 checked.outcome.digest
             );
-            worst([code, EXIT_NONDETERMINISM])
+            worst([code, Exit::Nondeterminism])
         }
         Some(_) => {
             println!("replay: digest matches the recorded one");

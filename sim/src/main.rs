@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use commands::EXIT_USAGE;
+use commands::{CheckArgs, Exit, ExploreArgs, RunArgs};
 
 #[derive(Parser)]
 #[command(
@@ -38,47 +38,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one or more scenario files, each with its own seed, `--seed` or `--seeds`.
-    Run {
-        /// Scenario files (TOML).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Run with this seed instead of the file's own.
-        #[arg(long, conflicts_with = "seeds")]
-        seed: Option<u64>,
-        /// Run every seed of the inclusive range A..B.
-        #[arg(long, value_parser = commands::parse_seeds)]
-        seeds: Option<RangeInclusive<u64>>,
-        /// Runs at once (each run is single-threaded).
-        #[arg(long, default_value_t = default_jobs(), value_parser = parse_jobs)]
-        jobs: usize,
-        /// Write the trace as JSON Lines to this file (one scenario, one seed).
-        #[arg(long)]
-        trace: Option<PathBuf>,
-        /// Skip the determinism re-run.
-        #[arg(long)]
-        no_recheck: bool,
-        /// Also write a report (Markdown, HTML, SVG) per run into this folder.
-        #[arg(long, value_name = "DIR")]
-        report: Option<PathBuf>,
-    },
+    Run(RunArgs),
     /// Run the whole scenario suite (`scenarios/` and `scenarios/negative/`): the main job.
-    Check {
-        /// The suite's folder.
-        #[arg(long, default_value = "scenarios")]
-        dir: PathBuf,
-        /// Run every scenario with this seed instead of its own.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Runs at once.
-        #[arg(long, default_value_t = default_jobs(), value_parser = parse_jobs)]
-        jobs: usize,
-        /// Also run the scenarios marked `slow`.
-        #[arg(long)]
-        slow: bool,
-        /// Also write a report per scenario and the suite's index into this folder.
-        #[arg(long, value_name = "DIR")]
-        report: Option<PathBuf>,
-    },
+    Check(CheckArgs),
     /// Run the scenario suite and write its reports (the committed baseline is
     /// `rockhound report --out reports`).
     Report {
@@ -89,7 +51,7 @@ enum Command {
         #[arg(long, default_value = "reports")]
         out: PathBuf,
         /// Runs at once.
-        #[arg(long, default_value_t = default_jobs(), value_parser = parse_jobs)]
+        #[arg(long, default_value_t = commands::default_jobs(), value_parser = commands::parse_jobs)]
         jobs: usize,
     },
     /// Design comparisons: each file's variants on the same seeds, side by side.
@@ -105,26 +67,7 @@ enum Command {
         out: PathBuf,
     },
     /// Swarm testing: one random scenario per seed; failing seeds are saved as files.
-    Explore {
-        /// The inclusive seed range A..B.
-        #[arg(long, value_parser = commands::parse_seeds, default_value = "0..99")]
-        seeds: RangeInclusive<u64>,
-        /// Stop starting new seeds after this many wall-clock seconds.
-        #[arg(long, value_name = "SECONDS")]
-        time_budget: Option<u64>,
-        /// Run only shard K of N of the range (1-based), to split it between machines.
-        #[arg(long, value_parser = commands::parse_shard, default_value = "1/1")]
-        shard: (u64, u64),
-        /// Runs at once.
-        #[arg(long, default_value_t = default_jobs(), value_parser = parse_jobs)]
-        jobs: usize,
-        /// Where failing seeds are saved as scenario files.
-        #[arg(long, default_value = "explore-failures")]
-        out: PathBuf,
-        /// Also re-run every seed to check determinism (doubles the time).
-        #[arg(long)]
-        recheck: bool,
-    },
+    Explore(ExploreArgs),
     /// Delta-debug a failing run into a minimal scenario that fails the same checker.
     Shrink {
         /// The failing scenario; without it, the swarm scenario of `--seed`.
@@ -208,7 +151,7 @@ fn main() -> ExitCode {
         Err(error) => {
             let _ = error.print();
             return if error.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
+                ExitCode::from(Exit::Usage.code())
             } else {
                 ExitCode::SUCCESS
             };
@@ -232,58 +175,22 @@ fn main() -> ExitCode {
         rockhound_sim::paranoid::enable();
     }
     let result = match cli.command {
-        Command::Run {
-            files,
-            seed,
-            seeds,
-            jobs,
-            trace,
-            no_recheck,
-            report,
-        } => {
-            let seeds = seeds.or(seed.map(|s| s..=s));
-            return ExitCode::from(commands::run(
-                &files,
-                seeds,
-                jobs,
-                trace.as_deref(),
-                !no_recheck,
-                false,
-                report.as_deref(),
-            ));
-        }
-        Command::Check {
-            dir,
-            seed,
-            jobs,
-            slow,
-            report,
-        } => {
-            return ExitCode::from(commands::check(&dir, seed, jobs, slow, report.as_deref()));
-        }
+        Command::Run(args) => return ExitCode::from(commands::run(&args)),
+        Command::Check(args) => return ExitCode::from(commands::check(&args)),
         Command::Report { dir, out, jobs } => {
-            return ExitCode::from(commands::check(&dir, None, jobs, false, Some(&out)));
+            let args = CheckArgs {
+                dir,
+                seed: None,
+                jobs,
+                slow: false,
+                report: Some(out),
+            };
+            return ExitCode::from(commands::check(&args));
         }
         Command::Compare { files, seeds, out } => {
             return ExitCode::from(commands::compare(&files, seeds, &out));
         }
-        Command::Explore {
-            seeds,
-            time_budget,
-            shard,
-            jobs,
-            out,
-            recheck,
-        } => {
-            return ExitCode::from(commands::explore(
-                seeds,
-                shard,
-                time_budget,
-                jobs,
-                &out,
-                recheck,
-            ));
-        }
+        Command::Explore(args) => return ExitCode::from(commands::explore(&args)),
         Command::Shrink { file, seed, out } => {
             return ExitCode::from(commands::shrink(file.as_deref(), seed, &out));
         }
@@ -299,32 +206,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(EXIT_USAGE)
+            ExitCode::from(Exit::Usage.code())
         }
     }
 }
 
-/// `--jobs`: 1 to [`JOBS_MAX`] runs at once.
-fn parse_jobs(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(jobs) if (1..=JOBS_MAX).contains(&jobs) => Ok(jobs),
-        _ => Err(format!("{text:?} is not a job count from 1 to {JOBS_MAX}")),
-    }
-}
-
-/// The most runs one command runs at once.
-const JOBS_MAX: usize = 1024;
-
 /// One serving thread per core by default.
 fn default_threads() -> u16 {
-    u16::try_from(default_jobs())
+    u16::try_from(commands::default_jobs())
         .unwrap_or(u16::MAX)
         .clamp(1, 1024)
-}
-
-/// One run per core by default.
-fn default_jobs() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// The users of `serve`: `--user` entries, then the lines of `--users-file`, then the
