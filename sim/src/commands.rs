@@ -263,7 +263,7 @@ fn report(
 ) -> Exit {
     println!("seed={} digest={}", job.seed, checked.outcome.digest);
     let code = code_of(job, checked);
-    let expected = job.spec.expect.violation.as_deref();
+    let expected = job.spec.expect.violation;
     if brief && code == Exit::Ok {
         match expected {
             Some(name) => println!("  ok    {} (planted bug caught by {name})", job.label),

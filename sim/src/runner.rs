@@ -1,6 +1,6 @@
 //! Running specs over seeds: one run, a determinism re-run, seed ranges.
 
-use crate::checkers::{Verdict, determinism};
+use crate::checkers::{Checker, Verdict, determinism};
 use crate::spec::{RunSpec, SpecError};
 use crate::world::{self, RunOutcome};
 
@@ -32,21 +32,15 @@ impl Checked {
 
     /// Whether the run passed (for a negative spec: whether its violation was reported).
     pub fn passed(&self, spec: &RunSpec) -> bool {
-        match &spec.expect.violation {
-            Some(name) => self
-                .verdicts()
-                .iter()
-                .any(|v| v.checker == name && !v.violations.is_empty()),
-            None => self.outcome.passed(spec) && !self.nondeterministic(),
-        }
+        crate::checkers::passed(spec, self.verdicts(), &self.outcome.unmet)
     }
 }
 
 /// Whether the spec asks for the determinism checker.
 pub fn wants_determinism(spec: &RunSpec) -> bool {
     spec.expect.checkers.is_empty()
-        || spec.expect.checkers.iter().any(|c| c == "determinism")
-        || spec.expect.violation.as_deref() == Some("determinism")
+        || spec.expect.checkers.contains(&Checker::Determinism)
+        || spec.expect.violation == Some(Checker::Determinism)
 }
 
 /// Runs `spec` with `seed`, and again to check determinism when `recheck`.
@@ -55,7 +49,7 @@ pub fn run(spec: &RunSpec, seed: u64, recheck: bool) -> Result<Checked, SpecErro
     let determinism = if recheck {
         let second = world::run(spec, seed)?;
         Some(Verdict {
-            checker: "determinism",
+            checker: Checker::Determinism,
             ran: true,
             violations: determinism::compare(seed, &outcome.trace, &second.trace)
                 .into_iter()

@@ -6,7 +6,7 @@
 
 use crate::export::materialize;
 use crate::runner;
-use crate::spec::{Action, RunSpec};
+use crate::spec::{Action, Checker, RunSpec};
 
 /// Most candidate runs one shrink tries.
 pub const SHRINK_RUN_COUNT_MAX: usize = 5_000;
@@ -20,7 +20,7 @@ pub struct Shrunk {
     /// The smallest failing spec found.
     pub spec: RunSpec,
     /// The checker it fails.
-    pub checker: String,
+    pub checker: Checker,
     /// The seed it fails with (also written in the spec).
     pub seed: u64,
     /// Candidate runs tried.
@@ -43,7 +43,7 @@ pub enum ShrinkError {
 
 struct Search {
     seed: u64,
-    checker: String,
+    checker: Checker,
     runs: usize,
 }
 
@@ -58,7 +58,7 @@ impl Search {
                 return false;
             }
             self.runs += 1;
-            let failed = match runner::run(spec, seed, self.checker == "determinism") {
+            let failed = match runner::run(spec, seed, self.checker == Checker::Determinism) {
                 Ok(checked) => checked
                     .verdicts()
                     .iter()
@@ -81,7 +81,7 @@ pub fn shrink(spec: &RunSpec, seed: u64) -> Result<Shrunk, ShrinkError> {
         .verdicts()
         .iter()
         .find(|v| !v.violations.is_empty())
-        .map(|v| v.checker.to_owned())
+        .map(|v| v.checker)
         .ok_or(ShrinkError::Passes(seed))?;
     let mut search = Search {
         seed,
@@ -89,7 +89,7 @@ pub fn shrink(spec: &RunSpec, seed: u64) -> Result<Shrunk, ShrinkError> {
         runs: 1,
     };
     let mut current = materialize(spec, seed, &first.outcome.trace);
-    current.expect.checkers = vec![search.checker.clone()];
+    current.expect.checkers = vec![search.checker];
     if !search.fails(&current) {
         return Err(ShrinkError::NotReproducible(seed));
     }
@@ -115,7 +115,7 @@ pub fn shrink(spec: &RunSpec, seed: u64) -> Result<Shrunk, ShrinkError> {
         search.checker,
         search.seed
     );
-    current.expect.violation = Some(search.checker.clone());
+    current.expect.violation = Some(search.checker);
     current.expect.checkers.clear();
     Ok(Shrunk {
         spec: current,

@@ -103,13 +103,7 @@ impl RunOutcome {
     /// Whether every checker held and every expectation was met (for a negative scenario:
     /// whether the expected violation was reported).
     pub fn passed(&self, spec: &RunSpec) -> bool {
-        match &spec.expect.violation {
-            Some(name) => self
-                .verdicts
-                .iter()
-                .any(|v| v.checker == name && !v.violations.is_empty()),
-            None => self.unmet.is_empty() && self.verdicts.iter().all(|v| v.violations.is_empty()),
-        }
+        checkers::passed(spec, &self.verdicts, &self.unmet)
     }
 }
 

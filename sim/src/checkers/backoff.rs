@@ -6,7 +6,7 @@
 //! back with its last durable attempt count and retry time, which may be earlier. A retry
 //! time whose record was lost binds only until the device's next restart.
 
-use super::{Facts, Violation};
+use super::{Checker, Facts, Violation};
 use crate::trace::TraceEvent;
 use rockhound_engine::Millis;
 use rockhound_engine::client::observe::Event;
@@ -47,7 +47,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
                     let envelope = policy.envelope_ms(update.attempts.max(1));
                     if !envelope.contains(&delay) {
                         violations.push(facts.violation(
-                            "backoff",
+                            Checker::Backoff,
                             index,
                             format!(
                                 "{} waits {delay} ms after failure {}, outside the envelope {}..={} ms",
@@ -71,7 +71,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
                     if let Some((at, scheduled, _)) = not_before.remove(op_id) {
                         if now < at {
                             violations.push(facts.violation(
-                                "backoff",
+                                Checker::Backoff,
                                 index,
                                 format!(
                                     "batch {batch_id} sends {op_id} at {} ms, {} ms before its retry time",

@@ -1,7 +1,7 @@
 //! Conflict oracle: every decision the server made equals the reference strategy's decision,
 //! recomputed by replaying the commit log with the pure conflict functions.
 
-use super::{Facts, Violation};
+use super::{Checker, Facts, Violation};
 use rockhound_engine::server::replay::replay_rows;
 
 /// Runs the checker.
@@ -11,7 +11,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
         Ok(replayed) => replayed,
         Err(mismatch) => {
             return vec![facts.violation(
-                "conflict_oracle",
+                Checker::ConflictOracle,
                 facts.end_line,
                 mismatch.to_string(),
                 &[],
@@ -33,7 +33,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
                 })
             };
             violations.push(facts.violation(
-                "conflict_oracle",
+                Checker::ConflictOracle,
                 line,
                 format!(
                     "commit {seq} of {user} ({} {} by {}) was {}, the reference strategy gives {}",

@@ -1,7 +1,7 @@
 //! Convergence: after the liveness phase every device's replica equals the server's state
 //! for its user, and the server's state equals the reference replay of its commit log.
 
-use super::{Facts, Violation};
+use super::{Checker, Facts, Violation};
 use rockhound_engine::server::replay::replay_rows;
 use std::collections::BTreeMap;
 
@@ -43,7 +43,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
                 let mut lines = vec![*line];
                 lines.extend(server.map(|(l, _)| *l));
                 violations.push(facts.violation(
-                    "convergence",
+                    Checker::Convergence,
                     *line,
                     format!(
                         "{device}'s replica has {} for {} {}, the server {}",
@@ -64,7 +64,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
     let rows: Vec<_> = facts.commits.iter().map(|(_, _, row)| *row).collect();
     match replay_rows(rows) {
         Err(mismatch) => violations.push(facts.violation(
-            "convergence",
+            Checker::Convergence,
             facts.end_line,
             mismatch.to_string(),
             &[],
@@ -90,7 +90,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
                 if !same {
                     let line = actual.map_or(facts.end_line, |(l, _, _)| *l);
                     violations.push(facts.violation(
-                        "convergence",
+                        Checker::Convergence,
                         line,
                         format!(
                             "the server's {} {} differs from the replay of its commit log",

@@ -2,7 +2,7 @@
 //! earlier ops on its entity), unless those are earlier in the same batch; and the server
 //! commits no op before its wire dependencies.
 
-use super::{Facts, Violation};
+use super::{Checker, Facts, Violation};
 use crate::trace::TraceEvent;
 use rockhound_engine::client::observe::Event;
 use rockhound_engine::ids::OpId;
@@ -34,7 +34,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
                             let mut lines = vec![index, op.line];
                             lines.extend(facts.ops.get(blocker).map(|b| b.line));
                             violations.push(facts.violation(
-                                "dependency_order",
+                                Checker::DependencyOrder,
                                 index,
                                 format!("batch {batch_id} sends {op_id} before {blocker}, which it waits on and which had not settled"),
                                 &lines,
@@ -57,7 +57,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             for dependency in &op.depends_on {
                 if !decided.contains(&(*user, dependency)) {
                     violations.push(facts.violation(
-                        "dependency_order",
+                        Checker::DependencyOrder,
                         *line,
                         format!("the server committed {op_id} (commit {}) before its dependency {dependency}", row.seq),
                         &[*line, op.line],

@@ -1,6 +1,7 @@
 //! Determinism: a second run of the same seed gives the same trace digest. The runner does
 //! the second run; this compares the two traces and names the first line that differs.
 
+use super::Checker;
 use super::Violation;
 use crate::trace::Trace;
 
@@ -25,7 +26,7 @@ pub fn compare(seed: u64, first: &Trace, second: &Trace) -> Option<Violation> {
         events.push((index, format!("second run: {}", line.to_json())));
     }
     Some(Violation {
-        checker: "determinism",
+        checker: Checker::Determinism,
         seed,
         t_ms: first.lines.get(index).map_or(0, |l| l.t_ms),
         message: format!(

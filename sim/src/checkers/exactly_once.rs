@@ -1,7 +1,7 @@
 //! Exactly-once effect: no (user, op) — hence no (user, idempotency key) — is decided twice
 //! by the server, however often it is sent, replayed or duplicated.
 
-use super::{Facts, Violation};
+use super::{Checker, Facts, Violation};
 
 /// Runs the checker.
 pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
@@ -13,7 +13,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             let lines: Vec<usize> = rows.iter().map(|(line, _)| *line).collect();
             let seqs: Vec<String> = rows.iter().map(|(_, row)| row.seq.to_string()).collect();
             facts.violation(
-                "exactly_once",
+                Checker::ExactlyOnce,
                 lines[1],
                 format!(
                     "op {op_id} of {user} took effect {} times (commits {})",

@@ -1,7 +1,7 @@
 //! Integrity: every op the server decided carries exactly the payload its device sealed
 //! (checksums were verified on the way); corrupted copies are refused, never applied.
 
-use super::{Facts, Violation};
+use super::{Checker, Facts, Violation};
 use rockhound_engine::checksum::{canonical_json, sha256_hex};
 use rockhound_engine::server::replay::LoggedWrite;
 
@@ -21,7 +21,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
         let applied = sha256_hex(&canonical_json(payload));
         if &applied != sealed {
             violations.push(facts.violation(
-                "integrity",
+                Checker::Integrity,
                 *line,
                 format!(
                     "the server decided {op_id} (commit {}) with a payload its device never sealed (sha256 {applied}, sealed {sealed})",

@@ -1,7 +1,7 @@
 //! Isolation: no user reads or changes another user's data — no pull delivers, no replica
 //! holds and no commit of one user touches an entity another user owns.
 
-use super::{Facts, Violation};
+use super::{Checker, Facts, Violation};
 use crate::trace::TraceEvent;
 
 /// Runs the checker.
@@ -24,7 +24,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
         for key in keys {
             if let Some((owner_line, owner)) = owner(key).filter(|(_, o)| *o != user) {
                 violations.push(facts.violation(
-                    "isolation",
+                    Checker::Isolation,
                     index,
                     format!(
                         "{} (user {user}) pulled {} {}, which belongs to {owner}",
@@ -41,7 +41,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             let key = (copy.entity_type, copy.entity_id.clone());
             if let Some((owner_line, owner)) = owner(&key).filter(|(_, o)| *o != user) {
                 violations.push(facts.violation(
-                    "isolation",
+                    Checker::Isolation,
                     *line,
                     format!("{device}'s replica holds {} {} of {owner}", key.0, key.1),
                     &[*line, owner_line],
@@ -56,7 +56,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
         let key = (row.entity_type, row.entity_id.clone());
         if let Some((owner_line, owner)) = owner(&key).filter(|(_, o)| o != user) {
             violations.push(facts.violation(
-                "isolation",
+                Checker::Isolation,
                 *line,
                 format!(
                     "{user} changed {} {} of {owner} (commit {})",

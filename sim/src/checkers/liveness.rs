@@ -1,7 +1,7 @@
 //! Liveness: once everything is healed, every queue drains (nothing pending or in flight)
 //! and every device converges within the liveness bound.
 
-use super::{Facts, Violation};
+use super::{Checker, Facts, Violation};
 use rockhound_engine::client::Status;
 
 /// Runs the checker.
@@ -15,7 +15,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             .collect();
         if !stuck.is_empty() {
             violations.push(facts.violation(
-                "liveness",
+                Checker::Liveness,
                 *line,
                 format!(
                     "{device} still holds {} undrained op(s) at the end: {}",
@@ -29,7 +29,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
     if facts.converged_line.is_none() {
         let bound = facts.lines.last().map_or(0, |l| l.t_ms) - facts.liveness_at_ms.unwrap_or(0);
         violations.push(facts.violation(
-            "liveness",
+            Checker::Liveness,
             facts.end_line,
             format!("the devices did not drain and converge within the liveness bound ({bound} ms after healing)"),
             &[facts.end_line],

@@ -28,19 +28,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// Every checker, in report order.
-pub const NAMES: [&str; 11] = [
-    "no_loss",
-    "exactly_once",
-    "dependency_order",
-    "priority_order",
-    "convergence",
-    "isolation",
-    "integrity",
-    "backoff",
-    "conflict_oracle",
-    "liveness",
-    "determinism",
-];
+pub use crate::spec::Checker;
 
 /// Trace lines quoted in a violation at most.
 pub const QUOTED_LINES_MAX: usize = 6;
@@ -49,7 +37,7 @@ pub const QUOTED_LINES_MAX: usize = 6;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     /// The checker.
-    pub checker: &'static str,
+    pub checker: Checker,
     /// The seed of the run.
     pub seed: u64,
     /// Simulated ms at which it shows.
@@ -78,7 +66,7 @@ impl fmt::Display for Violation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// The checker.
-    pub checker: &'static str,
+    pub checker: Checker,
     /// Whether it ran (the scenario may select checkers).
     pub ran: bool,
     /// What it found (empty: it holds).
@@ -237,7 +225,7 @@ impl<'a> Facts<'a> {
     /// A violation at trace line `at`, quoting `lines`.
     pub fn violation(
         &self,
-        checker: &'static str,
+        checker: Checker,
         at: usize,
         message: String,
         lines: &[usize],
@@ -272,30 +260,45 @@ impl<'a> Facts<'a> {
     }
 }
 
+/// The one pass/fail rule. A negative scenario passes when the checker it names reported a
+/// violation; any other passes when every checker held (the determinism re-run included,
+/// when it ran) and every expectation was met.
+pub fn passed<'a>(
+    spec: &RunSpec,
+    verdicts: impl IntoIterator<Item = &'a Verdict>,
+    unmet: &[String],
+) -> bool {
+    let mut verdicts = verdicts.into_iter();
+    match spec.expect.violation {
+        Some(checker) => verdicts.any(|v| v.checker == checker && !v.violations.is_empty()),
+        None => unmet.is_empty() && verdicts.all(|v| v.violations.is_empty()),
+    }
+}
+
 /// A checker's entry point.
 type CheckFn = fn(&Facts<'_>) -> Vec<Violation>;
 
 /// Runs every checker the spec selects (all but `determinism`, which the runner does).
 pub fn check(lines: &[TraceLine], spec: &RunSpec, _seed: u64) -> Vec<Verdict> {
     let facts = Facts::new(lines);
-    let selected = |name: &str| {
-        spec.expect.checkers.is_empty() || spec.expect.checkers.iter().any(|c| c == name)
+    let selected = |checker: Checker| {
+        spec.expect.checkers.is_empty() || spec.expect.checkers.contains(&checker)
     };
-    let run: [(&'static str, CheckFn); 10] = [
-        ("no_loss", no_loss::check),
-        ("exactly_once", exactly_once::check),
-        ("dependency_order", dependency_order::check),
-        ("priority_order", priority_order::check),
-        ("convergence", convergence::check),
-        ("isolation", isolation::check),
-        ("integrity", integrity::check),
-        ("backoff", backoff::check),
-        ("conflict_oracle", conflict_oracle::check),
-        ("liveness", liveness::check),
+    let run: [(Checker, CheckFn); 10] = [
+        (Checker::NoLoss, no_loss::check),
+        (Checker::ExactlyOnce, exactly_once::check),
+        (Checker::DependencyOrder, dependency_order::check),
+        (Checker::PriorityOrder, priority_order::check),
+        (Checker::Convergence, convergence::check),
+        (Checker::Isolation, isolation::check),
+        (Checker::Integrity, integrity::check),
+        (Checker::Backoff, backoff::check),
+        (Checker::ConflictOracle, conflict_oracle::check),
+        (Checker::Liveness, liveness::check),
     ];
     run.into_iter()
         .map(|(checker, check)| {
-            let ran = selected(checker) || spec.expect.violation.as_deref() == Some(checker);
+            let ran = selected(checker) || spec.expect.violation == Some(checker);
             Verdict {
                 checker,
                 ran,

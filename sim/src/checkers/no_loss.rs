@@ -2,7 +2,7 @@
 //! with a reason, dead-lettered, expired or blocked — none vanishes. An op the device calls
 //! applied must be in the server's commit log.
 
-use super::{Facts, Violation};
+use super::{Checker, Facts, Violation};
 use crate::trace::TraceEvent;
 use rockhound_engine::client::observe::Event;
 use rockhound_engine::ids::OpId;
@@ -31,7 +31,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             (Some(&line), _) => {
                 if !committed.contains(op_id) {
                     violations.push(facts.violation(
-                        "no_loss",
+                        Checker::NoLoss,
                         line,
                         format!(
                             "{} calls op {op_id} settled, but the server never committed it",
@@ -45,7 +45,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             (None, false) => {
                 let at = final_queue.map_or(facts.end_line, |(line, _, _)| *line);
                 violations.push(facts.violation(
-                    "no_loss",
+                    Checker::NoLoss,
                     at,
                     format!(
                         "op {op_id}, acknowledged by {} at {} ms, vanished: it never settled and is not in the final queue",

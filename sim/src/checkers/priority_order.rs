@@ -2,7 +2,7 @@
 //! the batch already placed) when an earlier op was chosen, the earlier op has the smaller
 //! `(priority, enqueue order)`.
 
-use super::{Facts, Violation};
+use super::{Checker, Facts, Violation};
 use crate::trace::TraceEvent;
 use rockhound_engine::client::observe::Event;
 use std::collections::BTreeMap;
@@ -32,7 +32,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
                     .all(|&p| p < i);
                 if available && (earlier.priority, earlier.seq) > (later.priority, later.seq) {
                     violations.push(facts.violation(
-                        "priority_order",
+                        Checker::PriorityOrder,
                         index,
                         format!(
                             "batch {batch_id} places {} (priority {}, seq {}) before {} (priority {}, seq {}), which was ready",

@@ -133,10 +133,10 @@ impl RunReport {
             verdicts: checked
                 .verdicts()
                 .iter()
-                .map(|v| (v.checker.to_owned(), v.ran, v.violations.len()))
+                .map(|v| (v.checker.to_string(), v.ran, v.violations.len()))
                 .collect(),
             passed: checked.passed(spec),
-            expected_violation: spec.expect.violation.clone(),
+            expected_violation: spec.expect.violation.map(|c| c.to_string()),
             unmet: outcome.unmet.clone(),
             summary: outcome.summary.clone(),
             healed_at_ms,

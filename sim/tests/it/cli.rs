@@ -192,7 +192,10 @@ server_ignores_idempotency = true
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
     let spec = rockhound_sim::scenario::load(&shrunk).unwrap();
     assert!(spec.steps.len() <= 5, "{} steps left", spec.steps.len());
-    assert_eq!(spec.expect.violation.as_deref(), Some("exactly_once"));
+    assert_eq!(
+        spec.expect.violation,
+        Some(rockhound_sim::checkers::Checker::ExactlyOnce)
+    );
     assert!(spec.workload.is_none() && spec.faults.is_none());
     // The shrunk file fails the same checker on its own (and `run` counts that as caught).
     let rerun = rockhound(&["run", shrunk.to_str().unwrap()]);

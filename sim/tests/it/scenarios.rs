@@ -34,7 +34,6 @@ fn every_negative_scenario_is_caught_by_its_named_checker() {
         let expected = spec
             .expect
             .violation
-            .clone()
             .expect("a negative scenario names its violation");
         let checked = runner::run(&spec, 7, runner::wants_determinism(&spec)).unwrap();
         let verdict = checked
@@ -73,7 +72,7 @@ fn every_negative_scenario_is_caught_by_its_named_checker() {
     }
     assert_eq!(
         caught.len(),
-        rockhound_sim::checkers::NAMES.len(),
+        rockhound_sim::checkers::Checker::ALL.len(),
         "{caught:?}"
     );
 }
@@ -167,7 +166,7 @@ fn backoff_forgives_an_early_resend_only_when_the_schedule_was_not_stored() {
     let backoff = |lines: &[rockhound_sim::trace::TraceLine]| {
         rockhound_sim::checkers::check(lines, &spec, 0)
             .into_iter()
-            .find(|v| v.checker == "backoff")
+            .find(|v| v.checker == rockhound_sim::checkers::Checker::Backoff)
             .unwrap()
             .violations
     };
