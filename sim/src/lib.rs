@@ -20,6 +20,7 @@ pub mod runner;
 pub mod scenario;
 pub mod shrink;
 pub mod spec;
+pub mod summary;
 pub mod trace;
 pub mod workload;
 pub mod world;

@@ -12,6 +12,7 @@ use crate::device::{self, DeviceCtx, DeviceState, Link, sim_now};
 use crate::http::{self, AppState, Clock};
 use crate::net::SimListener;
 use crate::spec::{Action, RunSpec, SpecError};
+use crate::summary::Summary;
 use crate::trace::{EntitySnapshot, Trace, TraceEvent};
 use crate::workload::{self, Planned};
 use rand::{Rng, SeedableRng};
@@ -38,49 +39,6 @@ use tokio::sync::Notify;
 
 /// How often the liveness phase checks whether everything converged, in simulated ms.
 pub const CONVERGENCE_CHECK_MS: u64 = 1_000;
-
-/// Counts over a whole run.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Summary {
-    /// Devices.
-    pub devices: usize,
-    /// Ops enqueued (acknowledged).
-    pub enqueued: u64,
-    /// Edits refused at enqueue.
-    pub refused: u64,
-    /// Batches sent.
-    pub batches: u64,
-    /// Ops applied.
-    pub applied: u64,
-    /// Ops that met a conflict.
-    pub conflicts: u64,
-    /// Ops rejected.
-    pub rejected: u64,
-    /// Dead-letterings.
-    pub dead_lettered: u64,
-    /// Ops expired.
-    pub expired: u64,
-    /// Block events.
-    pub blocked: u64,
-    /// Failed attempts (each scheduled a retry).
-    pub retries: u64,
-    /// Duplicate answers.
-    pub duplicates: u64,
-    /// Forbidden answers (HTTP 403 or ops rejected as forbidden).
-    pub forbidden: u64,
-    /// Pull pages.
-    pub pulls: u64,
-    /// Device crashes.
-    pub device_crashes: u64,
-    /// Requests lost, answers lost, duplicated, corrupted, replayed.
-    pub network_faults: u64,
-    /// Simulated ms from the start of the liveness phase to convergence, if it converged.
-    pub convergence_ms: Option<u64>,
-    /// Simulated length of the run, ms.
-    pub simulated_ms: u64,
-    /// Trace lines.
-    pub trace_lines: usize,
-}
 
 /// What one run produced.
 #[derive(Debug)]
@@ -342,7 +300,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
     }
     let digest = trace.digest();
     let verdicts = checkers::check(&trace.lines, spec, seed);
-    let mut summary = summarize(&trace, spec.devices().len());
+    let mut summary = crate::summary::summarize(&trace, spec.devices().len());
     summary.convergence_ms = convergence_ms;
     summary.simulated_ms = end_ms;
     let unmet = checkers::expectations(&trace.lines, spec, &summary);
@@ -873,46 +831,4 @@ fn snapshot(
             },
         );
     }
-}
-
-/// Counts over the trace.
-pub fn summarize(trace: &Trace, devices: usize) -> Summary {
-    use rockhound_engine::client::observe::Event;
-    let mut summary = Summary {
-        devices,
-        trace_lines: trace.lines.len(),
-        ..Summary::default()
-    };
-    for line in &trace.lines {
-        match &line.event {
-            TraceEvent::Client { event } => match event {
-                Event::Enqueued { .. } => summary.enqueued += 1,
-                Event::BatchSent { .. } => summary.batches += 1,
-                Event::Pulled { .. } => summary.pulls += 1,
-                Event::Op(update) => match update.status {
-                    Status::Applied => summary.applied += 1,
-                    Status::Conflict => summary.conflicts += 1,
-                    Status::Rejected => summary.rejected += 1,
-                    Status::Error => summary.dead_lettered += 1,
-                    Status::Expired => summary.expired += 1,
-                    Status::Blocked => summary.blocked += 1,
-                    Status::Pending if update.delay_ms.is_some() => summary.retries += 1,
-                    _ => {}
-                },
-                _ => {}
-            },
-            TraceEvent::Refused { .. } => summary.refused += 1,
-            TraceEvent::Answered { results } => {
-                for (_, status, reason) in results {
-                    summary.duplicates += u64::from(status == "duplicate");
-                    summary.forbidden += u64::from(reason.as_deref() == Some("forbidden"));
-                }
-            }
-            TraceEvent::HttpError { status, .. } => summary.forbidden += u64::from(*status == 403),
-            TraceEvent::Crashed { .. } => summary.device_crashes += 1,
-            TraceEvent::Net { .. } => summary.network_faults += 1,
-            _ => {}
-        }
-    }
-    summary
 }

@@ -16,8 +16,8 @@ pub mod no_loss;
 pub mod priority_order;
 
 use crate::spec::RunSpec;
+use crate::summary::Summary;
 use crate::trace::{EntitySnapshot, TraceEvent, TraceLine};
-use crate::world::Summary;
 use rockhound_engine::client::Status;
 use rockhound_engine::client::observe::Event;
 use rockhound_engine::ids::EntityId;

@@ -79,7 +79,7 @@ pub struct RunReport {
     /// Unmet expectations.
     pub unmet: Vec<String>,
     /// Counts.
-    pub summary: crate::world::Summary,
+    pub summary: crate::summary::Summary,
     /// When the liveness phase began.
     pub healed_at_ms: u64,
     /// Per device.
