@@ -4,7 +4,7 @@
 //! Parents are part of the data model and fixed; priority and strategy are defaults that a
 //! [`Catalogue`] can override per deployment or per scenario.
 
-use crate::conflict::Strategy;
+use crate::strategy::Strategy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;

@@ -24,6 +24,7 @@ pub mod op;
 pub mod ordering;
 pub mod planted;
 pub mod server;
+pub mod strategy;
 pub mod time;
 
 pub use config::SyncConfig;

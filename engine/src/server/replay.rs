@@ -8,36 +8,11 @@
 
 use super::tables::{EntityKey, Tables};
 use super::wire::HistoryRow;
-use crate::conflict::{self, Decision, Detection, ServerEntity, Strategy, Write};
-use crate::op::OpKind;
-use crate::time::Millis;
-use serde::{Deserialize, Serialize};
+use crate::conflict::{self, Decision, Detection, ServerEntity, Write};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// What one history row wrote.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum LoggedWrite {
-    /// An op's write, decided under `strategy` when it met a conflict.
-    Op {
-        /// Its kind.
-        kind: OpKind,
-        /// Its base version.
-        base_version: u64,
-        /// Its payload.
-        payload: Value,
-        /// Its device timestamp.
-        client_timestamp_ms: Millis,
-        /// The strategy in force for its entity type.
-        strategy: Option<Strategy>,
-    },
-    /// A manual resolution: the entity as it became.
-    Resolution {
-        /// The resulting entity.
-        entity: ServerEntity,
-    },
-}
+pub use super::wire::LoggedWrite;
 
 /// Where the replay and the server disagree.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]

@@ -1,10 +1,11 @@
 //! The server's answers on the wire (docs/api.md): per-op results, batch responses, change
 //! pages, conflicts, state, history and metrics. Requests (`Op`, `Batch`) live in `op.rs`.
 
-use crate::conflict::Strategy;
+use crate::conflict::ServerEntity;
 use crate::entity::EntityType;
 use crate::ids::{BatchId, ConflictId, DeviceId, EntityId, IdempotencyKey, OpId};
 use crate::op::OpKind;
+use crate::strategy::Strategy;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -229,7 +230,7 @@ pub struct HistoryRow {
     pub version: Option<u64>,
     /// What the step wrote, for the reference replay; absent when it changed nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub write: Option<super::replay::LoggedWrite>,
+    pub write: Option<LoggedWrite>,
 }
 
 /// A row of `sync_state`: one device of one user.
@@ -283,4 +284,28 @@ pub struct StateResponse {
     pub open_conflicts: u64,
     /// Live (not deleted) entities of the user.
     pub entity_count: u64,
+}
+
+/// What one history row wrote.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LoggedWrite {
+    /// An op's write, decided under `strategy` when it met a conflict.
+    Op {
+        /// Its kind.
+        kind: OpKind,
+        /// Its base version.
+        base_version: u64,
+        /// Its payload.
+        payload: Value,
+        /// Its device timestamp.
+        client_timestamp_ms: Millis,
+        /// The strategy in force for its entity type.
+        strategy: Option<Strategy>,
+    },
+    /// A manual resolution: the entity as it became.
+    Resolution {
+        /// The resulting entity.
+        entity: ServerEntity,
+    },
 }
