@@ -489,3 +489,73 @@ fn cursors_history_and_conflict_ids_count_only_the_users_own_commits() {
         "ann's first commit is her cursor 1"
     );
 }
+
+#[test]
+fn conflicts_page_in_creation_order_by_status_from_a_cursor() {
+    let mut config = SyncConfig::default();
+    config
+        .entities
+        .set_strategy(EntityType::FieldSession, Strategy::Manual);
+    let mut server = Server::new(config);
+    // Three sessions, each updated twice from base version 1: three open conflicts.
+    for (n, id) in (0u32..).zip(["a", "b", "c"]) {
+        send(&mut server, "ann", "phone", vec![session(10 * n + 1, id)]);
+        for k in 2..4 {
+            let stale = update(
+                10 * n + k,
+                EntityType::FieldSession,
+                id,
+                1,
+                json!({ "name": k }),
+            );
+            send(&mut server, "ann", "phone", vec![stale]);
+        }
+    }
+    let ann = user("ann");
+    let all = server.conflicts(&ann, None);
+    assert_eq!(all.len(), 3);
+    // Resolve the second, then page the open ones one at a time.
+    let request = ResolveRequest {
+        resolution: Resolution::KeepServer,
+        entity: None,
+    };
+    server
+        .resolve_conflict(&ann, &all[1].conflict_id, &request, NOW)
+        .unwrap();
+    let open = Some(ConflictStatus::Open);
+    let first = server.conflicts_page(&ann, open, 0, 1).unwrap();
+    assert_eq!(first.conflicts[0].conflict_id, all[0].conflict_id);
+    assert!(first.has_more);
+    let second = server
+        .conflicts_page(&ann, open, first.next_cursor, 1)
+        .unwrap();
+    assert_eq!(
+        second.conflicts[0].conflict_id, all[2].conflict_id,
+        "the resolved one is skipped"
+    );
+    let last = server
+        .conflicts_page(&ann, open, second.next_cursor, 1)
+        .unwrap();
+    assert!(last.conflicts.is_empty() && !last.has_more);
+    // Another user sees none of them, and a limit out of range is refused.
+    assert!(
+        server
+            .conflicts_page(&user("bob"), None, 0, 10)
+            .unwrap()
+            .conflicts
+            .is_empty()
+    );
+    assert!(
+        server
+            .conflicts_page(&ann, None, u64::MAX, 10)
+            .unwrap()
+            .conflicts
+            .is_empty()
+    );
+    assert!(server.conflicts_page(&ann, None, 0, 0).is_err());
+    assert!(
+        server
+            .conflicts_page(&ann, None, 0, PULL_LIMIT_MAX + 1)
+            .is_err()
+    );
+}
