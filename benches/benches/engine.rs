@@ -16,7 +16,7 @@ use rockhound_engine::{
     Batch, BatchId, DeviceId, EntityId, EntityType, IdempotencyKey, Millis, Op, OpId, OpKind,
     UserId, delta,
 };
-use rockhound_sim::file_store::FileStore;
+use rockhound_io::file_store::FileStore;
 use serde_json::{Value, json};
 use std::hint::black_box;
 use std::time::{Duration, Instant};

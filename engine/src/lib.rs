@@ -3,7 +3,7 @@
 //!
 //! Nothing in this crate reads a clock, a socket, a disk or a global random number generator:
 //! time (`now`), randomness (an [`rand::RngCore`]) and storage come in as arguments. The
-//! simulation (`rockhound-sim`) and the real HTTP server do the I/O around it.
+//! simulation (`rockhound-sim`) and the real I/O (`rockhound-io`) do the I/O around it.
 //!
 //! Read the modules in this order: [`time`] and [`ids`] (the vocabulary), [`entity`] (the
 //! catalogue of the eleven entity types), [`op`] (the operation on the wire and its validation),

@@ -6,7 +6,6 @@
 //! even when several devices share a turmoil host (`sim.devices_per_host`). turmoil provides
 //! the simulated TCP, latency and reordering, time, and the server host's crashes.
 
-use crate::http::client::{self, Response};
 use crate::trace::{Trace, TraceEvent};
 use hyper::Method;
 use rand::Rng;
@@ -16,6 +15,7 @@ use rockhound_engine::client::{Coordinator, Request};
 use rockhound_engine::planted::Planted;
 use rockhound_engine::server::wire::{BatchResponse, ChangesPage};
 use rockhound_engine::{Batch, Millis};
+use rockhound_io::http::client::{self, Response};
 use serde_json::Value;
 use std::cell::RefCell;
 use std::rc::Rc;

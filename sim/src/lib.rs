@@ -5,14 +5,13 @@
 //! Read in this order: [`spec`] (what a run is), [`world`] (how it runs), [`device`] (one
 //! simulated device), [`workload`] (what users do and what goes wrong), [`trace`] (what is
 //! recorded), [`checkers`] (what must hold) and [`runner`] (seeds, determinism re-runs).
-//! [`http`] and [`file_store`] are the real server's and client's I/O.
+//! The HTTP router the simulated server runs comes from `rockhound-io`; the command line
+//! that drives all this is `rockhound-cli`.
 
 pub mod checkers;
 pub mod device;
 pub mod explore;
 pub mod export;
-pub mod file_store;
-pub mod http;
 pub mod net;
 pub mod paranoid;
 pub mod report;

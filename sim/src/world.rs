@@ -9,7 +9,6 @@
 
 use crate::checkers::{self, Verdict};
 use crate::device::{self, DeviceCtx, DeviceState, Link, sim_now};
-use crate::http::{self, AppState, Clock};
 use crate::net::SimListener;
 use crate::spec::{Action, RunSpec, SpecError};
 use crate::summary::Summary;
@@ -29,6 +28,7 @@ use rockhound_engine::server::wire::Resolution;
 use rockhound_engine::{
     Batch, BatchId, DeviceId, EntityType, Millis, Op, OpKind, SyncConfig, UserId,
 };
+use rockhound_io::http::{self, AppState, Clock};
 use serde_json::json;
 use std::cell::RefCell;
 use std::collections::BTreeMap;

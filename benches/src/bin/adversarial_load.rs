@@ -17,9 +17,9 @@
 use rockhound_engine::entity::{EntityType, Priority};
 use rockhound_engine::server::Server;
 use rockhound_engine::{Batch, Millis, Op, OpKind, SyncConfig, UserId};
-use rockhound_sim::http::client::request;
-use rockhound_sim::http::serve::{ServeLimits, serve_tcp};
-use rockhound_sim::http::{self, AppState};
+use rockhound_io::http::client::request;
+use rockhound_io::http::serve::{ServeLimits, serve_tcp};
+use rockhound_io::http::{self, AppState};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

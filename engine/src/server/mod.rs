@@ -1,5 +1,5 @@
 //! The server, sans-IO: batches, idempotency, conflicts, pulls, state, history, metrics and
-//! cleanup over the tables of [`tables`]. The HTTP layer (in `rockhound-sim`) authenticates
+//! cleanup over the tables of [`tables`]. The HTTP layer (in `rockhound-io`) authenticates
 //! the caller and passes the user in; nothing here reads a clock or a socket.
 //!
 //! Each op of a batch is processed in order and committed on its own: a crash between two

@@ -1,8 +1,5 @@
-//! Integration tests of `rockhound-sim`, one binary (one `mod` per area).
+//! Integration tests of `rockhound-sim`, one binary (one `mod` per area). The command line's
+//! and the real sockets' tests live in `cli/tests`.
 
-mod cli;
-mod hardening;
-mod http;
-mod reports;
 mod scenarios;
 mod world;

@@ -1,6 +1,6 @@
 //! Regression tests for the findings of the adversarial review of the server core: each
 //! one failed before its fix. The HTTP-level findings are tested over a real socket in
-//! `sim/tests/it/hardening.rs`.
+//! `cli/tests/it/hardening.rs`.
 
 use super::*;
 

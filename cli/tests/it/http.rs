@@ -3,7 +3,7 @@
 use hyper::Method;
 use rockhound_engine::entity::{EntityType, Priority};
 use rockhound_engine::{Batch, Millis, Op, OpKind};
-use rockhound_sim::http::client::{Response, request};
+use rockhound_io::http::client::{Response, request};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

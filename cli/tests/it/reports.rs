@@ -67,7 +67,7 @@ fn the_committed_baseline_is_what_the_code_reports() {
     assert_eq!(compared.status.code(), Some(0));
     let fresh = contents(out.path());
     let baseline = contents(&repo().join("reports"));
-    let regenerate = "regenerate it: cargo run --release -p rockhound-sim --bin rockhound -- report --out reports && cargo run --release -p rockhound-sim --bin rockhound -- compare scenarios/compare/*.toml --out reports/compare";
+    let regenerate = "regenerate it: cargo run --release -p rockhound-cli --bin rockhound -- report --out reports && cargo run --release -p rockhound-cli --bin rockhound -- compare scenarios/compare/*.toml --out reports/compare";
     let missing: Vec<&String> = fresh
         .keys()
         .filter(|k| !baseline.contains_key(*k))
