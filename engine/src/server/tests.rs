@@ -1,12 +1,21 @@
 //! Every result status and error code of the server core, and the replay property.
 
+use super::tables::Tables;
+use super::wire::{ConflictStatus, OpResult, OpStatus, Resolution, ResolveRequest};
 use super::*;
-use crate::entity::{EntityType, Priority};
+use crate::config::SyncConfig;
+use crate::conflict::Strategy;
+use crate::entity::EntityType;
+use crate::entity::Priority;
 use crate::ids::{BatchId, IdempotencyKey, OpId};
+use crate::ids::{ConflictId, DeviceId, EntityId, UserId};
+use crate::op::{BATCH_OP_COUNT_MAX, Batch, Op, OpKind};
+use crate::time::{DAY_MS, Millis};
 use proptest::prelude::{
     ProptestConfig, TestCaseError, any, prop, prop_assert, prop_assert_eq, prop_oneof, proptest,
 };
 use proptest::strategy::Strategy as Gen;
+use serde_json::Value;
 use serde_json::json;
 
 const NOW: Millis = Millis(1_760_000_000_000);

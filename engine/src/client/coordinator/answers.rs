@@ -1,0 +1,299 @@
+//! The server's answers: a batch's per-op results (settle, dead-letter, block, release),
+//! pulled changes into the replica, and the answer to a conflict resolution.
+
+use super::{Coordinator, HISTORY_LEN_MAX, InFlight};
+use crate::client::observe::{Event, HistoryItem, LocalConflict, OpUpdate, TelemetryKind};
+use crate::client::queue::{Entry, Status};
+use crate::client::record::Record;
+use crate::client::store::QueueStore;
+use crate::ids::OpId;
+use crate::server::wire::{BatchResponse, ChangesPage, OpStatus};
+use crate::time::Millis;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+impl<S: QueueStore> Coordinator<S> {
+    /// The server answered the batch in flight. An answer for another batch (one that timed
+    /// out or was abandoned) is ignored: its ops go again and come back as duplicates.
+    pub fn on_batch_response(&mut self, now: Millis, response: &BatchResponse) {
+        let seqs = match &self.in_flight {
+            Some((InFlight::Batch { batch_id, seqs }, _)) if *batch_id == response.batch_id => {
+                seqs.clone()
+            }
+            _ => return,
+        };
+        self.in_flight = None;
+        self.metrics.batches_answered += 1;
+        self.last_sync_at = Some(now);
+        self.telemetry(
+            TelemetryKind::SyncBatchSuccess,
+            None,
+            Some(response.batch_id.clone()),
+            None,
+        );
+        let mut answered = BTreeMap::new();
+        for result in &response.results {
+            answered.insert(result.op_id.clone(), result);
+        }
+        let mut failures = Vec::new();
+        for seq in seqs {
+            let op_id = self
+                .queue
+                .get(seq)
+                .expect("in-flight ops are queued")
+                .op
+                .op_id
+                .clone();
+            let Some(result) = answered.get(&op_id) else {
+                self.fail_attempt(now, seq, "no result for the op");
+                continue;
+            };
+            self.queue
+                .note_result(seq, result.version, result.conflict_id.clone());
+            match result.status {
+                OpStatus::Applied | OpStatus::Duplicate | OpStatus::Conflict => {
+                    self.settle(now, seq, result);
+                }
+                OpStatus::Rejected => {
+                    let reason = result
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "rejected".to_owned());
+                    failures.push((seq, reason));
+                }
+                OpStatus::Blocked => {
+                    let cause = self.failed_dependency(seq);
+                    match cause {
+                        Some(cause) if result.reason.as_deref() == Some("dependency_failed") => {
+                            let blocked = self.queue.block(seq, cause);
+                            self.report_blocked(&blocked);
+                        }
+                        _ => {
+                            let reason = result.reason.as_deref().unwrap_or("blocked");
+                            self.fail_attempt(now, seq, reason);
+                        }
+                    }
+                }
+                OpStatus::Retry => {
+                    let reason = result.reason.as_deref().unwrap_or("retry");
+                    self.fail_attempt(now, seq, reason);
+                }
+            }
+        }
+        // Failures block their dependants only after every result of the batch is taken,
+        // since a dependant in the same batch has its own answer.
+        for (seq, reason) in failures {
+            let blocked = self.queue.fail(seq, Status::Rejected, &reason);
+            self.metrics.rejected += 1;
+            let op_id = self
+                .queue
+                .get(seq)
+                .expect("rejected ops stay")
+                .op
+                .op_id
+                .clone();
+            self.telemetry(TelemetryKind::SyncOperationError, Some(op_id), None, None);
+            self.finished(now, seq);
+            self.report_blocked(&blocked);
+        }
+        self.pull_due = true;
+        self.compact_if_needed();
+    }
+
+    pub(super) fn failed_dependency(&self, seq: u64) -> Option<OpId> {
+        let entry = self.queue.get(seq)?;
+        entry.op.depends_on.iter().find_map(|dependency| {
+            let dep = self.queue.get(self.queue.seq_of(dependency)?)?;
+            match dep.status {
+                s if s.is_failed() => Some(dep.op.op_id.clone()),
+                Status::Blocked => dep.blocked_by.clone(),
+                _ => None,
+            }
+        })
+    }
+
+    pub(super) fn settle(&mut self, now: Millis, seq: u64, result: &crate::server::wire::OpResult) {
+        let status = if result.status == OpStatus::Conflict || result.conflict_id.is_some() {
+            Status::Conflict
+        } else {
+            Status::Applied
+        };
+        let entry = self.queue.settle(seq, status);
+        let op_id = entry.op.op_id.clone();
+        if let Some(version) = result.version {
+            let entity = if result.deleted {
+                Some(&Value::Null)
+            } else {
+                result.entity.as_ref()
+            };
+            if self.replica.apply_answer(&entry.op, version, entity) {
+                self.events.push(Event::EntityChanged {
+                    entity_type: entry.op.entity_type,
+                    entity_id: entry.op.entity_id.clone(),
+                });
+            }
+        }
+        self.metrics.ops_applied += u64::from(status == Status::Applied);
+        self.metrics.duplicates += u64::from(result.status == OpStatus::Duplicate);
+        let settle_ms = now.since_ms(entry.enqueued_at_ms);
+        self.metrics.settle_ms_total += settle_ms;
+        self.metrics.settle_ms_max = self.metrics.settle_ms_max.max(settle_ms);
+        self.append_logged(&Record::Finished {
+            seq,
+            status,
+            reason: result.reason.clone(),
+            version: result.version,
+            conflict_id: result.conflict_id.clone(),
+        });
+        if let (Status::Conflict, Some(conflict_id)) = (status, &result.conflict_id) {
+            self.metrics.conflicts += 1;
+            let decision = result.reason.clone().unwrap_or_default();
+            let open = decision == "manual";
+            self.conflicts.insert(
+                conflict_id.clone(),
+                LocalConflict {
+                    conflict_id: conflict_id.clone(),
+                    op_id: op_id.clone(),
+                    entity_type: entry.op.entity_type,
+                    entity_id: entry.op.entity_id.clone(),
+                    decision,
+                    open,
+                },
+            );
+            self.telemetry(
+                TelemetryKind::SyncConflictDetected,
+                Some(op_id.clone()),
+                None,
+                Some(conflict_id.clone()),
+            );
+            if !open {
+                self.telemetry(
+                    TelemetryKind::SyncConflictResolved,
+                    Some(op_id.clone()),
+                    None,
+                    Some(conflict_id.clone()),
+                );
+            }
+        }
+        self.telemetry(
+            TelemetryKind::SyncOperationSuccess,
+            Some(op_id.clone()),
+            None,
+            None,
+        );
+        let mut update = OpUpdate::new(op_id, status, entry.attempts);
+        update.reason = result.reason.clone();
+        update.version = result.version;
+        update.conflict_id = result.conflict_id.clone();
+        self.events.push(Event::Op(update));
+        self.remember(now, &entry);
+    }
+
+    /// Reports a failed op (rejected, expired) and keeps it in the history.
+    pub(super) fn finished(&mut self, now: Millis, seq: u64) {
+        let entry = self.queue.get(seq).expect("failed ops stay queued").clone();
+        self.append_logged(&Record::Finished {
+            seq,
+            status: entry.status,
+            reason: entry.reason.clone(),
+            version: entry.version,
+            conflict_id: entry.conflict_id.clone(),
+        });
+        let mut update = OpUpdate::new(entry.op.op_id.clone(), entry.status, entry.attempts);
+        update.reason = entry.reason.clone();
+        self.events.push(Event::Op(update));
+        self.events.push(Event::EntityChanged {
+            entity_type: entry.op.entity_type,
+            entity_id: entry.op.entity_id.clone(),
+        });
+        self.remember(now, &entry);
+    }
+
+    pub(super) fn report_blocked(&mut self, seqs: &[u64]) {
+        for &seq in seqs {
+            let entry = self.queue.get(seq).expect("blocked ops stay queued");
+            let mut update = OpUpdate::new(entry.op.op_id.clone(), Status::Blocked, entry.attempts);
+            update.reason = entry.reason.clone();
+            update.blocked_by = entry.blocked_by.clone();
+            self.events.push(Event::Op(update));
+        }
+    }
+
+    pub(super) fn remember(&mut self, now: Millis, entry: &Entry) {
+        if self.history.len() == HISTORY_LEN_MAX {
+            self.history.pop_front();
+        }
+        self.history.push_back(HistoryItem {
+            op_id: entry.op.op_id.clone(),
+            entity_type: entry.op.entity_type,
+            entity_id: entry.op.entity_id.clone(),
+            kind: entry.op.kind,
+            status: entry.status,
+            at_ms: now,
+            attempts: entry.attempts,
+            reason: entry.reason.clone(),
+        });
+    }
+
+    /// The server answered the pull in flight.
+    pub fn on_pull_response(&mut self, now: Millis, page: &ChangesPage) {
+        if !matches!(self.in_flight, Some((InFlight::Pull, _))) {
+            return;
+        }
+        self.in_flight = None;
+        self.last_sync_at = Some(now);
+        self.pull_failures = 0;
+        for change in &page.changes {
+            if change.deleted && self.planted.client_ignores_pulled_deletes {
+                continue;
+            }
+            if self.replica.apply_change(change) {
+                self.events.push(Event::EntityChanged {
+                    entity_type: change.entity_type,
+                    entity_id: change.entity_id.clone(),
+                });
+            }
+        }
+        self.replica.cursor = self.replica.cursor.max(page.next_cursor);
+        self.pull_due = page.has_more;
+        self.metrics.pulls += 1;
+        self.metrics.changes_pulled += page.changes.len() as u64;
+        self.events.push(Event::Pulled {
+            changes: page.changes.len(),
+            cursor: self.replica.cursor,
+            has_more: page.has_more,
+        });
+    }
+
+    /// The server answered the resolution in flight (`Ok`), or refused it (`Err`, with the
+    /// error code: `already_resolved` counts as done).
+    pub fn on_resolve_response(&mut self, now: Millis, result: Result<(), String>) {
+        let Some((InFlight::Resolve { conflict_id, .. }, _)) = self.in_flight.clone() else {
+            return;
+        };
+        self.in_flight = None;
+        self.last_sync_at = Some(now);
+        let done = match &result {
+            Ok(()) => true,
+            Err(code) => code == "already_resolved",
+        };
+        if !done {
+            let error = result.err().unwrap_or_default();
+            self.request_failed("resolve", format!("{conflict_id}: {error}"));
+            return;
+        }
+        if let Some(conflict) = self.conflicts.get_mut(&conflict_id) {
+            conflict.open = false;
+        }
+        self.events.push(Event::ConflictResolved {
+            conflict_id: conflict_id.clone(),
+        });
+        self.telemetry(
+            TelemetryKind::SyncConflictResolved,
+            None,
+            None,
+            Some(conflict_id),
+        );
+        self.pull_due = true;
+    }
+}

@@ -1,0 +1,285 @@
+//! The user's edits: enqueue (one edit or a group, all or nothing), retry and discard of
+//! dead-lettered ops, conflict resolutions, and `sync_now`.
+
+use super::{ActionError, Coordinator, ENQUEUE_ALL_LEN_MAX, Edit, EditAction, EnqueueError};
+use crate::client::observe::{Event, OpUpdate};
+use crate::client::queue::{Entry, Status};
+use crate::client::record::{Enqueued, Record};
+use crate::client::store::QueueStore;
+use crate::ids::{ConflictId, EntityId, IdempotencyKey, OpId};
+use crate::op::{Op, OpKind};
+use crate::server::wire::{Resolution, ResolveRequest};
+use crate::time::Millis;
+use serde_json::Value;
+
+impl<S: QueueStore> Coordinator<S> {
+    /// `useSync`/`useEntitySync`: enqueues one edit; Ok only once the op is durable.
+    /// `wall_ms` is the device's (possibly skewed) wall clock, which stamps the op.
+    pub fn enqueue(
+        &mut self,
+        now: Millis,
+        wall_ms: Millis,
+        edit: Edit,
+    ) -> Result<OpId, EnqueueError> {
+        let mut ids = self.enqueue_all(now, wall_ms, vec![edit])?;
+        Ok(ids.pop().expect("one edit, one op"))
+    }
+
+    /// `useBatchSync`: enqueues several edits as one durable record — all or nothing.
+    /// Later edits see earlier ones (a find log may reference a session created just before).
+    pub fn enqueue_all(
+        &mut self,
+        now: Millis,
+        wall_ms: Millis,
+        edits: Vec<Edit>,
+    ) -> Result<Vec<OpId>, EnqueueError> {
+        if edits.len() > ENQUEUE_ALL_LEN_MAX {
+            return Err(EnqueueError::TooMany { count: edits.len() });
+        }
+        let max = self.config.max_queue_size;
+        if self.queue.len() + edits.len() > max {
+            return Err(EnqueueError::QueueFull {
+                len: self.queue.len(),
+                max,
+            });
+        }
+        let mut added: Vec<Enqueued> = Vec::with_capacity(edits.len());
+        let mut result = Ok(());
+        for edit in edits {
+            match self.build(now, wall_ms, edit) {
+                Ok(enqueued) => {
+                    self.queue.insert(Entry::new(
+                        enqueued.seq,
+                        enqueued.op.clone(),
+                        now,
+                        enqueued.blockers.clone(),
+                    ));
+                    self.next_seq += 1;
+                    added.push(enqueued);
+                }
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            let record = Record::Enqueued { ops: added.clone() };
+            result = self
+                .store
+                .append(&record.encode())
+                .map_err(EnqueueError::from);
+        }
+        if let Err(error) = result {
+            for enqueued in added.iter().rev() {
+                self.queue.undo_insert(enqueued.seq);
+            }
+            return Err(error);
+        }
+        self.log_records += 1;
+        let mut ids = Vec::with_capacity(added.len());
+        for enqueued in added {
+            let entry = self.queue.get(enqueued.seq).expect("just inserted");
+            let blockers = entry
+                .blockers
+                .iter()
+                .filter_map(|seq| self.queue.get(*seq))
+                .map(|b| b.op.op_id.clone())
+                .collect();
+            self.events.push(Event::Enqueued {
+                op_id: enqueued.op.op_id.clone(),
+                seq: enqueued.seq,
+                entity_type: enqueued.op.entity_type,
+                entity_id: enqueued.op.entity_id.clone(),
+                kind: enqueued.op.kind,
+                priority: enqueued.op.priority.get(),
+                blockers,
+            });
+            if entry.status == Status::Blocked {
+                let mut update = OpUpdate::new(entry.op.op_id.clone(), Status::Blocked, 0);
+                update.reason = entry.reason.clone();
+                update.blocked_by = entry.blocked_by.clone();
+                self.events.push(Event::Op(update));
+            }
+            self.events.push(Event::EntityChanged {
+                entity_type: enqueued.op.entity_type,
+                entity_id: enqueued.op.entity_id.clone(),
+            });
+            ids.push(enqueued.op.op_id);
+        }
+        self.queue.promote(now);
+        Ok(ids)
+    }
+
+    /// Turns an edit into a sealed op against the current queue and replica.
+    pub(super) fn build(
+        &self,
+        now: Millis,
+        wall_ms: Millis,
+        edit: Edit,
+    ) -> Result<Enqueued, EnqueueError> {
+        let key = (edit.entity_type, edit.entity_id.clone());
+        let replica = self.replica.get(edit.entity_type, &edit.entity_id);
+        // The same-entity op this one waits for: the last open one that may still apply.
+        let previous = self
+            .queue
+            .last_on_entity(&key)
+            .filter(|e| !matches!(e.status, Status::Rejected | Status::Expired));
+        let exists = self.entity(edit.entity_type, &edit.entity_id).is_some();
+        let (kind, payload) = match edit.action {
+            EditAction::Create(mut fields) => {
+                if replica.is_some() || self.queue.last_on_entity(&key).is_some() {
+                    return Err(EnqueueError::AlreadyExists {
+                        entity_type: edit.entity_type,
+                        entity_id: edit.entity_id,
+                    });
+                }
+                fields.insert("id".to_owned(), Value::String(edit.entity_id.0.clone()));
+                (OpKind::Create, Value::Object(fields))
+            }
+            EditAction::Update(fields) if exists => (OpKind::Update, Value::Object(fields)),
+            EditAction::Delete if exists => (OpKind::Delete, Value::Null),
+            EditAction::Update(_) | EditAction::Delete => {
+                return Err(EnqueueError::UnknownEntity {
+                    entity_type: edit.entity_type,
+                    entity_id: edit.entity_id,
+                });
+            }
+        };
+        let base_version = match (kind, previous) {
+            (OpKind::Create, _) => 0,
+            (_, Some(previous)) => previous.version_after(),
+            (_, None) => replica.map_or(0, |r| r.version),
+        };
+        let mut blockers: Vec<u64> = previous.map(|p| p.seq).into_iter().collect();
+        let mut depends_on = Vec::new();
+        for parent in edit.entity_type.parents() {
+            let field = parent.reference_field();
+            let Some(Value::String(parent_id)) = payload.get(&field) else {
+                continue;
+            };
+            let parent_id = EntityId(parent_id.clone());
+            if self.entity(*parent, &parent_id).is_none() {
+                return Err(EnqueueError::UnknownParent {
+                    field,
+                    parent_id: parent_id.0,
+                });
+            }
+            if let Some(create) = self.queue.open_create(&(*parent, parent_id)) {
+                depends_on.push(create.op.op_id.clone());
+                if !blockers.contains(&create.seq) {
+                    blockers.push(create.seq);
+                }
+            }
+        }
+        let seq = self.next_seq;
+        let op = Op {
+            op_id: OpId(format!("{}:{seq}", self.device_id)),
+            idempotency_key: IdempotencyKey(format!("{}:{seq}:key", self.device_id)),
+            entity_type: edit.entity_type,
+            entity_id: edit.entity_id,
+            kind,
+            base_version,
+            payload,
+            client_timestamp_ms: wall_ms,
+            priority: self.config.entities.rules(edit.entity_type).priority,
+            depends_on,
+            created_at_ms: wall_ms,
+            checksum: String::new(),
+        }
+        .sealed();
+        op.validate()?;
+        Ok(Enqueued {
+            seq,
+            op,
+            enqueued_at_ms: now,
+            blockers,
+        })
+    }
+
+    /// Retries a dead-lettered op by hand: it goes out again (same idempotency key) with a
+    /// fresh attempt count, and the ops it blocked are pending again.
+    pub fn retry(&mut self, now: Millis, op_id: &OpId) -> Result<(), ActionError> {
+        let seq = self.seq_with_status(op_id, &[Status::Error], "retry", "error")?;
+        self.append(&Record::Retried { seq, at_ms: now })?;
+        let unblocked = self.queue.retry(seq, now);
+        self.events
+            .push(Event::Op(OpUpdate::new(op_id.clone(), Status::Pending, 0)));
+        for seq in unblocked {
+            let entry = self.queue.get(seq).expect("unblocked ops are queued");
+            self.events.push(Event::Op(OpUpdate::new(
+                entry.op.op_id.clone(),
+                Status::Pending,
+                entry.attempts,
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes a rejected, dead-lettered, expired or blocked op the user gives up on.
+    pub fn discard(&mut self, op_id: &OpId) -> Result<(), ActionError> {
+        let seq = self.seq_with_status(
+            op_id,
+            &[
+                Status::Rejected,
+                Status::Error,
+                Status::Expired,
+                Status::Blocked,
+            ],
+            "discard",
+            "rejected, error, expired or blocked",
+        )?;
+        self.append(&Record::Discarded { seq })?;
+        let entry = self.queue.discard(seq);
+        self.events.push(Event::EntityChanged {
+            entity_type: entry.op.entity_type,
+            entity_id: entry.op.entity_id,
+        });
+        Ok(())
+    }
+
+    pub(super) fn seq_with_status(
+        &self,
+        op_id: &OpId,
+        allowed: &[Status],
+        action: &'static str,
+        needs: &'static str,
+    ) -> Result<u64, ActionError> {
+        let seq = self
+            .queue
+            .seq_of(op_id)
+            .ok_or_else(|| ActionError::UnknownOp(op_id.clone()))?;
+        let status = self.queue.get(seq).expect("indexed").status;
+        if !allowed.contains(&status) {
+            return Err(ActionError::WrongStatus {
+                op_id: op_id.clone(),
+                status,
+                action,
+                needs,
+            });
+        }
+        Ok(seq)
+    }
+
+    /// `useConflictResolution`: asks the server to resolve an open conflict.
+    pub fn resolve_conflict(
+        &mut self,
+        conflict_id: &ConflictId,
+        resolution: Resolution,
+        entity: Option<Value>,
+    ) -> Result<(), ActionError> {
+        match self.conflicts.get(conflict_id) {
+            Some(conflict) if conflict.open => {}
+            _ => return Err(ActionError::UnknownConflict(conflict_id.clone())),
+        }
+        self.resolves
+            .push_back((conflict_id.clone(), ResolveRequest { resolution, entity }));
+        Ok(())
+    }
+
+    /// Starts a sync now: pushes what is ready, then pulls.
+    pub fn sync_now(&mut self, now: Millis) {
+        self.pull_due = true;
+        self.pull_not_before = now;
+    }
+}

@@ -1,0 +1,295 @@
+//! The state machine: going on- and offline, choosing the next request (`poll`), timers
+//! (`next_wake_at`, `tick`, TTL expiry), failed requests and the backoff they set, and the
+//! invariants that tie the parts together.
+
+use super::{Coordinator, InFlight, PULL_PAGE_LEN, Request};
+use crate::client::observe::{Event, OpUpdate, TelemetryKind};
+use crate::client::queue::Status;
+use crate::client::record::Record;
+use crate::client::store::QueueStore;
+use crate::ids::BatchId;
+use crate::op::{Batch, Op};
+use crate::time::Millis;
+use std::collections::BTreeSet;
+
+impl<S: QueueStore> Coordinator<S> {
+    /// The network went up or down. Going down fails nothing: a request in flight is
+    /// abandoned and its ops go back to pending without counting an attempt.
+    pub fn set_online(&mut self, now: Millis, online: bool) {
+        if online == self.online {
+            return;
+        }
+        self.online = online;
+        self.events.push(Event::Online { online });
+        if online {
+            self.sync_now(now);
+            return;
+        }
+        match self.in_flight.take() {
+            Some((InFlight::Batch { .. }, _)) if self.planted.client_strands_in_flight_offline => {}
+            Some((InFlight::Batch { seqs, .. }, _)) => {
+                for seq in seqs {
+                    self.queue.requeue(seq);
+                    let entry = self.queue.get(seq).expect("requeued");
+                    self.events.push(Event::Op(OpUpdate::new(
+                        entry.op.op_id.clone(),
+                        Status::Pending,
+                        entry.attempts,
+                    )));
+                }
+                self.request_failed("batch", "offline".to_owned());
+            }
+            Some((
+                InFlight::Resolve {
+                    conflict_id,
+                    request,
+                },
+                _,
+            )) => {
+                // Asked again once online; a resolution that did reach the server comes
+                // back as `already_resolved`, which counts as done.
+                self.resolves.push_front((conflict_id, request));
+                self.request_failed("resolve", "offline".to_owned());
+            }
+            Some((InFlight::Pull, _)) => self.request_failed("pull", "offline".to_owned()),
+            None => {}
+        }
+        self.queue.promote(now);
+    }
+
+    /// Checks that the coordinator's parts agree, and panics if they do not: the queue's
+    /// indexes (readiness, backoff, op ids, waiting counts; nothing both blocked and
+    /// ready), the ops marked in flight against the batch in flight, no request in flight
+    /// while offline, and seqs below the next one. For the model-based proptest after
+    /// every step, and for the simulation after every step with `--paranoid` (which skips
+    /// runs whose planted bug strands in-flight ops: that bug breaks these invariants on
+    /// purpose, and a test here shows they catch it).
+    pub fn check_invariants(&self, now: Millis) {
+        self.queue.check_index(now);
+        let batch: BTreeSet<u64> = match &self.in_flight {
+            Some((InFlight::Batch { seqs, .. }, _)) => seqs.iter().copied().collect(),
+            _ => BTreeSet::new(),
+        };
+        assert_eq!(
+            self.queue.seqs_with(Status::InFlight),
+            batch,
+            "the ops marked in flight are the batch in flight"
+        );
+        assert!(
+            self.online || self.in_flight.is_none(),
+            "no request is in flight while offline"
+        );
+        if let Some(last) = self.queue.last_seq() {
+            assert!(last < self.next_seq, "seq {last} is not below the next seq");
+        }
+    }
+
+    /// The next request to send, if any. Call after every event until it returns `None`.
+    pub fn poll(&mut self, now: Millis) -> Option<Request> {
+        self.tick(now);
+        if !self.online || self.in_flight.is_some() {
+            return None;
+        }
+        let deadline = now.plus_ms(self.config.batch_timeout_ms);
+        if let Some((conflict_id, request)) = self.resolves.pop_front() {
+            self.in_flight = Some((
+                InFlight::Resolve {
+                    conflict_id: conflict_id.clone(),
+                    request: request.clone(),
+                },
+                deadline,
+            ));
+            return Some(Request::Resolve {
+                conflict_id,
+                request,
+            });
+        }
+        let mut seqs = self.queue.select(self.config.batch_size);
+        if self.planted.client_ignores_priority {
+            seqs.sort_unstable();
+        }
+        if self.planted.client_sends_child_before_parent {
+            seqs.reverse();
+        }
+        if !seqs.is_empty() {
+            return Some(self.send_batch(seqs, deadline));
+        }
+        if self.pull_due && now >= self.pull_not_before {
+            self.in_flight = Some((InFlight::Pull, deadline));
+            return Some(Request::Pull {
+                cursor: self.replica.cursor,
+                limit: PULL_PAGE_LEN,
+            });
+        }
+        None
+    }
+
+    pub(super) fn send_batch(&mut self, seqs: Vec<u64>, deadline: Millis) -> Request {
+        self.queue.mark_in_flight(&seqs);
+        self.batch_count += 1;
+        let batch_id = BatchId(format!(
+            "{}:{}:{}",
+            self.device_id, self.incarnation, self.batch_count
+        ));
+        let ops: Vec<Op> = seqs
+            .iter()
+            .map(|seq| self.queue.get(*seq).expect("selected").op.clone())
+            .collect();
+        self.metrics.batches_sent += 1;
+        self.metrics.ops_sent += ops.len() as u64;
+        self.events.push(Event::BatchSent {
+            batch_id: batch_id.clone(),
+            op_ids: ops.iter().map(|op| op.op_id.clone()).collect(),
+        });
+        for op in &ops {
+            self.telemetry(
+                TelemetryKind::SyncOperationStart,
+                Some(op.op_id.clone()),
+                Some(batch_id.clone()),
+                None,
+            );
+        }
+        self.in_flight = Some((
+            InFlight::Batch {
+                batch_id: batch_id.clone(),
+                seqs,
+            },
+            deadline,
+        ));
+        Request::Batch(Batch::new(batch_id, self.device_id.clone(), ops))
+    }
+
+    /// When the caller should call [`Coordinator::poll`] next, if nothing else happens first.
+    pub fn next_wake_at(&self) -> Option<Millis> {
+        let mut wake: Option<Millis> = self.queue.next_expiry_at();
+        let mut consider = |at: Millis| wake = Some(wake.map_or(at, |w| w.min(at)));
+        if let Some((_, deadline)) = &self.in_flight {
+            consider(*deadline);
+        } else if self.online {
+            if let Some(at) = self.queue.next_due_at() {
+                consider(at);
+            }
+            if self.queue.has_ready() || !self.resolves.is_empty() {
+                consider(Millis(0));
+            }
+            if self.pull_due {
+                consider(self.pull_not_before);
+            }
+            consider(self.next_auto_sync_at);
+        }
+        wake
+    }
+
+    /// Runs the timers due at `now`: request timeout, TTL expiry, automatic sync, backoff
+    /// ends. [`Coordinator::poll`] calls it first; calling it twice changes nothing.
+    pub fn tick(&mut self, now: Millis) {
+        if let Some((_, deadline)) = &self.in_flight {
+            if *deadline <= now {
+                self.fail_request(now, "timeout".to_owned());
+            }
+        }
+        for seq in self.queue.expired_by(now) {
+            self.expire(now, seq);
+        }
+        if self.online && now >= self.next_auto_sync_at {
+            self.pull_due = true;
+            self.next_auto_sync_at = now.plus_ms(self.config.auto_sync_interval_ms);
+        }
+        self.queue.promote(now);
+    }
+
+    pub(super) fn expire(&mut self, now: Millis, seq: u64) {
+        let reason = format!(
+            "not sent within the queue TTL of {} ms",
+            self.config.queue_ttl_ms
+        );
+        let blocked = self.queue.fail(seq, Status::Expired, &reason);
+        self.metrics.expired += 1;
+        self.finished(now, seq);
+        self.report_blocked(&blocked);
+    }
+
+    /// The request in flight got no usable answer (transport error, HTTP error, timeout).
+    /// A batch counts one failed attempt for each of its ops.
+    pub fn on_request_failed(&mut self, now: Millis, reason: &str) {
+        if self.in_flight.is_some() {
+            self.fail_request(now, reason.to_owned());
+        }
+    }
+
+    pub(super) fn fail_request(&mut self, now: Millis, reason: String) {
+        let (in_flight, _) = self.in_flight.take().expect("a request is in flight");
+        match in_flight {
+            InFlight::Batch { batch_id, seqs } => {
+                self.metrics.batches_failed += 1;
+                self.telemetry(TelemetryKind::SyncBatchError, None, Some(batch_id), None);
+                for seq in seqs {
+                    self.fail_attempt(now, seq, &reason);
+                }
+                self.request_failed("batch", reason);
+            }
+            InFlight::Pull => {
+                self.pull_failures += 1;
+                let delay = self
+                    .config
+                    .backoff
+                    .delay_ms(self.pull_failures, &mut self.rng);
+                self.pull_not_before = now.plus_ms(delay);
+                self.request_failed("pull", reason);
+            }
+            InFlight::Resolve { conflict_id, .. } => {
+                self.request_failed("resolve", format!("{conflict_id}: {reason}"));
+            }
+        }
+    }
+
+    pub(super) fn request_failed(&mut self, request: &'static str, reason: String) {
+        self.last_error = Some(format!("{request}: {reason}"));
+        self.events.push(Event::RequestFailed { request, reason });
+    }
+
+    pub(super) fn fail_attempt(&mut self, now: Millis, seq: u64, reason: &str) {
+        let entry = self.queue.get(seq).expect("failed ops are queued");
+        let attempts = entry.attempts + 1;
+        let op_id = entry.op.op_id.clone();
+        let dead = self.config.max_retries.is_some_and(|max| attempts >= max);
+        let mut delay_ms = self.config.backoff.delay_ms(attempts, &mut self.rng);
+        if self.planted.client_retries_immediately {
+            delay_ms = 0;
+        }
+        let next_attempt_at_ms = now.plus_ms(delay_ms);
+        let blocked = self
+            .queue
+            .fail_attempt(seq, next_attempt_at_ms, dead, reason);
+        self.metrics.failed_attempts += 1;
+        self.append_logged(&Record::Attempted {
+            seq,
+            attempts,
+            next_attempt_at_ms,
+            dead,
+            reason: reason.to_owned(),
+        });
+        self.telemetry(
+            TelemetryKind::SyncOperationError,
+            Some(op_id.clone()),
+            None,
+            None,
+        );
+        if dead {
+            self.metrics.dead_lettered += 1;
+            let mut update = OpUpdate::new(op_id, Status::Error, attempts);
+            update.reason = Some(reason.to_owned());
+            self.events.push(Event::Op(update));
+            self.report_blocked(&blocked);
+        } else if !blocked.is_empty() {
+            // A blocker died in the same batch: this op is blocked, not retried.
+            self.report_blocked(&blocked);
+        } else {
+            let mut update = OpUpdate::new(op_id, Status::Pending, attempts);
+            update.reason = Some(reason.to_owned());
+            update.delay_ms = Some(delay_ms);
+            update.next_attempt_at_ms = Some(next_attempt_at_ms);
+            self.events.push(Event::Op(update));
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! A batch, op by op: each op is decided (see [`super::decide`]) and committed on its own,
+//! then the batch's record, the device's state and the metrics are written.
+
+use super::decide::{Stored, conflict_id};
+use super::replay;
+use super::tables::{BatchRecord, Commit, IdempotencyRecord, QueueRow, ServerStore};
+use super::wire::{BatchResponse, DeviceState, HistoryRow, MetricsWindow, OpResult, OpStatus};
+use super::{METRICS_WINDOW_MS, RequestError, Server};
+use crate::ids::{DeviceId, UserId};
+use crate::op::{Batch, Op};
+use crate::time::Millis;
+use std::collections::BTreeMap;
+
+impl<S: ServerStore> Server<S> {
+    /// Handles `POST /api/sync/batch` for the authenticated `user` at server time `now`:
+    /// [`Server::admit_batch`], [`Server::handle_op`] for each op, [`Server::finish_batch`].
+    /// The HTTP layer calls the three itself, taking the server's lock per op, so that no
+    /// batch holds the server for longer than one op.
+    pub fn handle_batch(
+        &mut self,
+        user: &UserId,
+        batch: &Batch,
+        now: Millis,
+    ) -> Result<BatchResponse, RequestError> {
+        self.admit_batch(user, batch)?;
+        let mut results = Vec::with_capacity(batch.ops.len());
+        for op in &batch.ops {
+            results.push(self.handle_op(user, batch, op, now));
+        }
+        Ok(self.finish_batch(user, batch, results, now))
+    }
+
+    /// Processes one op of an admitted batch and commits everything it changes in one step.
+    pub fn handle_op(&mut self, user: &UserId, batch: &Batch, op: &Op, now: Millis) -> OpResult {
+        let outcome = self.decide_op(user, batch, op, now);
+        let tables = self.store.tables();
+        let seq = tables.next_seq(user);
+        let result = outcome.result;
+
+        // Only final answers are remembered under the idempotency key: a corrupted copy, a
+        // reused key, a blocked op or a retry may be sent again and must then be processed.
+        let remember = outcome.remember
+            && !tables
+                .sync_idempotency_keys
+                .contains_key(&(user.clone(), op.idempotency_key.clone()));
+        let idempotency = remember.then(|| {
+            (
+                op.idempotency_key.clone(),
+                IdempotencyRecord {
+                    op_checksum: op.checksum.clone(),
+                    result: result.clone(),
+                    at_ms: now,
+                },
+            )
+        });
+        // A duplicate leaves the original's queue row untouched, and an op that is not
+        // stored (damaged, bad ids, a reused key or op id) must not overwrite the row of the
+        // op whose id it claims.
+        let queue = (outcome.stored == Stored::Full).then(|| {
+            let row = QueueRow {
+                idempotency_key: op.idempotency_key.clone(),
+                device_id: batch.device_id.clone(),
+                batch_id: batch.batch_id.clone(),
+                entity_type: op.entity_type,
+                entity_id: op.entity_id.clone(),
+                kind: op.kind,
+                status: result.status,
+                reason: result.reason.clone(),
+                received_at_ms: now,
+            };
+            (op.op_id.clone(), row)
+        });
+        let history = (outcome.stored != Stored::Nothing).then(|| HistoryRow {
+            seq,
+            at_ms: now,
+            device_id: batch.device_id.clone(),
+            op_id: Some(op.op_id.clone()),
+            idempotency_key: Some(op.idempotency_key.clone()),
+            entity_type: op.entity_type,
+            entity_id: op.entity_id.clone(),
+            action: op.kind.as_str().to_owned(),
+            status: result.status.as_str().to_owned(),
+            reason: result.reason.clone(),
+            version: result.version,
+            // Every decided op is logged with its write, including those that changed
+            // nothing (a kept server state, a manual conflict), so that the reference replay
+            // can check every decision, not only the effective ones.
+            write: outcome.strategy.map(|strategy| replay::LoggedWrite::Op {
+                kind: op.kind,
+                base_version: op.base_version,
+                payload: op.payload.clone(),
+                client_timestamp_ms: op.client_timestamp_ms,
+                strategy: Some(strategy),
+            }),
+        });
+        // The device was admitted with the batch; on a real server another user's batch may
+        // have registered it since, and a device never changes owner.
+        let device = self.check_device(user, &batch.device_id).is_ok().then(|| {
+            let mut device = self.device_state(user, &batch.device_id);
+            device.op_count = device.op_count.saturating_add(1);
+            device
+        });
+        let mut metrics = self.metrics_window(user, now);
+        metrics.ops += 1;
+        match result.status {
+            OpStatus::Applied => metrics.applied += 1,
+            OpStatus::Duplicate => metrics.duplicates += 1,
+            OpStatus::Conflict => metrics.conflicts += 1,
+            OpStatus::Rejected => metrics.rejected += 1,
+            OpStatus::Blocked => metrics.blocked += 1,
+            OpStatus::Retry => metrics.retries += 1,
+        }
+        let conflict = outcome.conflict.map(|mut record| {
+            record.conflict_id = conflict_id(user, seq);
+            record
+        });
+        // The conflict id is the commit's sequence number, known only now; the remembered
+        // result must carry it too, so that a duplicate answers with the same id.
+        let mut result = result;
+        if let Some(record) = &conflict {
+            result.conflict_id = Some(record.conflict_id.clone());
+        }
+        let idempotency = idempotency.map(|(key, mut record)| {
+            record.result = result.clone();
+            (key, record)
+        });
+        self.store.commit(Commit {
+            user: user.clone(),
+            seq,
+            entity: outcome.entity,
+            queue,
+            idempotency,
+            history,
+            conflict,
+            device,
+            metrics: Some(metrics),
+            batch: None,
+        });
+        result
+    }
+
+    /// Records an admitted batch whose ops were all handled, with their `results`, and
+    /// registers its device to `user` (unless another user's batch registered it first
+    /// meanwhile, when only the batch row is kept).
+    pub fn finish_batch(
+        &mut self,
+        user: &UserId,
+        batch: &Batch,
+        results: Vec<OpResult>,
+        now: Millis,
+    ) -> BatchResponse {
+        let mut statuses = BTreeMap::new();
+        for result in &results {
+            *statuses.entry(result.status).or_insert(0) += 1;
+        }
+        let device = self.check_device(user, &batch.device_id).is_ok().then(|| {
+            let mut device = self.device_state(user, &batch.device_id);
+            device.batch_count = device.batch_count.saturating_add(1);
+            device.last_batch_at_ms = Some(now);
+            device
+        });
+        let mut metrics = self.metrics_window(user, now);
+        metrics.batches += 1;
+        let seq = self.store.tables().next_seq(user);
+        self.store.commit(Commit {
+            user: user.clone(),
+            seq,
+            batch: Some((
+                batch.batch_id.clone(),
+                BatchRecord {
+                    device_id: batch.device_id.clone(),
+                    op_count: batch.ops.len() as u64,
+                    statuses,
+                    checksum: batch.checksum.clone(),
+                    received_at_ms: now,
+                },
+            )),
+            device,
+            metrics: Some(metrics),
+            ..Commit::default()
+        });
+        BatchResponse {
+            batch_id: batch.batch_id.clone(),
+            server_time_ms: now,
+            results,
+        }
+    }
+
+    pub(super) fn device_state(&self, user: &UserId, device_id: &DeviceId) -> DeviceState {
+        self.store
+            .tables()
+            .sync_state
+            .get(&(user.clone(), device_id.clone()))
+            .cloned()
+            .unwrap_or_else(|| DeviceState {
+                device_id: device_id.clone(),
+                ..DeviceState::default()
+            })
+    }
+
+    pub(super) fn metrics_window(&self, user: &UserId, now: Millis) -> MetricsWindow {
+        let start = Millis(now.0 - now.0 % METRICS_WINDOW_MS);
+        self.store
+            .tables()
+            .sync_metrics
+            .get(&(user.clone(), start))
+            .cloned()
+            .unwrap_or(MetricsWindow {
+                window_start_ms: start,
+                ..MetricsWindow::default()
+            })
+    }
+}

@@ -1,0 +1,293 @@
+//! The write decision for one admitted op: idempotency, versions, the conflict strategy and
+//! what of the op is stored. Nothing is written here; [`super::batch`] commits the outcome.
+
+use super::admission::{ParentRefusal, clears_needed_parent};
+use super::tables::{EntityKey, ServerStore};
+use super::wire::{ConflictRecord, ConflictStatus, OpResult, OpStatus};
+use super::{ENTITY_BYTES_MAX, ENTITY_COUNT_MAX, HISTORY_ROW_COUNT_MAX, Server};
+use crate::conflict::{self, Decision, Detection, ServerEntity, Strategy, Write};
+use crate::ids::{ConflictId, UserId};
+use crate::op::{Batch, Op, OpKind};
+use crate::time::Millis;
+
+impl<S: ServerStore> Server<S> {
+    /// Decides an op without changing anything.
+    ///
+    /// The order is the point: the checksum is verified before anything else about the op
+    /// is decided or remembered, so a damaged copy can never poison its key or its op id;
+    /// ids that break the id rule are refused before anything stores them.
+    pub(super) fn decide_op(
+        &self,
+        user: &UserId,
+        batch: &Batch,
+        op: &Op,
+        now: Millis,
+    ) -> OpOutcome {
+        let tables = self.store.tables();
+        let reject = |reason: &str| OpOutcome::answer(op, OpStatus::Rejected, reason, true);
+        if !self.planted.server_skips_checksums && op.verify_checksum().is_err() {
+            return OpOutcome::unstored(op, "checksum_mismatch", Stored::Nothing);
+        }
+        if op.validate_ids().is_err() {
+            return OpOutcome::unstored(op, "invalid_op", Stored::Nothing);
+        }
+        if let Some(record) = tables
+            .sync_idempotency_keys
+            .get(&(user.clone(), op.idempotency_key.clone()))
+            .filter(|_| !self.planted.server_ignores_idempotency)
+        {
+            if record.op_checksum != op.checksum {
+                return OpOutcome::unstored(op, "idempotency_key_reused", Stored::HistoryOnly);
+            }
+            let mut result = record.result.clone();
+            result.status = OpStatus::Duplicate;
+            return OpOutcome {
+                result,
+                remember: false,
+                stored: Stored::HistoryOnly,
+                strategy: None,
+                entity: None,
+                conflict: None,
+            };
+        }
+        // An op id names one op: another key under the same id would overwrite the first
+        // op's queue row (and with it what its dependents see).
+        if tables
+            .sync_queue
+            .get(&(user.clone(), op.op_id.clone()))
+            .is_some_and(|row| row.idempotency_key != op.idempotency_key)
+        {
+            return OpOutcome::unstored(op, "op_id_reused", Stored::HistoryOnly);
+        }
+        if op.validate().is_err() {
+            return reject("invalid_op");
+        }
+        if now.since_ms(op.created_at_ms) > self.config.idempotency_retention_ms() {
+            return reject("expired");
+        }
+        for dependency in &op.depends_on {
+            match tables.sync_queue.get(&(user.clone(), dependency.clone())) {
+                Some(row) if matches!(row.status, OpStatus::Applied | OpStatus::Conflict) => {}
+                Some(_) => {
+                    return OpOutcome::answer(op, OpStatus::Blocked, "dependency_failed", false);
+                }
+                None => {
+                    return OpOutcome::answer(op, OpStatus::Blocked, "dependency_missing", false);
+                }
+            }
+        }
+        let key: EntityKey = (op.entity_type, op.entity_id.clone());
+        let stored = tables.entities.get(&key);
+        if stored.is_some_and(|s| &s.owner != user) {
+            return reject("forbidden");
+        }
+        if let Some(fields) = op.payload.as_object()
+            && let Err(refusal) = self.check_parents(user, op.entity_type, fields)
+        {
+            return match refusal {
+                ParentRefusal::Missing => {
+                    OpOutcome::answer(op, OpStatus::Blocked, "dependency_missing", false)
+                }
+                ParentRefusal::Forbidden => reject("forbidden"),
+                ParentRefusal::Deleted => reject("parent_deleted"),
+            };
+        }
+        if op.kind == OpKind::Update
+            && let (Some(server), Some(patch)) = (stored, op.payload.as_object())
+            && clears_needed_parent(op.entity_type, &server.state.fields, patch)
+        {
+            return reject("parent_required");
+        }
+        // Deleting a parent is refused while live children reference it: the server never
+        // orphans a child (see docs/api.md).
+        if op.kind == OpKind::Delete && tables.live_children.contains_key(&key) {
+            return reject("has_children");
+        }
+        if op.kind == OpKind::Create && tables.entities.len() >= ENTITY_COUNT_MAX {
+            return OpOutcome::answer(op, OpStatus::Retry, "storage_full", false);
+        }
+        if tables.sync_history.len() >= HISTORY_ROW_COUNT_MAX {
+            return OpOutcome::answer(op, OpStatus::Retry, "storage_full", false);
+        }
+
+        let server = stored.map(|s| &s.state);
+        let mut write = Write::of(op, &batch.device_id);
+        let strategy = self.config.entities.rules(op.entity_type).strategy;
+        if self.planted.server_lww_uses_server_clock && strategy == Strategy::LatestTimestamp {
+            write.timestamp_ms = now;
+        }
+        let (decision, case) = match conflict::detect(server, &write) {
+            Detection::Invalid(invalid) => return reject(&invalid.to_string()),
+            Detection::Clean => (conflict::apply_clean(server, &write), None),
+            Detection::Conflict(case) => {
+                let server = server.expect("a conflict needs a server entity");
+                (
+                    conflict::resolve(strategy, case, server, &write),
+                    Some(case),
+                )
+            }
+        };
+        let code = decision_code(&decision, strategy);
+        let already_done = decision == Decision::AlreadyDone;
+        let manual = decision == Decision::Manual;
+        let next = conflict::commit_owned(server, decision, &write);
+        if next
+            .as_ref()
+            .is_some_and(|n| !n.deleted && entity_bytes(n) > ENTITY_BYTES_MAX)
+        {
+            return reject("entity_too_large");
+        }
+        let after = next
+            .as_ref()
+            .or(server)
+            .expect("a decided write leaves an entity");
+        let mut result = OpResult {
+            op_id: op.op_id.clone(),
+            status: OpStatus::Applied,
+            version: Some(after.version),
+            entity: None,
+            deleted: false,
+            conflict_id: None,
+            reason: None,
+        };
+        let mut conflict = None;
+        if let Some(case) = case
+            && !already_done
+        {
+            result.status = OpStatus::Conflict;
+            result.entity = (!after.deleted).then(|| after.to_value());
+            result.deleted = after.deleted;
+            result.reason = Some(code.to_owned());
+            let server = server.expect("a conflict needs a server entity");
+            conflict = Some(ConflictRecord {
+                conflict_id: ConflictId::default(),
+                op_id: op.op_id.clone(),
+                device_id: batch.device_id.clone(),
+                entity_type: op.entity_type,
+                entity_id: op.entity_id.clone(),
+                kind: op.kind,
+                case,
+                strategy,
+                decision: code.to_owned(),
+                server_version: server.version,
+                server_entity: server.to_value(),
+                client_payload: op.payload.clone(),
+                client_timestamp_ms: op.client_timestamp_ms,
+                status: if manual {
+                    ConflictStatus::Open
+                } else {
+                    ConflictStatus::Resolved
+                },
+                resolution: (!manual).then(|| "auto".to_owned()),
+                created_at_ms: now,
+                resolved_at_ms: (!manual).then_some(now),
+            });
+        }
+        OpOutcome {
+            result,
+            remember: true,
+            stored: Stored::Full,
+            strategy: Some(strategy),
+            entity: next.map(|state| (key, state)),
+            conflict,
+        }
+    }
+}
+
+/// The size of an entity's fields as JSON, in bytes: what [`ENTITY_BYTES_MAX`] limits.
+/// Counted as it is written, without a buffer.
+pub(super) fn entity_bytes(entity: &ServerEntity) -> usize {
+    let mut counter = ByteCounter(0);
+    match serde_json::to_writer(&mut counter, &entity.fields) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// A writer that only counts the bytes written to it.
+pub(super) struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(bytes.len());
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The decision code carried as `reason` on a conflict result.
+pub fn decision_code(decision: &Decision, strategy: Strategy) -> &'static str {
+    match (decision, strategy) {
+        (Decision::Write { .. }, Strategy::FieldLevel | Strategy::Merge) => "merged",
+        (Decision::Write { .. }, _) => "client_applied",
+        (Decision::Delete, _) => "deleted",
+        (Decision::KeepServer, _) => "server_kept",
+        (Decision::AlreadyDone, _) => "already_deleted",
+        (Decision::Manual, _) => "manual",
+    }
+}
+
+/// A conflict's id: the user's commit that created it, after a tag of the user (the first
+/// eight hex digits of the SHA-256 of their id) that keeps ids unique across users. It
+/// tells the user nothing they do not know.
+pub(super) fn conflict_id(user: &UserId, seq: u64) -> ConflictId {
+    let tag = crate::checksum::sha256_hex(user.as_str().as_bytes());
+    ConflictId(format!("conflict-{}-{seq}", &tag[..8]))
+}
+
+/// What of an op the server stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stored {
+    /// Its queue row and its history row.
+    Full,
+    /// Its history row only: a duplicate, or an op that reuses another op's key or id,
+    /// whose queue row must stay the original's.
+    HistoryOnly,
+    /// Nothing: its checksum did not verify or its ids break the id rule, so none of what
+    /// it claims can be trusted or stored.
+    Nothing,
+}
+
+/// What processing one op decided, before it is committed.
+pub(super) struct OpOutcome {
+    pub(super) result: OpResult,
+    /// Whether the answer is final and goes under the idempotency key.
+    pub(super) remember: bool,
+    /// What of the op is stored besides its count in the metrics.
+    pub(super) stored: Stored,
+    pub(super) strategy: Option<Strategy>,
+    pub(super) entity: Option<(EntityKey, ServerEntity)>,
+    pub(super) conflict: Option<ConflictRecord>,
+}
+
+impl OpOutcome {
+    pub(super) fn answer(op: &Op, status: OpStatus, reason: &str, remember: bool) -> OpOutcome {
+        OpOutcome {
+            result: OpResult {
+                op_id: op.op_id.clone(),
+                status,
+                version: None,
+                entity: None,
+                deleted: false,
+                conflict_id: None,
+                reason: Some(reason.to_owned()),
+            },
+            remember,
+            stored: Stored::Full,
+            strategy: None,
+            entity: None,
+            conflict: None,
+        }
+    }
+
+    /// A rejection that stores `stored` of the op and is never remembered.
+    pub(super) fn unstored(op: &Op, reason: &str, stored: Stored) -> OpOutcome {
+        OpOutcome {
+            stored,
+            ..OpOutcome::answer(op, OpStatus::Rejected, reason, false)
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! A user's resolution of an open conflict: keep the server's entity, the client's, or a
+//! custom one, committed with its history row.
+
+use super::admission::parent_request_error;
+use super::replay;
+use super::tables::{Commit, ServerStore};
+use super::wire::{ConflictRecord, ConflictStatus, HistoryRow, Resolution, ResolveRequest};
+use super::{ENTITY_BYTES_MAX, RequestError, Server};
+use crate::conflict::{self, ServerEntity};
+use crate::delta;
+use crate::ids::{ConflictId, UserId};
+use crate::op::OpKind;
+use crate::time::Millis;
+use serde_json::Value;
+
+impl<S: ServerStore> Server<S> {
+    /// Handles `POST /api/sync/conflicts/<id>/resolve`.
+    pub fn resolve_conflict(
+        &mut self,
+        user: &UserId,
+        conflict_id: &ConflictId,
+        request: &ResolveRequest,
+        now: Millis,
+    ) -> Result<ConflictRecord, RequestError> {
+        let tables = self.store.tables();
+        let Some((owner, record)) = tables.sync_conflicts.get(conflict_id) else {
+            return Err(RequestError::NotFound {
+                message: format!("no conflict {conflict_id}"),
+            });
+        };
+        if owner != user {
+            return Err(RequestError::Forbidden {
+                message: format!("conflict {conflict_id} belongs to another user"),
+            });
+        }
+        if record.status == ConflictStatus::Resolved {
+            return Err(RequestError::AlreadyResolved {
+                message: format!("conflict {conflict_id} is already resolved"),
+            });
+        }
+        let key = (record.entity_type, record.entity_id.clone());
+        let Some(current) = tables.entities.get(&key).map(|stored| &stored.state) else {
+            return Err(RequestError::NotFound {
+                message: format!("conflict {conflict_id} names no stored entity"),
+            });
+        };
+        let (deleted, fields) = match (request.resolution, &request.entity) {
+            (Resolution::KeepServer | Resolution::KeepClient, Some(_)) => {
+                return Err(RequestError::invalid(
+                    "entity is only accepted with resolution custom",
+                ));
+            }
+            (Resolution::Custom, None) => {
+                return Err(RequestError::invalid("resolution custom needs an entity"));
+            }
+            (Resolution::Custom, Some(entity)) => {
+                let Some(fields) = entity.as_object() else {
+                    return Err(RequestError::invalid("entity must be a JSON object"));
+                };
+                if fields.get("id").and_then(Value::as_str) != Some(record.entity_id.as_str()) {
+                    return Err(RequestError::invalid(format!(
+                        "entity id must be {:?}",
+                        record.entity_id.as_str()
+                    )));
+                }
+                // A custom entity is a whole entity written by the user: it gets the rules of
+                // a create's payload and the parent checks of any write.
+                crate::op::validate_entity(record.entity_type, &record.entity_id, entity)
+                    .map_err(|e| RequestError::invalid(format!("custom entity: {e}")))?;
+                self.check_parents(user, record.entity_type, fields)
+                    .map_err(|refusal| parent_request_error(refusal, record.entity_type))?;
+                (false, Some(fields.clone()))
+            }
+            (Resolution::KeepServer, None) => (current.deleted, None),
+            (Resolution::KeepClient, None) if record.kind == OpKind::Delete => (true, None),
+            (Resolution::KeepClient, None) => {
+                let mut patch = record.client_payload.clone();
+                if let Some(fields) = patch.as_object_mut() {
+                    fields.remove("id");
+                }
+                let mut entity = current.to_value();
+                delta::apply(&mut entity, &patch);
+                (false, entity.as_object().cloned())
+            }
+        };
+        if let Some(fields) = &fields {
+            let bytes = serde_json::to_vec(fields).map_or(usize::MAX, |b| b.len());
+            if bytes > ENTITY_BYTES_MAX {
+                return Err(RequestError::BadRequest {
+                    code: "entity_too_large",
+                    message: format!(
+                        "the resolved entity would be {bytes} bytes, more than the limit of \
+                         {ENTITY_BYTES_MAX}"
+                    ),
+                });
+            }
+        }
+        let resolution = match request.resolution {
+            Resolution::KeepServer => "keep_server",
+            Resolution::KeepClient => "keep_client",
+            Resolution::Custom => "custom",
+        };
+        let mut resolved = record.clone();
+        resolved.status = ConflictStatus::Resolved;
+        resolved.resolution = Some(resolution.to_owned());
+        resolved.resolved_at_ms = Some(now);
+        let seq = tables.next_seq(user);
+        let changed = request.resolution != Resolution::KeepServer;
+        let next = changed.then(|| {
+            let version = current.version + 1;
+            let stamp = conflict::Stamp {
+                version,
+                timestamp_ms: now,
+                device_id: record.device_id.clone(),
+            };
+            let fields = fields.unwrap_or_else(|| current.fields.clone());
+            let mut field_stamps = current.field_stamps.clone();
+            for field in fields.keys().chain(current.fields.keys()) {
+                field_stamps.insert(field.clone(), stamp.clone());
+            }
+            ServerEntity {
+                version,
+                deleted,
+                fields,
+                field_stamps,
+                last_write: stamp,
+            }
+        });
+        let history = HistoryRow {
+            seq,
+            at_ms: now,
+            device_id: record.device_id.clone(),
+            op_id: Some(record.op_id.clone()),
+            idempotency_key: None,
+            entity_type: record.entity_type,
+            entity_id: record.entity_id.clone(),
+            action: "resolve".to_owned(),
+            status: "resolved".to_owned(),
+            reason: Some(resolution.to_owned()),
+            version: Some(next.as_ref().map_or(current.version, |n| n.version)),
+            write: next
+                .as_ref()
+                .map(|n| replay::LoggedWrite::Resolution { entity: n.clone() }),
+        };
+        self.store.commit(Commit {
+            user: user.clone(),
+            seq,
+            entity: next.map(|n| (key, n)),
+            history: Some(history),
+            conflict: Some(resolved.clone()),
+            ..Commit::default()
+        });
+        Ok(resolved)
+    }
+}
