@@ -6,7 +6,7 @@
 //! even when several devices share a turmoil host (`sim.devices_per_host`). turmoil provides
 //! the simulated TCP, latency and reordering, time, and the server host's crashes.
 
-use crate::trace::{Trace, TraceEvent};
+use crate::trace::{NetFault, RequestKind, Trace, TraceEvent};
 use hyper::Method;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -220,9 +220,7 @@ fn deliver(ctx: &DeviceCtx, incarnation: u64, request: &Request, outcome: Outcom
                                 results: answer
                                     .results
                                     .iter()
-                                    .map(|r| {
-                                        (r.op_id.clone(), r.status.to_string(), r.reason.clone())
-                                    })
+                                    .map(|r| (r.op_id.clone(), r.status, r.reason))
                                     .collect(),
                             });
                             coordinator.on_batch_response(now, &answer);
@@ -275,11 +273,11 @@ fn error_code(response: &Response) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn request_kind(request: &Request) -> &'static str {
+fn request_kind(request: &Request) -> RequestKind {
     match request {
-        Request::Batch(_) => "batch",
-        Request::Pull { .. } => "pull",
-        Request::Resolve { .. } => "resolve",
+        Request::Batch(_) => RequestKind::Batch,
+        Request::Pull { .. } => RequestKind::Pull,
+        Request::Resolve { .. } => RequestKind::Resolve,
     }
 }
 
@@ -336,7 +334,7 @@ async fn send(ctx: &DeviceCtx, request: &Request, deadline: Millis) -> Outcome {
         let lose_answer = lose && state.rng.random_bool(0.5);
         let duplicate = link.duplicate_next
             || (link.duplicate_rate > 0.0 && state.rng.random_bool(link.duplicate_rate));
-        let corrupt_now = kind == "batch"
+        let corrupt_now = kind == RequestKind::Batch
             && (link.corrupt_next
                 || (link.corrupt_rate > 0.0 && state.rng.random_bool(link.corrupt_rate)));
         state.link.duplicate_next = false;
@@ -347,7 +345,7 @@ async fn send(ctx: &DeviceCtx, request: &Request, deadline: Millis) -> Outcome {
             }
             other => other,
         };
-        if kind == "batch" && !corrupt_now {
+        if kind == RequestKind::Batch && !corrupt_now {
             state.last_batch = body.clone();
         }
         let token = state.token.clone();
@@ -357,7 +355,7 @@ async fn send(ctx: &DeviceCtx, request: &Request, deadline: Millis) -> Outcome {
             ctx.record(
                 sim_now(ctx.epoch_ms),
                 TraceEvent::Net {
-                    what: "corrupted",
+                    what: NetFault::Corrupted,
                     request: kind,
                 },
             );
@@ -381,7 +379,11 @@ async fn send(ctx: &DeviceCtx, request: &Request, deadline: Millis) -> Outcome {
         tokio::time::sleep(Duration::from_millis(HOLD_POLL_MS)).await;
     }
     if ctx.state.borrow().link.partitioned || lost {
-        let what = if lost { "request_lost" } else { "partitioned" };
+        let what = if lost {
+            NetFault::RequestLost
+        } else {
+            NetFault::Partitioned
+        };
         ctx.record(
             now,
             TraceEvent::Net {
@@ -396,7 +398,7 @@ async fn send(ctx: &DeviceCtx, request: &Request, deadline: Millis) -> Outcome {
         ctx.record(
             now,
             TraceEvent::Net {
-                what: "duplicated",
+                what: NetFault::Duplicated,
                 request: kind,
             },
         );
@@ -419,7 +421,7 @@ async fn send(ctx: &DeviceCtx, request: &Request, deadline: Millis) -> Outcome {
         ctx.record(
             sim_now(ctx.epoch_ms),
             TraceEvent::Net {
-                what: "answer_lost",
+                what: NetFault::AnswerLost,
                 request: kind,
             },
         );
@@ -463,8 +465,8 @@ pub async fn replay(ctx: DeviceCtx) {
     ctx.record(
         now,
         TraceEvent::Net {
-            what: "replayed",
-            request: "batch",
+            what: NetFault::Replayed,
+            request: RequestKind::Batch,
         },
     );
     let result = tokio::time::timeout(
@@ -482,7 +484,7 @@ pub async fn replay(ctx: DeviceCtx) {
                         results: answer
                             .results
                             .iter()
-                            .map(|r| (r.op_id.clone(), r.status.to_string(), r.reason.clone()))
+                            .map(|r| (r.op_id.clone(), r.status, r.reason))
                             .collect(),
                     },
                 );
@@ -491,7 +493,7 @@ pub async fn replay(ctx: DeviceCtx) {
             ctx.record(
                 now,
                 TraceEvent::HttpError {
-                    request: "batch",
+                    request: RequestKind::Batch,
                     status: response.status,
                     code: error_code(&response),
                 },
@@ -519,7 +521,7 @@ pub async fn forge(ctx: DeviceCtx, body: Vec<u8>) {
                         results: answer
                             .results
                             .iter()
-                            .map(|r| (r.op_id.clone(), r.status.to_string(), r.reason.clone()))
+                            .map(|r| (r.op_id.clone(), r.status, r.reason))
                             .collect(),
                     },
                 );
@@ -528,7 +530,7 @@ pub async fn forge(ctx: DeviceCtx, body: Vec<u8>) {
         Ok(Ok(response)) => ctx.record(
             now,
             TraceEvent::HttpError {
-                request: "forge",
+                request: RequestKind::Forge,
                 status: response.status,
                 code: error_code(&response),
             },
@@ -536,8 +538,8 @@ pub async fn forge(ctx: DeviceCtx, body: Vec<u8>) {
         _ => ctx.record(
             now,
             TraceEvent::Net {
-                what: "request_lost",
-                request: "forge",
+                what: NetFault::RequestLost,
+                request: RequestKind::Forge,
             },
         ),
     }

@@ -4,6 +4,7 @@
 
 use rockhound_engine::conflict::Strategy;
 use rockhound_engine::planted::Planted;
+use rockhound_engine::server::wire::Resolution;
 use rockhound_engine::{EntityType, SyncConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -346,8 +347,9 @@ pub enum Action {
     Resolve {
         /// The device.
         device: String,
-        /// `keep_server` or `keep_client`.
-        resolution: String,
+        /// `keep_server` or `keep_client` (`custom` needs an entity, which a step cannot
+        /// give).
+        resolution: Resolution,
     },
     /// The device's last batch is sent again, verbatim, out of band (a replay).
     Replay {
@@ -917,12 +919,10 @@ impl RunSpec {
                 return fail(&path, format!("{at}: {why}"));
             }
             if let Action::Resolve { resolution, .. } = &step.action {
-                if !matches!(resolution.as_str(), "keep_server" | "keep_client") {
+                if *resolution == Resolution::Custom {
                     return fail(
                         &path,
-                        format!(
-                            "{at}: resolution {resolution:?} is not keep_server or keep_client"
-                        ),
+                        format!("{at}: resolution \"custom\" is not keep_server or keep_client"),
                     );
                 }
             }

@@ -4,6 +4,7 @@
 
 use crate::trace::{Trace, TraceEvent};
 use rockhound_engine::client::Status;
+use rockhound_engine::server::wire::{OpStatus, Refusal};
 
 /// Counts over a whole run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -77,8 +78,8 @@ pub fn summarize(trace: &Trace, devices: usize) -> Summary {
             TraceEvent::Refused { .. } => summary.refused += 1,
             TraceEvent::Answered { results } => {
                 for (_, status, reason) in results {
-                    summary.duplicates += u64::from(status == "duplicate");
-                    summary.forbidden += u64::from(reason.as_deref() == Some("forbidden"));
+                    summary.duplicates += u64::from(*status == OpStatus::Duplicate);
+                    summary.forbidden += u64::from(*reason == Some(Refusal::Forbidden.into()));
                 }
             }
             TraceEvent::HttpError { status, .. } => summary.forbidden += u64::from(*status == 403),

@@ -8,7 +8,7 @@ use rockhound_engine::client::Status;
 use rockhound_engine::client::observe::Event;
 use rockhound_engine::ids::{EntityId, OpId};
 use rockhound_engine::planted::Planted;
-use rockhound_engine::server::wire::HistoryRow;
+use rockhound_engine::server::wire::{HistoryRow, OpStatus, Reason};
 use rockhound_engine::{EntityType, SyncConfig};
 use serde::Serialize;
 use serde_json::Value;
@@ -17,6 +17,48 @@ use std::io::Write;
 
 /// Most trace lines one run records; a run that needs more is cut short with an error.
 pub const TRACE_LINE_COUNT_MAX: usize = 20_000_000;
+
+/// The two phases of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Faults and user actions.
+    Safety,
+    /// Healed: queues must drain and replicas converge.
+    Liveness,
+}
+
+/// What the simulated network did to a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetFault {
+    /// The request never arrived.
+    RequestLost,
+    /// The request arrived, its answer did not.
+    AnswerLost,
+    /// The request arrived twice.
+    Duplicated,
+    /// The request's body was damaged on the way.
+    Corrupted,
+    /// An earlier batch was sent again, verbatim.
+    Replayed,
+    /// The device could not reach the server.
+    Partitioned,
+}
+
+/// The requests a simulated device sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// `POST /api/sync/batch`.
+    Batch,
+    /// `GET /api/sync/changes`.
+    Pull,
+    /// `POST /api/sync/conflicts/<id>/resolve`.
+    Resolve,
+    /// A forged request (a hostile client).
+    Forge,
+}
 
 /// One line of the trace.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -68,8 +110,8 @@ pub enum TraceEvent {
     },
     /// A phase begins (`safety`, `liveness`).
     Phase {
-        /// Its name.
-        phase: &'static str,
+        /// Which.
+        phase: Phase,
     },
     /// A scripted or generated step is applied.
     Step {
@@ -103,14 +145,14 @@ pub enum TraceEvent {
     /// `duplicated`, `corrupted`, `replayed`, `partitioned`).
     Net {
         /// What.
-        what: &'static str,
-        /// `batch`, `pull`, `resolve`, `forge`.
-        request: &'static str,
+        what: NetFault,
+        /// Which request.
+        request: RequestKind,
     },
     /// A request was answered with an error status.
     HttpError {
-        /// `batch`, `pull`, `resolve`, `forge`.
-        request: &'static str,
+        /// Which request.
+        request: RequestKind,
         /// The status.
         status: u16,
         /// The body's error code.
@@ -119,7 +161,7 @@ pub enum TraceEvent {
     /// A batch answer, op by op.
     Answered {
         /// `(op, status, reason)`.
-        results: Vec<(OpId, String, Option<String>)>,
+        results: Vec<(OpId, OpStatus, Option<Reason>)>,
     },
     /// The entities a pull page delivered.
     Pulled {

@@ -12,7 +12,7 @@ use crate::device::{self, DeviceCtx, DeviceState, Link, sim_now};
 use crate::net::SimListener;
 use crate::spec::{Action, RunSpec, SpecError};
 use crate::summary::Summary;
-use crate::trace::{EntitySnapshot, Trace, TraceEvent};
+use crate::trace::{EntitySnapshot, Phase, Trace, TraceEvent};
 use crate::workload::{self, Planned};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -24,7 +24,6 @@ use rockhound_engine::client::sim_store::SimStore;
 use rockhound_engine::client::store::encode_frame;
 use rockhound_engine::ids::{ConflictId, EntityId};
 use rockhound_engine::server::Server;
-use rockhound_engine::server::wire::Resolution;
 use rockhound_engine::{
     Batch, BatchId, DeviceId, EntityType, Millis, Op, OpKind, SyncConfig, UserId,
 };
@@ -213,9 +212,13 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
     let mut liveness_started_ms = None;
     let mut convergence_ms = None;
     let mut server_up = true;
-    trace
-        .borrow_mut()
-        .record(0, "world", TraceEvent::Phase { phase: "safety" });
+    trace.borrow_mut().record(
+        0,
+        "world",
+        TraceEvent::Phase {
+            phase: Phase::Safety,
+        },
+    );
     loop {
         let t_ms = u64::try_from(sim.elapsed().as_millis()).expect("runs are short");
         let now = Millis(epoch_ms + t_ms);
@@ -259,9 +262,13 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
         }
         if liveness_started_ms.is_none() && t_ms >= spec.sim.safety_ms {
             liveness_started_ms = Some(t_ms);
-            trace
-                .borrow_mut()
-                .record(t_ms, "world", TraceEvent::Phase { phase: "liveness" });
+            trace.borrow_mut().record(
+                t_ms,
+                "world",
+                TraceEvent::Phase {
+                    phase: Phase::Liveness,
+                },
+            );
             heal(&mut sim, &devices, now, &mut server_up, &config);
         }
         if let Some(started) = liveness_started_ms {
@@ -510,10 +517,7 @@ fn apply(
         }
         Action::Resolve { resolution, .. } => {
             if let Some(c) = ctx.state.borrow_mut().coordinator.as_mut() {
-                let resolution = match resolution.as_str() {
-                    "keep_client" => Resolution::KeepClient,
-                    _ => Resolution::KeepServer,
-                };
+                let resolution = *resolution;
                 let open: Vec<ConflictId> = c
                     .conflicts()
                     .filter(|c| c.open)

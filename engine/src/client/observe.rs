@@ -21,6 +21,7 @@ use super::queue::{QueueStats, Status};
 use crate::entity::EntityType;
 use crate::ids::{BatchId, ConflictId, EntityId, OpId};
 use crate::op::OpKind;
+use crate::server::wire::DecisionCode;
 use crate::time::Millis;
 use serde::Serialize;
 
@@ -233,8 +234,8 @@ pub struct LocalConflict {
     /// The entity.
     pub entity_id: EntityId,
     /// How the server decided it (`client_applied`, `merged`, `server_kept`, `deleted`,
-    /// `manual`).
-    pub decision: String,
+    /// `manual`); `None` when its answer named no decision.
+    pub decision: Option<DecisionCode>,
     /// Whether it waits for a person (`manual` and not yet resolved).
     pub open: bool,
 }

@@ -94,7 +94,7 @@ fn answer(batch: &crate::op::Batch, status: OpStatus, reason: Option<&str>) -> B
                 entity: None,
                 deleted: false,
                 conflict_id: None,
-                reason: reason.map(str::to_owned),
+                reason: reason.map(|r| serde_json::from_value(serde_json::Value::from(r)).unwrap()),
             })
             .collect(),
     }
@@ -768,7 +768,9 @@ mod model {
                                     entity: None,
                                     deleted: false,
                                     conflict_id: conflict,
-                                    reason: reason.map(str::to_owned),
+                                    reason: reason.map(|r| {
+                                        serde_json::from_value(serde_json::Value::from(r)).unwrap()
+                                    }),
                                 }
                             })
                             .collect();

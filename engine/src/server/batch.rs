@@ -4,7 +4,9 @@
 use super::decide::{Stored, conflict_id};
 use super::replay;
 use super::tables::{BatchRecord, Commit, IdempotencyRecord, QueueRow, ServerStore};
-use super::wire::{BatchResponse, DeviceState, HistoryRow, MetricsWindow, OpResult, OpStatus};
+use super::wire::{
+    BatchResponse, DeviceState, HistoryRow, HistoryStatus, MetricsWindow, OpResult, OpStatus,
+};
 use super::{METRICS_WINDOW_MS, RequestError, Server};
 use crate::ids::{DeviceId, UserId};
 use crate::op::{Batch, Op};
@@ -65,7 +67,7 @@ impl<S: ServerStore> Server<S> {
                 entity_id: op.entity_id.clone(),
                 kind: op.kind,
                 status: result.status,
-                reason: result.reason.clone(),
+                reason: result.reason,
                 received_at_ms: now,
             };
             (op.op_id.clone(), row)
@@ -78,9 +80,9 @@ impl<S: ServerStore> Server<S> {
             idempotency_key: Some(op.idempotency_key.clone()),
             entity_type: op.entity_type,
             entity_id: op.entity_id.clone(),
-            action: op.kind.as_str().to_owned(),
-            status: result.status.as_str().to_owned(),
-            reason: result.reason.clone(),
+            action: op.kind.into(),
+            status: HistoryStatus::Op(result.status),
+            reason: result.reason,
             version: result.version,
             // Every decided op is logged with its write, including those that changed
             // nothing (a kept server state, a manual conflict), so that the reference replay

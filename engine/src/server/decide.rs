@@ -3,9 +3,11 @@
 
 use super::admission::{ParentRefusal, clears_needed_parent};
 use super::tables::{EntityKey, ServerStore};
-use super::wire::{ConflictRecord, ConflictStatus, OpResult, OpStatus};
+use super::wire::{
+    ConflictRecord, ConflictStatus, DecisionCode, OpResult, OpStatus, Refusal, ResolvedBy,
+};
 use super::{ENTITY_BYTES_MAX, ENTITY_COUNT_MAX, HISTORY_ROW_COUNT_MAX, Server};
-use crate::conflict::{self, Decision, Detection, ServerEntity, Strategy, Write};
+use crate::conflict::{self, Decision, Detection, Invalid, ServerEntity, Strategy, Write};
 use crate::ids::{ConflictId, UserId};
 use crate::op::{Batch, Op, OpKind};
 use crate::time::Millis;
@@ -24,12 +26,12 @@ impl<S: ServerStore> Server<S> {
         now: Millis,
     ) -> OpOutcome {
         let tables = self.store.tables();
-        let reject = |reason: &str| OpOutcome::answer(op, OpStatus::Rejected, reason, true);
+        let reject = |code: Refusal| OpOutcome::answer(op, OpStatus::Rejected, code, true);
         if !self.planted.server_skips_checksums && op.verify_checksum().is_err() {
-            return OpOutcome::unstored(op, "checksum_mismatch", Stored::Nothing);
+            return OpOutcome::unstored(op, Refusal::ChecksumMismatch, Stored::Nothing);
         }
         if op.validate_ids().is_err() {
-            return OpOutcome::unstored(op, "invalid_op", Stored::Nothing);
+            return OpOutcome::unstored(op, Refusal::InvalidOp, Stored::Nothing);
         }
         if let Some(record) = tables
             .sync_idempotency_keys
@@ -37,7 +39,7 @@ impl<S: ServerStore> Server<S> {
             .filter(|_| !self.planted.server_ignores_idempotency)
         {
             if record.op_checksum != op.checksum {
-                return OpOutcome::unstored(op, "idempotency_key_reused", Stored::HistoryOnly);
+                return OpOutcome::unstored(op, Refusal::IdempotencyKeyReused, Stored::HistoryOnly);
             }
             let mut result = record.result.clone();
             result.status = OpStatus::Duplicate;
@@ -57,57 +59,67 @@ impl<S: ServerStore> Server<S> {
             .get(&(user.clone(), op.op_id.clone()))
             .is_some_and(|row| row.idempotency_key != op.idempotency_key)
         {
-            return OpOutcome::unstored(op, "op_id_reused", Stored::HistoryOnly);
+            return OpOutcome::unstored(op, Refusal::OpIdReused, Stored::HistoryOnly);
         }
         if op.validate().is_err() {
-            return reject("invalid_op");
+            return reject(Refusal::InvalidOp);
         }
         if now.since_ms(op.created_at_ms) > self.config.idempotency_retention_ms() {
-            return reject("expired");
+            return reject(Refusal::Expired);
         }
         for dependency in &op.depends_on {
             match tables.sync_queue.get(&(user.clone(), dependency.clone())) {
                 Some(row) if matches!(row.status, OpStatus::Applied | OpStatus::Conflict) => {}
                 Some(_) => {
-                    return OpOutcome::answer(op, OpStatus::Blocked, "dependency_failed", false);
+                    return OpOutcome::answer(
+                        op,
+                        OpStatus::Blocked,
+                        Refusal::DependencyFailed,
+                        false,
+                    );
                 }
                 None => {
-                    return OpOutcome::answer(op, OpStatus::Blocked, "dependency_missing", false);
+                    return OpOutcome::answer(
+                        op,
+                        OpStatus::Blocked,
+                        Refusal::DependencyMissing,
+                        false,
+                    );
                 }
             }
         }
         let key: EntityKey = (op.entity_type, op.entity_id.clone());
         let stored = tables.entities.get(&key);
         if stored.is_some_and(|s| &s.owner != user) {
-            return reject("forbidden");
+            return reject(Refusal::Forbidden);
         }
         if let Some(fields) = op.payload.as_object()
             && let Err(refusal) = self.check_parents(user, op.entity_type, fields)
         {
             return match refusal {
                 ParentRefusal::Missing => {
-                    OpOutcome::answer(op, OpStatus::Blocked, "dependency_missing", false)
+                    OpOutcome::answer(op, OpStatus::Blocked, Refusal::DependencyMissing, false)
                 }
-                ParentRefusal::Forbidden => reject("forbidden"),
-                ParentRefusal::Deleted => reject("parent_deleted"),
+                ParentRefusal::Forbidden => reject(Refusal::Forbidden),
+                ParentRefusal::Deleted => reject(Refusal::ParentDeleted),
             };
         }
         if op.kind == OpKind::Update
             && let (Some(server), Some(patch)) = (stored, op.payload.as_object())
             && clears_needed_parent(op.entity_type, &server.state.fields, patch)
         {
-            return reject("parent_required");
+            return reject(Refusal::ParentRequired);
         }
         // Deleting a parent is refused while live children reference it: the server never
         // orphans a child (see docs/api.md).
         if op.kind == OpKind::Delete && tables.live_children.contains_key(&key) {
-            return reject("has_children");
+            return reject(Refusal::HasChildren);
         }
         if op.kind == OpKind::Create && tables.entities.len() >= ENTITY_COUNT_MAX {
-            return OpOutcome::answer(op, OpStatus::Retry, "storage_full", false);
+            return OpOutcome::answer(op, OpStatus::Retry, Refusal::StorageFull, false);
         }
         if tables.sync_history.len() >= HISTORY_ROW_COUNT_MAX {
-            return OpOutcome::answer(op, OpStatus::Retry, "storage_full", false);
+            return OpOutcome::answer(op, OpStatus::Retry, Refusal::StorageFull, false);
         }
 
         let server = stored.map(|s| &s.state);
@@ -117,7 +129,7 @@ impl<S: ServerStore> Server<S> {
             write.timestamp_ms = now;
         }
         let (decision, case) = match conflict::detect(server, &write) {
-            Detection::Invalid(invalid) => return reject(&invalid.to_string()),
+            Detection::Invalid(invalid) => return reject(refusal_of(invalid)),
             Detection::Clean => (conflict::apply_clean(server, &write), None),
             Detection::Conflict(case) => {
                 let server = server.expect("a conflict needs a server entity");
@@ -135,7 +147,7 @@ impl<S: ServerStore> Server<S> {
             .as_ref()
             .is_some_and(|n| !n.deleted && entity_bytes(n) > ENTITY_BYTES_MAX)
         {
-            return reject("entity_too_large");
+            return reject(Refusal::EntityTooLarge);
         }
         let after = next
             .as_ref()
@@ -157,7 +169,7 @@ impl<S: ServerStore> Server<S> {
             result.status = OpStatus::Conflict;
             result.entity = (!after.deleted).then(|| after.to_value());
             result.deleted = after.deleted;
-            result.reason = Some(code.to_owned());
+            result.reason = Some(code.into());
             let server = server.expect("a conflict needs a server entity");
             conflict = Some(ConflictRecord {
                 conflict_id: ConflictId::default(),
@@ -168,7 +180,7 @@ impl<S: ServerStore> Server<S> {
                 kind: op.kind,
                 case,
                 strategy,
-                decision: code.to_owned(),
+                decision: code,
                 server_version: server.version,
                 server_entity: server.to_value(),
                 client_payload: op.payload.clone(),
@@ -178,7 +190,7 @@ impl<S: ServerStore> Server<S> {
                 } else {
                     ConflictStatus::Resolved
                 },
-                resolution: (!manual).then(|| "auto".to_owned()),
+                resolution: (!manual).then_some(ResolvedBy::Auto),
                 created_at_ms: now,
                 resolved_at_ms: (!manual).then_some(now),
             });
@@ -218,15 +230,24 @@ impl std::io::Write for ByteCounter {
     }
 }
 
+/// The reason a write no strategy can decide is refused with.
+fn refusal_of(invalid: Invalid) -> Refusal {
+    match invalid {
+        Invalid::NotFound => Refusal::NotFound,
+        Invalid::CreateDeleted => Refusal::EntityDeleted,
+        Invalid::VersionAhead => Refusal::VersionAhead,
+    }
+}
+
 /// The decision code carried as `reason` on a conflict result.
-pub fn decision_code(decision: &Decision, strategy: Strategy) -> &'static str {
+pub fn decision_code(decision: &Decision, strategy: Strategy) -> DecisionCode {
     match (decision, strategy) {
-        (Decision::Write { .. }, Strategy::FieldLevel | Strategy::Merge) => "merged",
-        (Decision::Write { .. }, _) => "client_applied",
-        (Decision::Delete, _) => "deleted",
-        (Decision::KeepServer, _) => "server_kept",
-        (Decision::AlreadyDone, _) => "already_deleted",
-        (Decision::Manual, _) => "manual",
+        (Decision::Write { .. }, Strategy::FieldLevel | Strategy::Merge) => DecisionCode::Merged,
+        (Decision::Write { .. }, _) => DecisionCode::ClientApplied,
+        (Decision::Delete, _) => DecisionCode::Deleted,
+        (Decision::KeepServer, _) => DecisionCode::ServerKept,
+        (Decision::AlreadyDone, _) => DecisionCode::AlreadyDeleted,
+        (Decision::Manual, _) => DecisionCode::Manual,
     }
 }
 
@@ -264,7 +285,7 @@ pub(super) struct OpOutcome {
 }
 
 impl OpOutcome {
-    pub(super) fn answer(op: &Op, status: OpStatus, reason: &str, remember: bool) -> OpOutcome {
+    pub(super) fn answer(op: &Op, status: OpStatus, code: Refusal, remember: bool) -> OpOutcome {
         OpOutcome {
             result: OpResult {
                 op_id: op.op_id.clone(),
@@ -273,7 +294,7 @@ impl OpOutcome {
                 entity: None,
                 deleted: false,
                 conflict_id: None,
-                reason: Some(reason.to_owned()),
+                reason: Some(code.into()),
             },
             remember,
             stored: Stored::Full,
@@ -284,10 +305,10 @@ impl OpOutcome {
     }
 
     /// A rejection that stores `stored` of the op and is never remembered.
-    pub(super) fn unstored(op: &Op, reason: &str, stored: Stored) -> OpOutcome {
+    pub(super) fn unstored(op: &Op, code: Refusal, stored: Stored) -> OpOutcome {
         OpOutcome {
             stored,
-            ..OpOutcome::answer(op, OpStatus::Rejected, reason, false)
+            ..OpOutcome::answer(op, OpStatus::Rejected, code, false)
         }
     }
 }

@@ -7,7 +7,7 @@
 //! The simulation's convergence checker and the server property test both use it.
 
 use super::tables::{EntityKey, Tables};
-use super::wire::HistoryRow;
+use super::wire::{DecisionCode, HistoryRow};
 use crate::conflict::{self, Decision, Detection, ServerEntity, Write};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -38,7 +38,7 @@ pub struct Replayed {
     /// `(row index, reference decision code)` for each row with an op write, in commit
     /// order; the index is the row's position in the rows replayed (a row's `seq` counts
     /// its user's commits only, so it does not name a row among several users').
-    pub decisions: Vec<(usize, Option<&'static str>)>,
+    pub decisions: Vec<(usize, Option<DecisionCode>)>,
 }
 
 /// Rebuilds every entity from the history rows, in commit order.

@@ -4,7 +4,10 @@
 use super::admission::parent_request_error;
 use super::replay;
 use super::tables::{Commit, ServerStore};
-use super::wire::{ConflictRecord, ConflictStatus, HistoryRow, Resolution, ResolveRequest};
+use super::wire::{
+    ConflictRecord, ConflictStatus, HistoryAction, HistoryRow, HistoryStatus, Resolution,
+    ResolveRequest, ResolvedBy,
+};
 use super::{ENTITY_BYTES_MAX, RequestError, Server};
 use crate::conflict::{self, ServerEntity};
 use crate::delta;
@@ -95,14 +98,10 @@ impl<S: ServerStore> Server<S> {
                 });
             }
         }
-        let resolution = match request.resolution {
-            Resolution::KeepServer => "keep_server",
-            Resolution::KeepClient => "keep_client",
-            Resolution::Custom => "custom",
-        };
+        let resolution = ResolvedBy::from(request.resolution);
         let mut resolved = record.clone();
         resolved.status = ConflictStatus::Resolved;
-        resolved.resolution = Some(resolution.to_owned());
+        resolved.resolution = Some(resolution);
         resolved.resolved_at_ms = Some(now);
         let seq = tables.next_seq(user);
         let changed = request.resolution != Resolution::KeepServer;
@@ -134,9 +133,9 @@ impl<S: ServerStore> Server<S> {
             idempotency_key: None,
             entity_type: record.entity_type,
             entity_id: record.entity_id.clone(),
-            action: "resolve".to_owned(),
-            status: "resolved".to_owned(),
-            reason: Some(resolution.to_owned()),
+            action: HistoryAction::Resolve,
+            status: HistoryStatus::Resolved,
+            reason: Some(resolution.into()),
             version: Some(next.as_ref().map_or(current.version, |n| n.version)),
             write: next
                 .as_ref()

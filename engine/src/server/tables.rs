@@ -7,6 +7,7 @@
 
 use super::wire::{
     ConflictRecord, ConflictStatus, DeviceState, HistoryRow, MetricsWindow, OpResult, OpStatus,
+    Reason,
 };
 use crate::conflict::ServerEntity;
 use crate::entity::EntityType;
@@ -59,7 +60,7 @@ pub struct QueueRow {
     /// Its latest status.
     pub status: OpStatus,
     /// Its latest reason code.
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// When it was last received (server clock).
     pub received_at_ms: Millis,
 }

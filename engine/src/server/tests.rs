@@ -1,7 +1,7 @@
 //! Every result status and error code of the server core, and the replay property.
 
 use super::tables::Tables;
-use super::wire::{ConflictStatus, OpResult, OpStatus, Resolution, ResolveRequest};
+use super::wire::{ConflictStatus, HistoryAction, OpResult, OpStatus, Resolution, ResolveRequest};
 use super::*;
 use crate::config::SyncConfig;
 use crate::conflict::Strategy;
@@ -75,7 +75,7 @@ fn send(server: &mut Server, who: &str, device: &str, ops: Vec<Op>) -> Vec<OpRes
 fn statuses(results: &[OpResult]) -> Vec<(OpStatus, Option<&str>)> {
     results
         .iter()
-        .map(|r| (r.status, r.reason.as_deref()))
+        .map(|r| (r.status, r.reason.map(|r| r.as_str())))
         .collect()
 }
 
@@ -475,7 +475,11 @@ fn a_stale_update_is_a_conflict_under_every_strategy() {
     for (strategy, reason, entity) in expected {
         let (server, result) = stale_update_under(strategy);
         assert_eq!(result.status, OpStatus::Conflict, "{strategy}");
-        assert_eq!(result.reason.as_deref(), Some(reason), "{strategy}");
+        assert_eq!(
+            result.reason.map(|r| r.as_str()),
+            Some(reason),
+            "{strategy}"
+        );
         assert_eq!(result.entity.as_ref(), Some(&entity), "{strategy}");
         let conflict = &server.conflicts(&user("ann"), None)[0];
         let open = strategy == Strategy::Manual;
@@ -527,7 +531,7 @@ fn a_manual_conflict_is_resolved_once_and_only_by_its_owner() {
     let resolved = server
         .resolve_conflict(&user("ann"), &id, &keep_client, NOW)
         .unwrap();
-    assert_eq!(resolved.resolution.as_deref(), Some("keep_client"));
+    assert_eq!(resolved.resolution.map(|r| r.as_str()), Some("keep_client"));
     let entity = &server.tables().entities[&(EntityType::FieldSession, EntityId::from("fs"))].state;
     assert_eq!(
         (entity.version, entity.to_value()),
@@ -763,7 +767,7 @@ proptest! {
         // carries a write.
         let mut writes = std::collections::BTreeMap::new();
         for ((owner, _), row) in &server.tables().sync_history {
-            if row.write.is_some() && row.action != "resolve" {
+            if row.write.is_some() && row.action != HistoryAction::Resolve {
                 *writes.entry((owner.clone(), row.idempotency_key.clone())).or_insert(0) += 1;
             }
         }

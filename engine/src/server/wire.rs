@@ -50,6 +50,220 @@ impl fmt::Display for OpStatus {
     }
 }
 
+/// Generates a field-less enum whose wire names are its `snake_case` serde names, with
+/// `as_str` and `Display` giving the same name (the trace and messages print it).
+macro_rules! wire_names {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $wire:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire,)*
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_names! {
+    /// Why an op was refused or put off: the `reason` of a `rejected`, `blocked` or `retry`
+    /// result (docs/api.md lists when each is given).
+    pub enum Refusal {
+        /// The op's checksum does not match its content; nothing of it is stored.
+        ChecksumMismatch => "checksum_mismatch",
+        /// The op breaks a rule of its shape (ids, payload, fields); nothing of it is stored
+        /// when its ids are bad.
+        InvalidOp => "invalid_op",
+        /// The op is older than the queue's time to live.
+        Expired => "expired",
+        /// The op touches another user's entity or device.
+        Forbidden => "forbidden",
+        /// The idempotency key was already used by a different op.
+        IdempotencyKeyReused => "idempotency_key_reused",
+        /// The op id was already used by a different op.
+        OpIdReused => "op_id_reused",
+        /// An update or delete of an entity that was never created.
+        NotFound => "not_found",
+        /// A create of an id whose entity was deleted.
+        EntityDeleted => "entity_deleted",
+        /// An update or delete whose base version is ahead of the server's.
+        VersionAhead => "version_ahead",
+        /// A referenced parent is a tombstone.
+        ParentDeleted => "parent_deleted",
+        /// The write leaves out or clears a parent reference its type needs.
+        ParentRequired => "parent_required",
+        /// A delete of a parent that still has live children.
+        HasChildren => "has_children",
+        /// The entity would grow beyond the size limit.
+        EntityTooLarge => "entity_too_large",
+        /// (`blocked`) A dependency or parent does not exist yet.
+        DependencyMissing => "dependency_missing",
+        /// (`blocked`) A dependency was refused for good.
+        DependencyFailed => "dependency_failed",
+        /// (`retry`) The server's tables are full.
+        StorageFull => "storage_full",
+    }
+}
+
+wire_names! {
+    /// What a strategy decided for a conflict: the `reason` of a `conflict` result and the
+    /// `decision` of its record.
+    pub enum DecisionCode {
+        /// The client's and the server's fields were merged (`field_level`, `merge`).
+        Merged => "merged",
+        /// The client's write applied.
+        ClientApplied => "client_applied",
+        /// The entity was deleted.
+        Deleted => "deleted",
+        /// The server's entity stands.
+        ServerKept => "server_kept",
+        /// A delete met a tombstone: nothing to do.
+        AlreadyDeleted => "already_deleted",
+        /// Left open for a person to resolve.
+        Manual => "manual",
+    }
+}
+
+wire_names! {
+    /// How a conflict was resolved: by its strategy at once, or by a person.
+    pub enum ResolvedBy {
+        /// Its strategy decided it when it was met.
+        Auto => "auto",
+        /// A person kept the server's entity.
+        KeepServer => "keep_server",
+        /// A person applied the client's write.
+        KeepClient => "keep_client",
+        /// A person gave the entity.
+        Custom => "custom",
+    }
+}
+
+wire_names! {
+    /// What a history row records: an op's kind, or a person's resolution.
+    pub enum HistoryAction {
+        /// An op created the entity.
+        Create => "create",
+        /// An op updated it.
+        Update => "update",
+        /// An op deleted it.
+        Delete => "delete",
+        /// A person resolved a conflict on it.
+        Resolve => "resolve",
+    }
+}
+
+/// The `reason` a result or a history row carries: a refusal, a conflict's decision, or (on
+/// a resolution's history row) how it was resolved. On the wire it is the bare code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reason {
+    /// Refused or put off.
+    Refused(Refusal),
+    /// A conflict's decision.
+    Decided(DecisionCode),
+    /// A resolution.
+    Resolved(ResolvedBy),
+}
+
+impl Reason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Refused(code) => code.as_str(),
+            Reason::Decided(code) => code.as_str(),
+            Reason::Resolved(code) => code.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Refusal> for Reason {
+    fn from(code: Refusal) -> Reason {
+        Reason::Refused(code)
+    }
+}
+
+impl From<DecisionCode> for Reason {
+    fn from(code: DecisionCode) -> Reason {
+        Reason::Decided(code)
+    }
+}
+
+impl From<ResolvedBy> for Reason {
+    fn from(code: ResolvedBy) -> Reason {
+        Reason::Resolved(code)
+    }
+}
+
+impl From<OpKind> for HistoryAction {
+    fn from(kind: OpKind) -> HistoryAction {
+        match kind {
+            OpKind::Create => HistoryAction::Create,
+            OpKind::Update => HistoryAction::Update,
+            OpKind::Delete => HistoryAction::Delete,
+        }
+    }
+}
+
+impl From<Resolution> for ResolvedBy {
+    fn from(resolution: Resolution) -> ResolvedBy {
+        match resolution {
+            Resolution::KeepServer => ResolvedBy::KeepServer,
+            Resolution::KeepClient => ResolvedBy::KeepClient,
+            Resolution::Custom => ResolvedBy::Custom,
+        }
+    }
+}
+
+/// The status a history row records: the op's status, or `resolved` for a person's
+/// resolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryStatus {
+    /// A person resolved a conflict.
+    Resolved,
+    /// An op's status.
+    #[serde(untagged)]
+    Op(OpStatus),
+}
+
+impl HistoryStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryStatus::Resolved => "resolved",
+            HistoryStatus::Op(status) => status.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for HistoryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The result of one op in a batch response.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,7 +288,7 @@ pub struct OpResult {
     pub conflict_id: Option<ConflictId>,
     /// A stable machine-readable code for rejected, blocked, retry and conflict outcomes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
 }
 
 /// The answer to `POST /api/sync/batch`.
@@ -161,7 +375,7 @@ pub struct ConflictRecord {
     /// The strategy that decided it.
     pub strategy: Strategy,
     /// The decision code (`client_applied`, `server_kept`, `deleted`, `manual`, …).
-    pub decision: String,
+    pub decision: DecisionCode,
     /// The server's version when the conflict was met.
     pub server_version: u64,
     /// The server's entity when the conflict was met.
@@ -173,7 +387,7 @@ pub struct ConflictRecord {
     /// Open or resolved.
     pub status: ConflictStatus,
     /// How it was resolved (`auto`, `keep_server`, `keep_client`, `custom`).
-    pub resolution: Option<String>,
+    pub resolution: Option<ResolvedBy>,
     /// When it was recorded (server clock).
     pub created_at_ms: Millis,
     /// When it was resolved (server clock).
@@ -221,11 +435,11 @@ pub struct HistoryRow {
     /// The entity's id.
     pub entity_id: EntityId,
     /// What was asked: `create`, `update`, `delete` or `resolve`.
-    pub action: String,
+    pub action: HistoryAction,
     /// The op's status, or `resolved` for a manual resolution.
-    pub status: String,
+    pub status: HistoryStatus,
     /// The reason code, if any.
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// The entity's version afterwards, if it exists.
     pub version: Option<u64>,
     /// What the step wrote, for the reference replay; absent when it changed nothing.

@@ -3,6 +3,7 @@
 
 use super::{Checker, Facts, Violation};
 use rockhound_engine::server::replay::replay_rows;
+use rockhound_engine::server::wire::{DecisionCode, HistoryStatus, OpStatus, Reason};
 
 /// Runs the checker.
 pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
@@ -22,12 +23,12 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
     for (index, reference) in replayed.decisions {
         let (line, user, row) = facts.commits[index];
         let seq = row.seq;
-        let server = match row.status.as_str() {
-            "conflict" => row.reason.as_deref(),
+        let server = match (row.status, row.reason) {
+            (HistoryStatus::Op(OpStatus::Conflict), Some(Reason::Decided(code))) => Some(code),
             _ => None,
         };
         if server != reference {
-            let describe = |code: Option<&str>| {
+            let describe = |code: Option<DecisionCode>| {
                 code.map_or("a clean write".to_owned(), |c| {
                     format!("conflict decided {c}")
                 })

@@ -6,6 +6,7 @@ use super::{Checker, Facts, Violation};
 use crate::trace::TraceEvent;
 use rockhound_engine::client::observe::Event;
 use rockhound_engine::ids::OpId;
+use rockhound_engine::server::wire::HistoryAction;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Runs the checker.
@@ -50,7 +51,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
     let mut decided: BTreeSet<(&str, &OpId)> = BTreeSet::new();
     for (line, user, row) in &facts.commits {
         let Some(op_id) = &row.op_id else { continue };
-        if row.write.is_none() || row.action == "resolve" {
+        if row.write.is_none() || row.action == HistoryAction::Resolve {
             continue;
         }
         if let Some(op) = facts.ops.get(op_id) {

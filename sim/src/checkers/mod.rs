@@ -17,12 +17,12 @@ pub mod priority_order;
 
 use crate::spec::RunSpec;
 use crate::summary::Summary;
-use crate::trace::{EntitySnapshot, TraceEvent, TraceLine};
+use crate::trace::{EntitySnapshot, Phase, TraceEvent, TraceLine};
 use rockhound_engine::client::Status;
 use rockhound_engine::client::observe::Event;
 use rockhound_engine::ids::EntityId;
 use rockhound_engine::ids::OpId;
-use rockhound_engine::server::wire::HistoryRow;
+use rockhound_engine::server::wire::{HistoryAction, HistoryRow};
 use rockhound_engine::{EntityType, SyncConfig};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -201,7 +201,9 @@ impl<'a> Facts<'a> {
                         op.depends_on = depends_on.clone();
                     }
                 }
-                TraceEvent::Phase { phase: "liveness" } => facts.liveness_at_ms = Some(line.t_ms),
+                TraceEvent::Phase {
+                    phase: Phase::Liveness,
+                } => facts.liveness_at_ms = Some(line.t_ms),
                 TraceEvent::Converged => facts.converged_line = Some(index),
                 TraceEvent::FinalDevice { queue, replica, .. } => {
                     facts
@@ -251,7 +253,7 @@ impl<'a> Facts<'a> {
         let mut rows: BTreeMap<(&str, &OpId), Vec<(usize, &HistoryRow)>> = BTreeMap::new();
         for (line, user, row) in &self.commits {
             if let (Some(op_id), Some(_)) = (&row.op_id, &row.write) {
-                if row.action != "resolve" {
+                if row.action != HistoryAction::Resolve {
                     rows.entry((user, op_id)).or_default().push((*line, row));
                 }
             }

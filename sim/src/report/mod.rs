@@ -12,9 +12,10 @@ pub mod svg;
 
 use crate::runner::Checked;
 use crate::spec::{Action, RunSpec};
-use crate::trace::{TraceEvent, TraceLine};
+use crate::trace::{Phase, TraceEvent, TraceLine};
 use rockhound_engine::client::Status;
 use rockhound_engine::client::observe::Event;
+use rockhound_engine::server::wire::{HistoryStatus, OpStatus};
 use rockhound_engine::{EntityId, EntityType, SyncConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -120,7 +121,14 @@ impl RunReport {
             .unwrap_or_default();
         let healed_at_ms = lines
             .iter()
-            .find(|l| matches!(l.event, TraceEvent::Phase { phase: "liveness" }))
+            .find(|l| {
+                matches!(
+                    l.event,
+                    TraceEvent::Phase {
+                        phase: Phase::Liveness
+                    }
+                )
+            })
             .map_or(spec.sim.safety_ms, |l| l.t_ms);
         let end_ms = outcome.summary.simulated_ms;
         RunReport {
@@ -238,7 +246,9 @@ fn timelines(spec: &RunSpec, lines: &[TraceLine], end_ms: u64) -> Vec<DeviceTime
                     close(&mut down, host, t, &mut timeline.down);
                 }
             }
-            TraceEvent::Phase { phase: "liveness" } => {
+            TraceEvent::Phase {
+                phase: Phase::Liveness,
+            } => {
                 // Healing ends every partition and hold.
                 for (name, timeline) in &mut by_device {
                     close(&mut partitioned, name, t, &mut timeline.partitions);
@@ -299,7 +309,7 @@ fn conflicts(lines: &[TraceLine]) -> BTreeMap<(String, String), u64> {
     let mut counts = BTreeMap::new();
     for line in lines {
         if let TraceEvent::FinalCommit { row, .. } = &line.event {
-            if row.status != "conflict" {
+            if row.status != HistoryStatus::Op(OpStatus::Conflict) {
                 continue;
             }
             let strategy = match &row.write {
@@ -309,7 +319,7 @@ fn conflicts(lines: &[TraceLine]) -> BTreeMap<(String, String), u64> {
                 }) => strategy.as_str().to_owned(),
                 _ => "unknown".to_owned(),
             };
-            let decision = row.reason.clone().unwrap_or_default();
+            let decision = row.reason.map_or_else(String::new, |r| r.to_string());
             *counts.entry((strategy, decision)).or_default() += 1;
         }
     }

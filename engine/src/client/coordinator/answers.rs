@@ -7,7 +7,7 @@ use crate::client::queue::{Entry, Status};
 use crate::client::record::Record;
 use crate::client::store::QueueStore;
 use crate::ids::OpId;
-use crate::server::wire::{BatchResponse, ChangesPage, OpStatus};
+use crate::server::wire::{BatchResponse, ChangesPage, DecisionCode, OpStatus, Reason, Refusal};
 use crate::time::Millis;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -55,27 +55,24 @@ impl<S: QueueStore> Coordinator<S> {
                     self.settle(now, seq, result);
                 }
                 OpStatus::Rejected => {
-                    let reason = result
-                        .reason
-                        .clone()
-                        .unwrap_or_else(|| "rejected".to_owned());
+                    let reason = result.reason.map_or("rejected", Reason::as_str).to_owned();
                     failures.push((seq, reason));
                 }
                 OpStatus::Blocked => {
                     let cause = self.failed_dependency(seq);
                     match cause {
-                        Some(cause) if result.reason.as_deref() == Some("dependency_failed") => {
+                        Some(cause) if result.reason == Some(Refusal::DependencyFailed.into()) => {
                             let blocked = self.queue.block(seq, cause);
                             self.report_blocked(&blocked);
                         }
                         _ => {
-                            let reason = result.reason.as_deref().unwrap_or("blocked");
+                            let reason = result.reason.map_or("blocked", Reason::as_str);
                             self.fail_attempt(now, seq, reason);
                         }
                     }
                 }
                 OpStatus::Retry => {
-                    let reason = result.reason.as_deref().unwrap_or("retry");
+                    let reason = result.reason.map_or("retry", Reason::as_str);
                     self.fail_attempt(now, seq, reason);
                 }
             }
@@ -141,14 +138,17 @@ impl<S: QueueStore> Coordinator<S> {
         self.append_logged(&Record::Finished {
             seq,
             status,
-            reason: result.reason.clone(),
+            reason: result.reason.map(|r| r.as_str().to_owned()),
             version: result.version,
             conflict_id: result.conflict_id.clone(),
         });
         if let (Status::Conflict, Some(conflict_id)) = (status, &result.conflict_id) {
             self.metrics.conflicts += 1;
-            let decision = result.reason.clone().unwrap_or_default();
-            let open = decision == "manual";
+            let decision = match result.reason {
+                Some(Reason::Decided(code)) => Some(code),
+                _ => None,
+            };
+            let open = decision == Some(DecisionCode::Manual);
             self.conflicts.insert(
                 conflict_id.clone(),
                 LocalConflict {
@@ -182,7 +182,7 @@ impl<S: QueueStore> Coordinator<S> {
             None,
         );
         let mut update = OpUpdate::new(op_id, status, entry.attempts);
-        update.reason = result.reason.clone();
+        update.reason = result.reason.map(|r| r.as_str().to_owned());
         update.version = result.version;
         update.conflict_id = result.conflict_id.clone();
         self.events.push(Event::Op(update));
