@@ -8,10 +8,10 @@
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rockhound_benches::{NOW, config, device_with, edit, queue_with};
 use rockhound_engine::client::coordinator::Coordinator;
-use rockhound_engine::client::sim_store::SimStore;
 use rockhound_engine::client::store::QueueStore;
 use rockhound_engine::conflict::{self, Detection, ServerEntity, Strategy, Write};
 use rockhound_engine::server::Server;
+use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{
     Batch, BatchId, DeviceId, EntityId, EntityType, IdempotencyKey, Millis, Op, OpId, OpKind,
     UserId, delta,

@@ -4,7 +4,7 @@
 
 use rockhound_engine::client::coordinator::{Coordinator, Edit, EditAction};
 use rockhound_engine::client::queue::{Entry, Queue};
-use rockhound_engine::client::sim_store::SimStore;
+use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{DeviceId, EntityId, EntityType, Millis, SyncConfig};
 use serde_json::{Map, Value, json};
 use std::time::Duration;

@@ -6,6 +6,7 @@
 use crate::backoff::{BACKOFF_CAP_MS_MAX, BACKOFF_DOUBLING_COUNT_MAX, BackoffPolicy};
 use crate::entity::Catalogue;
 use crate::op::BATCH_OP_COUNT_MAX;
+use crate::planted::Planted;
 use crate::time::{DAY_MS, HOUR_MS, SECOND_MS};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,10 @@ pub struct SyncConfig {
     pub persist_queue: bool,
     /// Per-entity-type overrides of priority and conflict strategy.
     pub entities: Catalogue,
+    /// Bugs a negative test plants (none unless the simulation's `[planted]` table says
+    /// so); never read from or written to a configuration file.
+    #[serde(skip)]
+    pub planted: Planted,
 }
 
 /// A configuration value out of its range; the message names the key and the value.
@@ -91,6 +96,7 @@ impl SyncConfig {
             enable_telemetry: true,
             persist_queue: true,
             entities: Catalogue::default(),
+            planted: Planted::default(),
         }
     }
 

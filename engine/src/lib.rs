@@ -10,7 +10,8 @@
 //! [`checksum`] (RFC 8785 canonical JSON and SHA-256), [`delta`] (RFC 7396 merge patches),
 //! [`backoff`] (the retry schedule), [`ordering`] (readiness and batch order), [`conflict`]
 //! (the six strategies) and [`config`] (`SyncConfig` and its presets). Then the two sides:
-//! [`server`] and [`client`]. [`planted`] lists the bugs negative tests plant.
+//! [`server`] and [`client`]. [`planted`] lists the bugs negative tests plant; [`testing`] holds
+//! the in-memory queue store and the store conformance suite, apart from production code.
 
 pub mod backoff;
 pub mod checksum;
@@ -25,6 +26,7 @@ pub mod ordering;
 pub mod planted;
 pub mod server;
 pub mod strategy;
+pub mod testing;
 pub mod time;
 
 pub use config::SyncConfig;

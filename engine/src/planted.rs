@@ -2,58 +2,170 @@
 //! that the checker guarding that rule can be shown to fire. All are off by default and
 //! nothing but the simulation's `[planted]` scenario table switches them on.
 //!
-//! A flag lives at the one place its bug would live in real code (the server's idempotency
-//! lookup, the coordinator's batch order, the store's fsync), so a planted run exercises the
-//! same paths as a healthy one.
+//! The flags are grouped by the side they act on ([`ServerBugs`], [`ClientBugs`],
+//! [`StoreBugs`], [`SimBugs`]) and travel inside the [`SyncConfig`](crate::SyncConfig)
+//! (`config.planted`), so a server or a coordinator started again over the same
+//! configuration keeps its bugs without being planted again. A flag lives at the one place
+//! its bug would live in real code (the server's idempotency lookup, the coordinator's batch
+//! order, the store's fsync), so a planted run exercises the same paths as a healthy one.
+//!
+//! In a scenario file the table stays flat (`server_ignores_idempotency = true`): the side
+//! is the name's first word.
 
 use serde::{Deserialize, Serialize};
 
-/// The set of planted bugs for one run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Planted {
+/// Bugs of the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerBugs {
     /// The server never looks up idempotency keys (caught by `exactly_once`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub server_ignores_idempotency: bool,
+    pub ignores_idempotency: bool,
     /// A pull page also carries one entity of another user (caught by `isolation`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub server_leaks_other_users: bool,
+    pub leaks_other_users: bool,
     /// The server verifies neither batch nor op checksums (caught by `integrity`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub server_skips_checksums: bool,
+    pub skips_checksums: bool,
     /// `latest_timestamp` compares the server's clock instead of the device's (caught by
     /// `conflict_oracle`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub server_lww_uses_server_clock: bool,
-    /// The coordinator sends each batch in reverse order, children before parents (caught by
+    pub lww_uses_server_clock: bool,
+}
+
+/// Bugs of the client coordinator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientBugs {
+    /// Each batch goes in reverse order, children before parents (caught by
     /// `dependency_order`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub client_sends_child_before_parent: bool,
-    /// The coordinator orders each batch by enqueue order alone (caught by `priority_order`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub client_ignores_priority: bool,
-    /// The coordinator retries at once, without backoff (caught by `backoff`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub client_retries_immediately: bool,
+    pub sends_child_before_parent: bool,
+    /// Each batch is ordered by enqueue order alone (caught by `priority_order`).
+    pub ignores_priority: bool,
+    /// Failed ops are retried at once, without backoff (caught by `backoff`).
+    pub retries_immediately: bool,
     /// The replica ignores tombstones in pulled changes (caught by `convergence`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub client_ignores_pulled_deletes: bool,
+    pub ignores_pulled_deletes: bool,
     /// Going offline mid-batch leaves its ops in flight forever (caught by `liveness`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub client_strands_in_flight_offline: bool,
-    /// The simulated store acknowledges appends before they are synced (caught by
-    /// `no_loss`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub store_acks_before_fsync: bool,
+    pub strands_in_flight_offline: bool,
+}
+
+/// Bugs of the simulated queue store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreBugs {
+    /// Appends are acknowledged before they are synced (caught by `no_loss`).
+    pub acks_before_fsync: bool,
+}
+
+/// Bugs of the simulation itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimBugs {
     /// The workload names entities from a process-wide counter that a second run does not
     /// reset (caught by `determinism`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub sim_nondeterministic_ids: bool,
+    pub nondeterministic_ids: bool,
+}
+
+/// The set of planted bugs for one run, by side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "PlantedTable", into = "PlantedTable")]
+pub struct Planted {
+    /// The server's.
+    pub server: ServerBugs,
+    /// The coordinator's.
+    pub client: ClientBugs,
+    /// The simulated store's.
+    pub store: StoreBugs,
+    /// The simulation's.
+    pub sim: SimBugs,
 }
 
 impl Planted {
     /// Whether no bug is planted.
     pub fn is_none(&self) -> bool {
         *self == Planted::default()
+    }
+}
+
+/// The `[planted]` table as scenario files and traces write it: one flat flag per bug.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct PlantedTable {
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    server_ignores_idempotency: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    server_leaks_other_users: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    server_skips_checksums: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    server_lww_uses_server_clock: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    client_sends_child_before_parent: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    client_ignores_priority: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    client_retries_immediately: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    client_ignores_pulled_deletes: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    client_strands_in_flight_offline: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    store_acks_before_fsync: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    sim_nondeterministic_ids: bool,
+}
+
+impl From<PlantedTable> for Planted {
+    fn from(t: PlantedTable) -> Planted {
+        Planted {
+            server: ServerBugs {
+                ignores_idempotency: t.server_ignores_idempotency,
+                leaks_other_users: t.server_leaks_other_users,
+                skips_checksums: t.server_skips_checksums,
+                lww_uses_server_clock: t.server_lww_uses_server_clock,
+            },
+            client: ClientBugs {
+                sends_child_before_parent: t.client_sends_child_before_parent,
+                ignores_priority: t.client_ignores_priority,
+                retries_immediately: t.client_retries_immediately,
+                ignores_pulled_deletes: t.client_ignores_pulled_deletes,
+                strands_in_flight_offline: t.client_strands_in_flight_offline,
+            },
+            store: StoreBugs {
+                acks_before_fsync: t.store_acks_before_fsync,
+            },
+            sim: SimBugs {
+                nondeterministic_ids: t.sim_nondeterministic_ids,
+            },
+        }
+    }
+}
+
+impl From<Planted> for PlantedTable {
+    fn from(p: Planted) -> PlantedTable {
+        PlantedTable {
+            server_ignores_idempotency: p.server.ignores_idempotency,
+            server_leaks_other_users: p.server.leaks_other_users,
+            server_skips_checksums: p.server.skips_checksums,
+            server_lww_uses_server_clock: p.server.lww_uses_server_clock,
+            client_sends_child_before_parent: p.client.sends_child_before_parent,
+            client_ignores_priority: p.client.ignores_priority,
+            client_retries_immediately: p.client.retries_immediately,
+            client_ignores_pulled_deletes: p.client.ignores_pulled_deletes,
+            client_strands_in_flight_offline: p.client.strands_in_flight_offline,
+            store_acks_before_fsync: p.store.acks_before_fsync,
+            sim_nondeterministic_ids: p.sim.nondeterministic_ids,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flat_table_round_trips_every_flag_to_its_side() {
+        let text = r#"{"server_leaks_other_users":true,"client_ignores_priority":true,"store_acks_before_fsync":true,"sim_nondeterministic_ids":true}"#;
+        let planted: Planted = serde_json::from_str(text).unwrap();
+        assert!(planted.server.leaks_other_users && !planted.server.skips_checksums);
+        assert!(planted.client.ignores_priority && !planted.client.retries_immediately);
+        assert!(planted.store.acks_before_fsync && planted.sim.nondeterministic_ids);
+        assert_eq!(serde_json::to_string(&planted).unwrap(), text);
+        let unknown = serde_json::from_str::<Planted>(r#"{"server_forgets_everything":true}"#);
+        assert!(unknown.is_err(), "an unknown bug name is refused");
+        assert_eq!(serde_json::to_string(&Planted::default()).unwrap(), "{}");
     }
 }

@@ -6,8 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use rockhound_engine::client::coordinator::Coordinator;
-use rockhound_engine::client::sim_store::SimStore;
 use rockhound_engine::client::store::{decode_log, encode_frame};
+use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{DeviceId, Millis, SyncConfig};
 
 fuzz_target!(|data: &[u8]| {
@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
         for record in &recovery.records {
             frames.extend(encode_frame(record).expect("a recovered record frames"));
         }
-        assert_eq!(frames.as_slice(), &data[..intact], "only whole, intact frames");
+        assert_eq!(
+            frames.as_slice(),
+            &data[..intact],
+            "only whole, intact frames"
+        );
         assert_eq!(intact + recovery.torn_tail_bytes, data.len());
     }
     let mut store = SimStore::new();

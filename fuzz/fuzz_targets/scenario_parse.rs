@@ -13,7 +13,8 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(spec) = scenario::parse(Path::new("fuzz.toml"), text) {
         let again = scenario::to_toml(&spec);
-        let reparsed = scenario::parse(Path::new("fuzz.toml"), &again).expect("a written spec parses");
+        let reparsed =
+            scenario::parse(Path::new("fuzz.toml"), &again).expect("a written spec parses");
         assert_eq!(spec, reparsed);
     }
 });

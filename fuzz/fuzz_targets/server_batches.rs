@@ -12,7 +12,7 @@ use rockhound_engine::entity::EntityType;
 use rockhound_engine::ids::ConflictId;
 use rockhound_engine::server::Server;
 use rockhound_engine::server::replay;
-use rockhound_engine::server::wire::{ConflictStatus, Resolution, ResolveRequest};
+use rockhound_engine::server::wire::{ConflictStatus, HistoryAction, Resolution, ResolveRequest};
 use rockhound_engine::{Batch, DeviceId, Millis, Op, OpKind, SyncConfig, UserId};
 use serde_json::{Map, Value, json};
 
@@ -76,7 +76,10 @@ fn fields(input: &FieldsInput, entity_type: EntityType) -> Map<String, Value> {
         fields.insert("name".into(), json!(format!("n{}", name % 4)));
     }
     if let Some(items) = &input.items {
-        fields.insert("items".into(), json!(items.iter().map(|i| i % 8).collect::<Vec<_>>()));
+        fields.insert(
+            "items".into(),
+            json!(items.iter().map(|i| i % 8).collect::<Vec<_>>()),
+        );
     }
     if let Some(parent) = entity_type.parents().first() {
         if input.clear_parent {
@@ -107,11 +110,20 @@ fn op(input: &OpInput) -> Op {
         entity_type,
         entity_id: entity_id.into(),
         kind,
-        base_version: if kind == OpKind::Create { 0 } else { u64::from(input.base_version % 5) },
+        base_version: if kind == OpKind::Create {
+            0
+        } else {
+            u64::from(input.base_version % 5)
+        },
         payload,
         client_timestamp_ms: Millis(NOW + u64::from(input.timestamp_ms)),
         priority: entity_type.default_priority(),
-        depends_on: input.depends_on.iter().take(3).map(|d| format!("o{}", d % 8).into()).collect(),
+        depends_on: input
+            .depends_on
+            .iter()
+            .take(3)
+            .map(|d| format!("o{}", d % 8).into())
+            .collect(),
         created_at_ms: Millis(NOW),
         checksum: String::new(),
     }
@@ -134,7 +146,7 @@ fn check(server: &Server) {
     let mut effective = std::collections::BTreeSet::new();
     for ((user, _), row) in &tables.sync_history {
         if row.write.is_some()
-            && row.action != "resolve"
+            && row.action != HistoryAction::Resolve
             && let Some(key) = &row.idempotency_key
         {
             assert!(
@@ -147,21 +159,38 @@ fn check(server: &Server) {
         let user = UserId::from(user);
         // The running counts behind GET /state equal a recount.
         let counts = tables.user_counts.get(&user).copied().unwrap_or_default();
-        let live = tables.entities.values().filter(|e| e.owner == user && !e.state.deleted).count();
+        let live = tables
+            .entities
+            .values()
+            .filter(|e| e.owner == user && !e.state.deleted)
+            .count();
         let open = server.conflicts(&user, Some(ConflictStatus::Open)).len();
-        assert_eq!((counts.live_entities, counts.open_conflicts), (live as u64, open as u64));
+        assert_eq!(
+            (counts.live_entities, counts.open_conflicts),
+            (live as u64, open as u64)
+        );
         let page = server.conflicts(&user, None);
-        assert!(page.iter().all(|c| tables.entities[&(c.entity_type, c.entity_id.clone())].owner == user));
+        assert!(
+            page.iter()
+                .all(|c| tables.entities[&(c.entity_type, c.entity_id.clone())].owner == user)
+        );
         for ((owner, _), key) in &tables.changes {
-            assert_eq!(&tables.entities[key].owner, owner, "the change index is per owner");
+            assert_eq!(
+                &tables.entities[key].owner, owner,
+                "the change index is per owner"
+            );
         }
     }
 }
 
 fuzz_target!(|steps: Vec<Step>| {
     let mut config = SyncConfig::default();
-    config.entities.set_strategy(EntityType::Tag, Strategy::Merge);
-    config.entities.set_strategy(EntityType::FieldSession, Strategy::Manual);
+    config
+        .entities
+        .set_strategy(EntityType::Tag, Strategy::Merge);
+    config
+        .entities
+        .set_strategy(EntityType::FieldSession, Strategy::Manual);
     let mut server = Server::new(config);
     // The server's clock only moves forward: a second per step, and days at a cleanup.
     let mut now = Millis(NOW);
@@ -171,36 +200,55 @@ fuzz_target!(|steps: Vec<Step>| {
             Step::Send { user, device, ops } => {
                 let user = UserId::from(USERS[usize::from(*user) % 2]);
                 let ops: Vec<Op> = ops.iter().take(16).map(op).collect();
-                let batch = Batch::new(format!("b{n}").into(), format!("d{}", device % 3).into(), ops);
+                let batch = Batch::new(
+                    format!("b{n}").into(),
+                    format!("d{}", device % 3).into(),
+                    ops,
+                );
                 let _ = server.handle_batch(&user, &batch, now);
             }
-            Step::Resolve { user, conflict, resolution, entity } => {
+            Step::Resolve {
+                user,
+                conflict,
+                resolution,
+                entity,
+            } => {
                 let user = UserId::from(USERS[usize::from(*user) % 2]);
-                let all: Vec<ConflictId> = server
-                    .tables()
-                    .sync_conflicts
-                    .keys()
-                    .cloned()
-                    .collect();
+                let all: Vec<ConflictId> = server.tables().sync_conflicts.keys().cloned().collect();
                 let Some(id) = all.get(usize::from(*conflict) % all.len().max(1)).cloned() else {
                     continue;
                 };
-                let resolution = [Resolution::KeepServer, Resolution::KeepClient, Resolution::Custom]
-                    [usize::from(*resolution) % 3];
+                let resolution = [
+                    Resolution::KeepServer,
+                    Resolution::KeepClient,
+                    Resolution::Custom,
+                ][usize::from(*resolution) % 3];
                 let entity = entity.as_ref().map(|f| {
                     let record = &server.tables().sync_conflicts[&id].1;
                     let mut fields = fields(f, record.entity_type);
                     fields.insert("id".into(), json!(record.entity_id.as_str()));
                     Value::Object(fields)
                 });
-                let _ = server.resolve_conflict(&user, &id, &ResolveRequest { resolution, entity }, now);
+                let _ = server.resolve_conflict(
+                    &user,
+                    &id,
+                    &ResolveRequest { resolution, entity },
+                    now,
+                );
             }
-            Step::Pull { user, device, since } => {
+            Step::Pull {
+                user,
+                device,
+                since,
+            } => {
                 let user = UserId::from(USERS[usize::from(*user) % 2]);
                 let device = DeviceId::from(format!("d{}", device % 3).as_str());
-                if let Ok(page) = server.changes(&user, Some(&device), u64::from(*since), 100, now) {
+                if let Ok(page) = server.changes(&user, Some(&device), u64::from(*since), 100, now)
+                {
                     for change in &page.changes {
-                        let owner = &server.tables().entities[&(change.entity_type, change.entity_id.clone())].owner;
+                        let owner = &server.tables().entities
+                            [&(change.entity_type, change.entity_id.clone())]
+                            .owner;
                         assert_eq!(owner, &user, "a pull shows only the caller's entities");
                     }
                 }
@@ -209,7 +257,11 @@ fuzz_target!(|steps: Vec<Step>| {
                 // History is kept 30 days; past that the replay has nothing to rebuild
                 // from (entities are kept), so the whole run stays within 29 days.
                 let limit = NOW + 29 * 86_400_000;
-                now = Millis((now.0 + u64::from(*days) * 86_400_000).min(limit).max(now.0));
+                now = Millis(
+                    (now.0 + u64::from(*days) * 86_400_000)
+                        .min(limit)
+                        .max(now.0),
+                );
                 server.cleanup(now);
             }
         }

@@ -118,7 +118,7 @@ impl QueueStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rockhound_engine::client::store::conformance;
+    use rockhound_engine::testing::queue_store_conformance as conformance;
 
     #[test]
     fn the_file_store_passes_the_conformance_suite() {

@@ -10,10 +10,10 @@ use crate::trace::{NetFault, RequestKind, Trace, TraceEvent};
 use hyper::Method;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use rockhound_engine::client::sim_store::SimStore;
 use rockhound_engine::client::{Coordinator, Request};
 use rockhound_engine::planted::Planted;
 use rockhound_engine::server::wire::{BatchResponse, ChangesPage};
+use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{Batch, Millis};
 use rockhound_io::http::client::{self, Response};
 use serde_json::Value;
@@ -121,7 +121,7 @@ impl DeviceCtx {
             let mut state = self.state.borrow_mut();
             // The planted stranding bug breaks the invariants on purpose.
             let paranoid =
-                crate::paranoid::enabled() && !state.planted.client_strands_in_flight_offline;
+                crate::paranoid::enabled() && !state.planted.client.strands_in_flight_offline;
             match state.coordinator.as_mut() {
                 Some(coordinator) => {
                     if paranoid {

@@ -747,7 +747,7 @@ impl RunSpec {
     }
 
     /// Checks references and limits: unknown devices, duplicate names, impossible
-    /// timelines, bad rates.
+    /// timelines, bad rates; returns the run's configuration, its planted bugs included.
     pub fn validate(&self) -> Result<SyncConfig, SpecError> {
         let fail = |path: &str, message: String| Err(SpecError::at(path, message));
         if self.users.is_empty() {
@@ -940,6 +940,10 @@ impl RunSpec {
             rockhound_engine::ids::check_id("expect.values id", &value.id)
                 .map_err(|e| SpecError::new(e.to_string()))?;
         }
+        // The run's bugs travel with its configuration, into every start of the server and
+        // of each device.
+        let mut config = config;
+        config.planted = self.planted;
         Ok(config)
     }
 

@@ -20,10 +20,10 @@ use rockhound_engine::checksum::sha256_hex;
 use rockhound_engine::client::Coordinator;
 use rockhound_engine::client::coordinator::{Edit, EditAction};
 use rockhound_engine::client::queue::Status;
-use rockhound_engine::client::sim_store::SimStore;
 use rockhound_engine::client::store::encode_frame;
 use rockhound_engine::ids::{ConflictId, EntityId};
 use rockhound_engine::server::Server;
+use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{
     Batch, BatchId, DeviceId, EntityType, Millis, Op, OpKind, SyncConfig, UserId,
 };
@@ -118,8 +118,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
     let mut sim = builder.build();
 
     // The server: its database (the sans-IO server) outlives crashes of its process.
-    let mut server = Server::new(config.clone());
-    server.plant(spec.planted);
+    let server = Server::new(config.clone());
     let tokens: BTreeMap<String, UserId> = spec
         .users
         .iter()
@@ -147,7 +146,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
         let jitter_seed: u64 = master.random();
         let link_seed: u64 = master.random();
         let mut store = SimStore::new();
-        store.acks_before_fsync = spec.planted.store_acks_before_fsync;
+        store.acks_before_fsync = spec.planted.store.acks_before_fsync;
         let mut coordinator = Coordinator::open(
             DeviceId(name.clone()),
             0,
@@ -157,7 +156,6 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
             Millis(epoch_ms),
         )
         .expect("an empty store opens");
-        coordinator.plant(spec.planted);
         coordinator.set_online(Millis(epoch_ms), true);
         let state = DeviceState {
             name: name.clone(),
@@ -248,7 +246,7 @@ pub fn run(spec: &RunSpec, seed: u64) -> Result<RunOutcome, SpecError> {
                         counter,
                         &visible,
                         &mut choice_rng,
-                        spec.planted.sim_nondeterministic_ids,
+                        spec.planted.sim.nondeterministic_ids,
                     );
                     // Recorded as the step it amounts to, so that `export` can write the run
                     // out as explicit steps.
@@ -674,10 +672,6 @@ fn restart(ctx: &DeviceCtx, now: Millis, config: &SyncConfig) {
             Some(failed.error.to_string())
         }
     };
-    let planted = state.planted;
-    if let Some(c) = state.coordinator.as_mut() {
-        c.plant(planted);
-    }
     let host = state.name.clone();
     drop(state);
     ctx.trace

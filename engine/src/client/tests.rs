@@ -4,13 +4,13 @@
 use super::coordinator::{Coordinator, Edit, EditAction, EnqueueError, OpenError, Request};
 use super::observe::{Event, TelemetryKind};
 use super::queue::Status;
-use super::sim_store::SimStore;
 use super::store::StoreError;
 use crate::config::SyncConfig;
 use crate::entity::EntityType;
 use crate::ids::{ConflictId, DeviceId, EntityId, OpId, UserId};
 use crate::server::Server;
 use crate::server::wire::{BatchResponse, OpResult, OpStatus, Resolution};
+use crate::testing::sim_store::SimStore;
 use crate::time::{DAY_MS, Millis};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -920,11 +920,9 @@ fn the_invariants_hold_through_a_batch_and_catch_ops_stranded_in_flight() {
     device.check_invariants(T0);
 
     // The planted bug leaves the batch's ops marked in flight with nothing in flight.
-    let mut stranded = open(SyncConfig::default());
-    stranded.plant(crate::planted::Planted {
-        client_strands_in_flight_offline: true,
-        ..crate::planted::Planted::default()
-    });
+    let mut config = SyncConfig::default();
+    config.planted.client.strands_in_flight_offline = true;
+    let mut stranded = open(config);
     stranded.set_online(T0, true);
     stranded.enqueue(T0, T0, session("fs")).unwrap();
     batch(stranded.poll(T0));

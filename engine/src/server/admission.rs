@@ -19,7 +19,7 @@ impl<S: ServerStore> Server<S> {
     /// Whether the server verifies checksums (always, unless a negative test planted the
     /// bug that it does not).
     pub fn verifies_checksums(&self) -> bool {
-        !self.planted.server_skips_checksums
+        !self.config.planted.server.skips_checksums
     }
 
     /// Whether `device_id` may send for `user`: it is theirs, or nobody's yet.

@@ -27,7 +27,7 @@ impl<S: ServerStore> Server<S> {
     ) -> OpOutcome {
         let tables = self.store.tables();
         let reject = |code: Refusal| OpOutcome::answer(op, OpStatus::Rejected, code, true);
-        if !self.planted.server_skips_checksums && op.verify_checksum().is_err() {
+        if !self.config.planted.server.skips_checksums && op.verify_checksum().is_err() {
             return OpOutcome::unstored(op, Refusal::ChecksumMismatch, Stored::Nothing);
         }
         if op.validate_ids().is_err() {
@@ -36,7 +36,7 @@ impl<S: ServerStore> Server<S> {
         if let Some(record) = tables
             .sync_idempotency_keys
             .get(&(user.clone(), op.idempotency_key.clone()))
-            .filter(|_| !self.planted.server_ignores_idempotency)
+            .filter(|_| !self.config.planted.server.ignores_idempotency)
         {
             if record.op_checksum != op.checksum {
                 return OpOutcome::unstored(op, Refusal::IdempotencyKeyReused, Stored::HistoryOnly);
@@ -125,7 +125,8 @@ impl<S: ServerStore> Server<S> {
         let server = stored.map(|s| &s.state);
         let mut write = Write::of(op, &batch.device_id);
         let strategy = self.config.entities.rules(op.entity_type).strategy;
-        if self.planted.server_lww_uses_server_clock && strategy == Strategy::LatestTimestamp {
+        if self.config.planted.server.lww_uses_server_clock && strategy == Strategy::LatestTimestamp
+        {
             write.timestamp_ms = now;
         }
         let (decision, case) = match conflict::detect(server, &write) {

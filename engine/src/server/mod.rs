@@ -19,7 +19,6 @@ pub use admission::check_batch;
 pub use decide::decision_code;
 
 use crate::config::SyncConfig;
-use crate::planted::Planted;
 use crate::time::{DAY_MS, HOUR_MS};
 use tables::{MemoryStore, ServerStore, Tables};
 
@@ -111,7 +110,6 @@ impl RequestError {
 pub struct Server<S: ServerStore = MemoryStore> {
     config: SyncConfig,
     store: S,
-    planted: Planted,
 }
 
 /// What `cleanup` removed.
@@ -139,16 +137,7 @@ impl Server<MemoryStore> {
 impl<S: ServerStore> Server<S> {
     /// A server over an existing store (after a restart, say).
     pub fn with_store(config: SyncConfig, store: S) -> Server<S> {
-        Server {
-            config,
-            store,
-            planted: Planted::default(),
-        }
-    }
-
-    /// Plants bugs for a negative test (see [`crate::planted`]).
-    pub fn plant(&mut self, planted: Planted) {
-        self.planted = planted;
+        Server { config, store }
     }
 
     /// The configuration in force.

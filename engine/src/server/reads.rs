@@ -50,7 +50,7 @@ impl<S: ServerStore> Server<S> {
         }
         let has_more = entries.next().is_some();
         let next_cursor = changes.last().map_or(since, |c| c.cursor);
-        if self.planted.server_leaks_other_users {
+        if self.config.planted.server.leaks_other_users {
             if let Some((key, stored)) = tables.entities.iter().find(|(_, s)| &s.owner != user) {
                 changes.push(Change {
                     cursor: since,

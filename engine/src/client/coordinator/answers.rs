@@ -244,7 +244,7 @@ impl<S: QueueStore> Coordinator<S> {
         self.last_sync_at = Some(now);
         self.pull_failures = 0;
         for change in &page.changes {
-            if change.deleted && self.planted.client_ignores_pulled_deletes {
+            if change.deleted && self.config.planted.client.ignores_pulled_deletes {
                 continue;
             }
             if self.replica.apply_change(change) {

@@ -26,7 +26,8 @@ impl<S: QueueStore> Coordinator<S> {
             return;
         }
         match self.in_flight.take() {
-            Some((InFlight::Batch { .. }, _)) if self.planted.client_strands_in_flight_offline => {}
+            Some((InFlight::Batch { .. }, _))
+                if self.config.planted.client.strands_in_flight_offline => {}
             Some((InFlight::Batch { seqs, .. }, _)) => {
                 for seq in seqs {
                     self.queue.requeue(seq);
@@ -105,10 +106,10 @@ impl<S: QueueStore> Coordinator<S> {
             });
         }
         let mut seqs = self.queue.select(self.config.batch_size);
-        if self.planted.client_ignores_priority {
+        if self.config.planted.client.ignores_priority {
             seqs.sort_unstable();
         }
-        if self.planted.client_sends_child_before_parent {
+        if self.config.planted.client.sends_child_before_parent {
             seqs.reverse();
         }
         if !seqs.is_empty() {
@@ -254,7 +255,7 @@ impl<S: QueueStore> Coordinator<S> {
         let op_id = entry.op.op_id.clone();
         let dead = self.config.max_retries.is_some_and(|max| attempts >= max);
         let mut delay_ms = self.config.backoff.delay_ms(attempts, &mut self.rng);
-        if self.planted.client_retries_immediately {
+        if self.config.planted.client.retries_immediately {
             delay_ms = 0;
         }
         let next_attempt_at_ms = now.plus_ms(delay_ms);

@@ -28,7 +28,6 @@ use crate::config::SyncConfig;
 use crate::entity::EntityType;
 use crate::ids::{BatchId, ConflictId, DeviceId, EntityId, OpId};
 use crate::op::{BATCH_OP_COUNT_MAX, Batch, OpError};
-use crate::planted::Planted;
 use crate::server::wire::ResolveRequest;
 use crate::time::Millis;
 use rand::SeedableRng;
@@ -249,7 +248,6 @@ pub struct Coordinator<S: QueueStore> {
     last_sync_at: Option<Millis>,
     last_error: Option<String>,
     events: Vec<Event>,
-    planted: Planted,
 }
 
 impl<S: QueueStore> Coordinator<S> {
@@ -316,7 +314,6 @@ impl<S: QueueStore> Coordinator<S> {
             last_sync_at: None,
             last_error: None,
             events: Vec::new(),
-            planted: Planted::default(),
             config,
         };
         coordinator.events.push(Event::Recovered {
@@ -329,11 +326,6 @@ impl<S: QueueStore> Coordinator<S> {
     /// The device.
     pub fn device_id(&self) -> &DeviceId {
         &self.device_id
-    }
-
-    /// Plants bugs for a negative test (see [`crate::planted`]).
-    pub fn plant(&mut self, planted: Planted) {
-        self.planted = planted;
     }
 
     /// The configuration in force.

@@ -5,7 +5,7 @@
 //! fsync, a full disk) are switched on from outside. Nothing here reads a clock or an RNG:
 //! the simulation decides, from its seed, how much of a write a crash tears.
 
-use super::store::{QueueStore, Recovery, StoreError, decode_log, encode_frame};
+use crate::client::store::{QueueStore, Recovery, StoreError, decode_log, encode_frame};
 
 /// The simulated disk.
 #[derive(Clone, Debug, Default)]
@@ -113,7 +113,7 @@ impl QueueStore for SimStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::store::conformance;
+    use crate::testing::queue_store_conformance as conformance;
 
     #[test]
     fn the_sim_store_passes_the_conformance_suite() {
