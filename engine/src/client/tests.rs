@@ -940,3 +940,15 @@ fn the_invariants_hold_through_a_batch_and_catch_ops_stranded_in_flight() {
         "{message}"
     );
 }
+
+#[test]
+fn queued_finds_an_enqueued_op_by_id_and_nothing_for_an_unknown_one() {
+    let mut device = open(SyncConfig::default());
+    let first = device.enqueue(T0, T0, session("fs-1")).unwrap();
+    let second = device.enqueue(T0, T0, find_log("fl-1", "fs-1")).unwrap();
+    let entry = device.queued(&second).expect("the second op is queued");
+    assert_eq!(entry.op.op_id, second);
+    assert_eq!(entry.op.depends_on, vec![first.clone()]);
+    assert_eq!(device.queued(&first).unwrap().op.entity_id.as_str(), "fs-1");
+    assert!(device.queued(&OpId("op-unknown".into())).is_none());
+}

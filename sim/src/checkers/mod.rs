@@ -281,8 +281,7 @@ pub fn passed<'a>(
 type CheckFn = fn(&Facts<'_>) -> Vec<Violation>;
 
 /// Runs every checker the spec selects (all but `determinism`, which the runner does).
-pub fn check(lines: &[TraceLine], spec: &RunSpec, _seed: u64) -> Vec<Verdict> {
-    let facts = Facts::new(lines);
+pub fn check(facts: &Facts<'_>, spec: &RunSpec) -> Vec<Verdict> {
     let selected = |checker: Checker| {
         spec.expect.checkers.is_empty() || spec.expect.checkers.contains(&checker)
     };
@@ -304,14 +303,14 @@ pub fn check(lines: &[TraceLine], spec: &RunSpec, _seed: u64) -> Vec<Verdict> {
             Verdict {
                 checker,
                 ran,
-                violations: if ran { check(&facts) } else { Vec::new() },
+                violations: if ran { check(facts) } else { Vec::new() },
             }
         })
         .collect()
 }
 
 /// The scenario's expected counts and values that the run did not meet.
-pub fn expectations(lines: &[TraceLine], spec: &RunSpec, summary: &Summary) -> Vec<String> {
+pub fn expectations(facts: &Facts<'_>, spec: &RunSpec, summary: &Summary) -> Vec<String> {
     let mut unmet = Vec::new();
     let counts = &spec.expect.counts;
     for (name, bound, actual) in [
@@ -337,7 +336,6 @@ pub fn expectations(lines: &[TraceLine], spec: &RunSpec, summary: &Summary) -> V
             }
         }
     }
-    let facts = Facts::new(lines);
     for value in &spec.expect.values {
         let key = (value.entity_type, EntityId(value.id.clone()));
         let Some((_, _, snapshot)) = facts.entities.get(&key) else {

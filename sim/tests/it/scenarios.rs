@@ -164,7 +164,7 @@ fn backoff_forgives_an_early_resend_only_when_the_schedule_was_not_stored() {
     .unwrap();
     let checked = runner::run(&spec, 0, false).unwrap();
     let backoff = |lines: &[rockhound_sim::trace::TraceLine]| {
-        rockhound_sim::checkers::check(lines, &spec, 0)
+        rockhound_sim::checkers::check(&rockhound_sim::checkers::Facts::new(lines), &spec)
             .into_iter()
             .find(|v| v.checker == rockhound_sim::checkers::Checker::Backoff)
             .unwrap()

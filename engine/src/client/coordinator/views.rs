@@ -9,7 +9,7 @@ use crate::client::queue::{Entry, QueueStats, Status};
 use crate::client::replica::{Replica, local_exists, local_view};
 use crate::client::store::QueueStore;
 use crate::entity::EntityType;
-use crate::ids::EntityId;
+use crate::ids::{EntityId, OpId};
 use crate::op::Op;
 use serde_json::Value;
 
@@ -40,6 +40,11 @@ impl<S: QueueStore> Coordinator<S> {
     /// `useSyncQueue`: every queued op in enqueue order.
     pub fn queue(&self) -> impl Iterator<Item = &Entry> {
         self.queue.entries()
+    }
+
+    /// The queued op `op_id`, found through the queue's index (no scan).
+    pub fn queued(&self, op_id: &OpId) -> Option<&Entry> {
+        self.queue.seq_of(op_id).and_then(|seq| self.queue.get(seq))
     }
 
     /// `useSyncQueue`: counts by status.

@@ -1,0 +1,411 @@
+//! What happens between steps: a scheduled action applied (an edit, a fault, a crash, a
+//! restart), and the heal that starts the liveness phase.
+
+use super::Devices;
+use crate::device::{DeviceCtx, Link};
+use crate::spec::Action;
+use crate::trace::TraceEvent;
+use rockhound_engine::checksum::sha256_hex;
+use rockhound_engine::client::Coordinator;
+use rockhound_engine::client::coordinator::{Edit, EditAction};
+use rockhound_engine::client::queue::Status;
+use rockhound_engine::client::store::encode_frame;
+use rockhound_engine::ids::{ConflictId, EntityId};
+use rockhound_engine::testing::sim_store::SimStore;
+use rockhound_engine::{Batch, BatchId, DeviceId, EntityType, Millis, Op, OpKind, SyncConfig};
+use serde_json::json;
+
+/// The scripted step an edit amounts to.
+pub(super) fn edit_action(device: &str, edit: &Edit) -> Action {
+    let device = device.to_owned();
+    let entity_type = edit.entity_type;
+    let id = edit.entity_id.0.clone();
+    match &edit.action {
+        EditAction::Create(fields) => {
+            let mut fields = fields.clone();
+            fields.remove("id");
+            Action::Create {
+                device,
+                entity_type,
+                id,
+                fields,
+            }
+        }
+        EditAction::Update(fields) => Action::Update {
+            device,
+            entity_type,
+            id,
+            fields: fields.clone(),
+        },
+        EditAction::Delete => Action::Delete {
+            device,
+            entity_type,
+            id,
+        },
+    }
+}
+
+/// The entities a device's user can see there: its local view.
+pub(super) fn visible_entities(ctx: &DeviceCtx) -> Vec<(EntityType, EntityId)> {
+    let state = ctx.state.borrow();
+    let Some(coordinator) = state.coordinator.as_ref() else {
+        return Vec::new();
+    };
+    let mut keys: Vec<(EntityType, EntityId)> = coordinator
+        .replica()
+        .entities()
+        .keys()
+        .cloned()
+        .chain(
+            coordinator
+                .queue()
+                .filter(|e| e.op.kind == OpKind::Create)
+                .map(|e| e.entity()),
+        )
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys.retain(|(t, id)| coordinator.entity_exists(*t, id));
+    keys
+}
+
+pub(super) fn enqueue(ctx: &DeviceCtx, now: Millis, edit: Edit) {
+    let t_ms = now.0 - ctx.epoch_ms;
+    let entity_type = edit.entity_type;
+    let entity_id = edit.entity_id.clone();
+    let result = {
+        let mut state = ctx.state.borrow_mut();
+        let wall = state.wall(now);
+        match state.coordinator.as_mut() {
+            Some(coordinator) => coordinator
+                .enqueue(now, wall, edit)
+                .map_err(|e| e.to_string())
+                .map(|op_id| {
+                    coordinator
+                        .queued(&op_id)
+                        .expect("just enqueued")
+                        .op
+                        .clone()
+                }),
+            None => Err("the device is down".to_owned()),
+        }
+    };
+    ctx.flush(now);
+    let host = ctx.state.borrow().name.clone();
+    let event = match result {
+        Ok(op) => TraceEvent::Sealed {
+            payload_sha256: sha256_hex(&rockhound_engine::checksum::canonical_json(&op.payload)),
+            op_id: op.op_id,
+            depends_on: op.depends_on,
+        },
+        Err(error) => TraceEvent::Refused {
+            entity_type,
+            entity_id,
+            error,
+        },
+    };
+    ctx.trace.borrow_mut().record(t_ms, &host, event);
+    ctx.state.borrow().notify.notify_one();
+}
+
+pub(super) fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    devices: &Devices,
+    action: &Action,
+    now: Millis,
+    server_up: &mut bool,
+    config: &SyncConfig,
+) {
+    let ctx = action.device().map(|d| &devices.by_name[d]);
+    match action {
+        Action::CrashServer => {
+            if *server_up {
+                sim.crash("server");
+                *server_up = false;
+            }
+            return;
+        }
+        Action::RestartServer => {
+            if !*server_up {
+                sim.bounce("server");
+                *server_up = true;
+            }
+            return;
+        }
+        _ => {}
+    }
+    let ctx = ctx.expect("every other step names a device");
+    match action {
+        Action::Offline { .. } | Action::Online { .. } => {
+            let online = matches!(action, Action::Online { .. });
+            let mut state = ctx.state.borrow_mut();
+            state.link.offline = !online;
+            if let Some(c) = state.coordinator.as_mut() {
+                c.set_online(now, online);
+            }
+        }
+        Action::Partition { .. } => ctx.state.borrow_mut().link.partitioned = true,
+        Action::Heal { .. } => ctx.state.borrow_mut().link.partitioned = false,
+        Action::Hold { .. } => ctx.state.borrow_mut().link.held = true,
+        Action::Release { .. } => ctx.state.borrow_mut().link.held = false,
+        Action::Crash { torn_bytes, .. } => crash(ctx, now, *torn_bytes),
+        Action::Restart { .. } => restart(ctx, now, config),
+        Action::Skew { offset_ms, .. } => ctx.state.borrow_mut().wall_offset_ms = *offset_ms,
+        Action::Create {
+            entity_type,
+            id,
+            fields,
+            ..
+        } => enqueue(
+            ctx,
+            now,
+            Edit {
+                entity_type: *entity_type,
+                entity_id: EntityId(id.clone()),
+                action: EditAction::Create(fields.clone()),
+            },
+        ),
+        Action::Update {
+            entity_type,
+            id,
+            fields,
+            ..
+        } => enqueue(
+            ctx,
+            now,
+            Edit {
+                entity_type: *entity_type,
+                entity_id: EntityId(id.clone()),
+                action: EditAction::Update(fields.clone()),
+            },
+        ),
+        Action::Delete {
+            entity_type, id, ..
+        } => enqueue(
+            ctx,
+            now,
+            Edit {
+                entity_type: *entity_type,
+                entity_id: EntityId(id.clone()),
+                action: EditAction::Delete,
+            },
+        ),
+        Action::Sync { .. } => {
+            if let Some(c) = ctx.state.borrow_mut().coordinator.as_mut() {
+                c.sync_now(now);
+            }
+        }
+        Action::RetryDead { .. } => {
+            if let Some(c) = ctx.state.borrow_mut().coordinator.as_mut() {
+                let dead: Vec<_> = c
+                    .queue()
+                    .filter(|e| e.status == Status::Error)
+                    .map(|e| e.op.op_id.clone())
+                    .collect();
+                for op_id in dead {
+                    c.retry(now, &op_id)
+                        .expect("a dead-lettered op can be retried");
+                }
+            }
+        }
+        Action::Resolve { resolution, .. } => {
+            if let Some(c) = ctx.state.borrow_mut().coordinator.as_mut() {
+                let resolution = *resolution;
+                let open: Vec<ConflictId> = c
+                    .conflicts()
+                    .filter(|c| c.open)
+                    .map(|c| c.conflict_id.clone())
+                    .collect();
+                for conflict_id in open {
+                    c.resolve_conflict(&conflict_id, resolution, None)
+                        .expect("open conflicts resolve");
+                }
+            }
+        }
+        Action::Replay { .. } => ctx.state.borrow_mut().pending_replays += 1,
+        Action::Corrupt { .. } => ctx.state.borrow_mut().link.corrupt_next = true,
+        Action::Duplicate { .. } => ctx.state.borrow_mut().link.duplicate_next = true,
+        Action::Forge { victim_device, .. } => {
+            let victim = &devices.by_name[victim_device];
+            let forged = forgeries(ctx, victim, now);
+            ctx.state.borrow_mut().pending_forgeries.extend(forged);
+        }
+        Action::Disk {
+            fail_sync,
+            capacity_bytes,
+            ..
+        } => {
+            let mut state = ctx.state.borrow_mut();
+            let state = &mut *state;
+            let store = match state.coordinator.as_mut() {
+                Some(c) => Some(c.store_mut()),
+                None => state.parked_store.as_mut(),
+            };
+            if let Some(store) = store {
+                store.fail_sync = *fail_sync;
+                store.capacity_bytes = capacity_bytes.map(|extra| store_len(store) + extra);
+            }
+        }
+        Action::CrashServer | Action::RestartServer => unreachable!("handled above"),
+    }
+    ctx.state.borrow().notify.notify_one();
+    ctx.flush(now);
+}
+
+pub(super) fn store_len(store: &SimStore) -> usize {
+    store.durable_bytes()
+}
+
+/// Two forged requests from `ctx` with its own token: a batch claiming the victim's device,
+/// and a batch from its own device updating an entity of the victim's user.
+pub(super) fn forgeries(ctx: &DeviceCtx, victim: &DeviceCtx, now: Millis) -> Vec<Vec<u8>> {
+    let (victim_device, target) = {
+        let state = victim.state.borrow();
+        let target = state.coordinator.as_ref().and_then(|c| {
+            c.replica()
+                .entities()
+                .iter()
+                .find(|(_, e)| !e.deleted)
+                .map(|(key, e)| (key.clone(), e.version))
+        });
+        (state.name.clone(), target)
+    };
+    let own = ctx.state.borrow().name.clone();
+    let ((entity_type, entity_id), version) = target.unwrap_or((
+        (
+            EntityType::FieldSession,
+            EntityId(format!("{victim_device}-session-1")),
+        ),
+        1,
+    ));
+    let op = Op {
+        op_id: rockhound_engine::OpId(format!("{own}:forged:{}", now.0)),
+        idempotency_key: rockhound_engine::IdempotencyKey(format!("{own}:forged:{}:key", now.0)),
+        entity_type,
+        entity_id,
+        kind: OpKind::Update,
+        base_version: version,
+        payload: json!({"note": "forged"}),
+        client_timestamp_ms: now,
+        priority: entity_type.default_priority(),
+        depends_on: vec![],
+        created_at_ms: now,
+        checksum: String::new(),
+    }
+    .sealed();
+    [victim_device, own]
+        .into_iter()
+        .enumerate()
+        .map(|(n, device)| {
+            let batch = Batch::new(
+                BatchId(format!("forged-{n}-{}", now.0)),
+                DeviceId(device),
+                vec![op.clone()],
+            );
+            serde_json::to_vec(&batch).expect("batches serialize")
+        })
+        .collect()
+}
+
+pub(super) fn crash(ctx: &DeviceCtx, now: Millis, torn_bytes: usize) {
+    let t_ms = now.0 - ctx.epoch_ms;
+    ctx.flush(now);
+    let mut state = ctx.state.borrow_mut();
+    let Some(coordinator) = state.coordinator.take() else {
+        return;
+    };
+    let mut store = coordinator.into_store();
+    let mut torn_bytes = torn_bytes;
+    if torn_bytes > 0 {
+        // The process died while appending a record: part of its frame reached the disk.
+        // A torn write leaves less than the whole frame (a whole one would be a complete,
+        // if foreign, record: a state no real crash produces), so the count is cut to one
+        // byte less than the frame; the trace records the bytes actually left.
+        let frame = encode_frame(format!("{{\"record\":\"in progress at {}\"}}", now.0).as_bytes())
+            .expect("a small record frames");
+        torn_bytes = torn_bytes.min(frame.len() - 1);
+        let _ = store.write(&frame[..torn_bytes]);
+        store.torn_bytes_on_crash = torn_bytes;
+    } else {
+        store.torn_bytes_on_crash = 0;
+    }
+    store.crash();
+    state.parked_store = Some(store);
+    let host = state.name.clone();
+    drop(state);
+    ctx.trace
+        .borrow_mut()
+        .record(t_ms, &host, TraceEvent::Crashed { torn_bytes });
+}
+
+pub(super) fn restart(ctx: &DeviceCtx, now: Millis, config: &SyncConfig) {
+    let t_ms = now.0 - ctx.epoch_ms;
+    let mut state = ctx.state.borrow_mut();
+    let Some(store) = state.parked_store.take() else {
+        return;
+    };
+    state.incarnation += 1;
+    let incarnation = state.incarnation;
+    let seed = state.jitter_seed ^ incarnation;
+    let result = Coordinator::open(
+        DeviceId(state.name.clone()),
+        incarnation,
+        config.clone(),
+        store,
+        seed,
+        now,
+    );
+    let error = match result {
+        Ok(mut coordinator) => {
+            coordinator.set_online(now, !state.link.offline);
+            state.coordinator = Some(coordinator);
+            None
+        }
+        Err(failed) => {
+            // The store stays parked, intact, for the next restart (or the heal).
+            state.parked_store = Some(failed.store);
+            Some(failed.error.to_string())
+        }
+    };
+    let host = state.name.clone();
+    drop(state);
+    ctx.trace
+        .borrow_mut()
+        .record(t_ms, &host, TraceEvent::Restarted { incarnation, error });
+    ctx.flush(now);
+}
+
+/// The liveness phase begins: every fault ends, every device is up and online.
+pub(super) fn heal(
+    sim: &mut turmoil::Sim<'_>,
+    devices: &Devices,
+    now: Millis,
+    server_up: &mut bool,
+    config: &SyncConfig,
+) {
+    if !*server_up {
+        sim.bounce("server");
+        *server_up = true;
+    }
+    for ctx in devices.by_name.values() {
+        {
+            let mut state = ctx.state.borrow_mut();
+            state.link = Link::default();
+            if let Some(store) = state.parked_store.as_mut() {
+                store.fail_sync = false;
+                store.capacity_bytes = None;
+            }
+        }
+        restart(ctx, now, config);
+        let mut state = ctx.state.borrow_mut();
+        if let Some(c) = state.coordinator.as_mut() {
+            c.store_mut().fail_sync = false;
+            c.store_mut().capacity_bytes = None;
+            c.set_online(now, true);
+            c.sync_now(now);
+        }
+        state.notify.notify_one();
+        drop(state);
+        ctx.flush(now);
+    }
+}

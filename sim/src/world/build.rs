@@ -1,0 +1,204 @@
+//! Building the world: the seed's streams, the links, the server host and the devices on
+//! their hosts, and the schedule of steps.
+
+use super::{Devices, World};
+use crate::device::{self, DeviceCtx, DeviceState, Link, sim_now};
+use crate::net::SimListener;
+use crate::spec::{RunSpec, SpecError};
+use crate::trace::{Trace, TraceEvent};
+use crate::workload::{self};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rockhound_engine::client::Coordinator;
+use rockhound_engine::server::Server;
+use rockhound_engine::testing::sim_store::SimStore;
+use rockhound_engine::{DeviceId, Millis, SyncConfig, UserId};
+use rockhound_io::http::{self, AppState, Clock};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::sync::Notify;
+
+impl<'s> World<'s> {
+    /// Builds the world of `spec` for `seed`, recording the run's header in the trace.
+    pub(super) fn build(spec: &'s RunSpec, seed: u64) -> Result<World<'s>, SpecError> {
+        let config = spec.validate()?;
+        let mut master = ChaCha8Rng::seed_from_u64(seed);
+        let turmoil_seed: u64 = master.random();
+        let mut schedule_rng = ChaCha8Rng::seed_from_u64(master.random());
+        let mut fault_rng = ChaCha8Rng::seed_from_u64(master.random());
+        let mut rate_rng = ChaCha8Rng::seed_from_u64(master.random());
+        let choice_rng = ChaCha8Rng::seed_from_u64(master.random());
+        let epoch_ms = spec.sim.epoch_ms;
+
+        let trace = Rc::new(RefCell::new(Trace::default()));
+        // Links: rates from the network spec, plus the fault spec's (drawn per seed in swarm).
+        let (loss, duplicate, corrupt) = workload::link_rates(spec.faults.as_ref(), &mut rate_rng);
+        let link = Link {
+            loss_rate: spec.network.loss_rate.max(loss),
+            duplicate_rate: spec.network.duplicate_rate.max(duplicate),
+            corrupt_rate: spec.network.corrupt_rate.max(corrupt),
+            ..Link::default()
+        };
+        trace.borrow_mut().record(
+            0,
+            "world",
+            TraceEvent::Run {
+                seed,
+                scenario: spec.name.clone(),
+                devices: spec.devices(),
+                config: Box::new(config.clone()),
+                epoch_ms,
+                planted: spec.planted,
+                link_rates: (link.loss_rate, link.duplicate_rate, link.corrupt_rate),
+            },
+        );
+
+        let mut sim = turmoil_sim(spec, turmoil_seed);
+        let server = serve(&mut sim, spec, &config);
+        let devices = devices(spec, &config, &mut master, &link, &trace);
+        place(&mut sim, spec, &devices);
+        let schedule = workload::schedule(spec, &mut schedule_rng, &mut fault_rng);
+        Ok(World {
+            spec,
+            seed,
+            config,
+            sim,
+            devices,
+            server,
+            server_up: true,
+            trace,
+            schedule,
+            choice_rng,
+        })
+    }
+}
+
+/// The turmoil simulation: its seed, clock, tick, bound and latencies.
+fn turmoil_sim(spec: &RunSpec, turmoil_seed: u64) -> turmoil::Sim<'static> {
+    let run_ms = spec.sim.safety_ms + spec.sim.liveness_ms;
+    let mut builder = turmoil::Builder::new();
+    builder
+        .rng_seed(turmoil_seed)
+        .epoch(UNIX_EPOCH + Duration::from_millis(spec.sim.epoch_ms))
+        .tick_duration(Duration::from_millis(spec.sim.tick_ms))
+        .simulation_duration(Duration::from_millis(run_ms + 60_000))
+        .min_message_latency(Duration::from_millis(spec.network.latency_ms_min))
+        .max_message_latency(Duration::from_millis(spec.network.latency_ms_max))
+        .tcp_capacity(1_024);
+    builder.build()
+}
+
+/// The `server` host: the HTTP router of `rockhound serve` over the sans-IO server, whose
+/// tables outlive crashes of the host. Returns the server, for the end-state snapshot.
+fn serve(
+    sim: &mut turmoil::Sim<'static>,
+    spec: &RunSpec,
+    config: &SyncConfig,
+) -> Arc<parking_lot::Mutex<Server>> {
+    let epoch_ms = spec.sim.epoch_ms;
+    let server = Server::new(config.clone());
+    let tokens: BTreeMap<String, UserId> = spec
+        .users
+        .iter()
+        .map(|u| (format!("token-{}", u.name), UserId(u.name.clone())))
+        .collect();
+    let clock: Clock = Arc::new(move || sim_now(epoch_ms));
+    let app = AppState::new(server, tokens, clock);
+    let server_state = app.server.clone();
+    sim.host("server", move || {
+        let app = app.clone();
+        async move {
+            let listener = SimListener::bind("0.0.0.0:80").await?;
+            crate::net::serve(listener, http::router(app)).await?;
+            Ok(())
+        }
+    });
+    server_state
+}
+
+/// Every device, started online over an empty simulated store; each draws its jitter and
+/// link seeds from `master`, in declaration order.
+fn devices(
+    spec: &RunSpec,
+    config: &SyncConfig,
+    master: &mut ChaCha8Rng,
+    link: &Link,
+    trace: &Rc<RefCell<Trace>>,
+) -> Devices {
+    let epoch_ms = spec.sim.epoch_ms;
+    let mut devices = Devices {
+        by_name: BTreeMap::new(),
+        counters: BTreeMap::new(),
+    };
+    for (user, name) in &spec.devices() {
+        let jitter_seed: u64 = master.random();
+        let link_seed: u64 = master.random();
+        let mut store = SimStore::new();
+        store.acks_before_fsync = spec.planted.store.acks_before_fsync;
+        let mut coordinator = Coordinator::open(
+            DeviceId(name.clone()),
+            0,
+            config.clone(),
+            store,
+            jitter_seed,
+            Millis(epoch_ms),
+        )
+        .expect("an empty store opens");
+        coordinator.set_online(Millis(epoch_ms), true);
+        let state = DeviceState {
+            name: name.clone(),
+            user: user.clone(),
+            token: format!("token-{user}"),
+            coordinator: Some(coordinator),
+            parked_store: None,
+            incarnation: 0,
+            link: link.clone(),
+            wall_offset_ms: 0,
+            last_batch: None,
+            rng: ChaCha8Rng::seed_from_u64(link_seed),
+            notify: Rc::new(Notify::new()),
+            pending_replays: 0,
+            pending_forgeries: Vec::new(),
+            jitter_seed,
+            planted: spec.planted,
+        };
+        let ctx = DeviceCtx {
+            state: Rc::new(RefCell::new(state)),
+            trace: trace.clone(),
+            epoch_ms,
+        };
+        ctx.flush(Millis(epoch_ms));
+        devices.by_name.insert(name.clone(), ctx);
+        devices.counters.insert(name.clone(), 0);
+    }
+    devices
+}
+
+/// The devices grouped onto hosts, `devices_per_host` at a time.
+fn place(sim: &mut turmoil::Sim<'static>, spec: &RunSpec, devices: &Devices) {
+    let device_list = spec.devices();
+    for (index, group) in device_list.chunks(spec.sim.devices_per_host).enumerate() {
+        let host = if spec.sim.devices_per_host == 1 {
+            group[0].1.clone()
+        } else {
+            format!("devices-{index}")
+        };
+        let contexts: Vec<DeviceCtx> = group
+            .iter()
+            .map(|(_, d)| devices.by_name[d].clone())
+            .collect();
+        sim.host(host.as_str(), move || {
+            let contexts = contexts.clone();
+            async move {
+                for ctx in contexts {
+                    tokio::task::spawn_local(device::run(ctx));
+                }
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+    }
+}

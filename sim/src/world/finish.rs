@@ -1,0 +1,185 @@
+//! The end of a run: whether everything converged, the end-state snapshot, and the verdicts,
+//! counts and expectations read from the finished trace.
+
+use super::{Devices, RunOutcome, World};
+use crate::checkers::{self, Facts};
+use crate::spec::SpecError;
+use crate::trace::{EntitySnapshot, Trace, TraceEvent};
+use rockhound_engine::ids::EntityId;
+use rockhound_engine::server::Server;
+use rockhound_engine::{EntityType, UserId};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+impl World<'_> {
+    /// Snapshots the end state, closes the trace and judges it: one index of the trace
+    /// ([`Facts`]) is shared by the checkers and the scenario's expectations.
+    pub(super) fn finish(self, settled: Settled) -> Result<RunOutcome, SpecError> {
+        let World {
+            spec,
+            seed,
+            sim,
+            devices,
+            server,
+            trace,
+            ..
+        } = self;
+        snapshot(&devices, &server, &trace, settled.end_ms);
+        trace
+            .borrow_mut()
+            .record(settled.end_ms, "world", TraceEvent::End);
+        drop(sim);
+        drop(devices);
+        let trace = Rc::try_unwrap(trace)
+            .map_err(|_| SpecError::new("the trace is still shared after the run"))?
+            .into_inner();
+        if trace.overflowed() {
+            return Err(SpecError::new(format!(
+                "the trace reached its limit of {} lines; shorten the scenario",
+                crate::trace::TRACE_LINE_COUNT_MAX
+            )));
+        }
+        let digest = trace.digest();
+        let facts = Facts::new(&trace.lines);
+        let verdicts = checkers::check(&facts, spec);
+        let mut summary = crate::summary::summarize(&trace, spec.devices().len());
+        summary.convergence_ms = settled.convergence_ms;
+        summary.simulated_ms = settled.end_ms;
+        let unmet = checkers::expectations(&facts, spec, &summary);
+        drop(facts);
+        Ok(RunOutcome {
+            seed,
+            trace,
+            digest,
+            verdicts,
+            summary,
+            unmet,
+        })
+    }
+}
+
+/// How the stepping ended.
+pub(super) struct Settled {
+    /// Simulated ms from the start of the liveness phase to convergence, if reached.
+    pub(super) convergence_ms: Option<u64>,
+    /// Simulated ms at the end.
+    pub(super) end_ms: u64,
+}
+
+/// An entity's (version, deleted, fields) as the convergence test compares them.
+type Snapshot = (u64, bool, serde_json::Value);
+
+/// Whether every device is idle with nothing left to send and a replica equal to the
+/// server's state for its user.
+pub(super) fn converged(devices: &Devices, server: &Arc<parking_lot::Mutex<Server>>) -> bool {
+    let server = server.lock();
+    let mut by_user: BTreeMap<&UserId, BTreeMap<(EntityType, EntityId), Snapshot>> =
+        BTreeMap::new();
+    for ((entity_type, entity_id), stored) in &server.tables().entities {
+        let value = if stored.state.deleted {
+            serde_json::Value::Null
+        } else {
+            stored.state.to_value()
+        };
+        by_user.entry(&stored.owner).or_default().insert(
+            (*entity_type, entity_id.clone()),
+            (stored.state.version, stored.state.deleted, value),
+        );
+    }
+    let empty = BTreeMap::new();
+    devices.by_name.values().all(|ctx| {
+        let state = ctx.state.borrow();
+        let Some(c) = state.coordinator.as_ref() else {
+            return false;
+        };
+        let stats = c.stats();
+        if c.state().syncing || stats.pending > 0 || stats.in_flight > 0 {
+            return false;
+        }
+        let expected = by_user.get(&UserId(state.user.clone())).unwrap_or(&empty);
+        let replica = c.replica().entities();
+        replica.len() == expected.len()
+            && replica.iter().all(|(key, copy)| {
+                expected.get(key).is_some_and(|(version, deleted, value)| {
+                    copy.version == *version && copy.deleted == *deleted && copy.entity == *value
+                })
+            })
+    })
+}
+
+/// Records the end state: every device's queue and replica, the server's commit log and
+/// entities.
+pub(super) fn snapshot(
+    devices: &Devices,
+    server: &Arc<parking_lot::Mutex<Server>>,
+    trace: &Rc<RefCell<Trace>>,
+    t_ms: u64,
+) {
+    let mut trace = trace.borrow_mut();
+    for ctx in devices.by_name.values() {
+        let state = ctx.state.borrow();
+        let (queue, replica) = match state.coordinator.as_ref() {
+            Some(c) => (
+                c.queue().map(|e| (e.op.op_id.clone(), e.status)).collect(),
+                c.replica()
+                    .entities()
+                    .iter()
+                    .map(|((entity_type, entity_id), copy)| EntitySnapshot {
+                        entity_type: *entity_type,
+                        entity_id: entity_id.clone(),
+                        version: copy.version,
+                        deleted: copy.deleted,
+                        entity: copy.entity.clone(),
+                    })
+                    .collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        trace.record(
+            t_ms,
+            &state.name,
+            TraceEvent::FinalDevice {
+                user: state.user.clone(),
+                queue,
+                replica,
+            },
+        );
+    }
+    let server = server.lock();
+    let tables = server.tables();
+    let mut rows: Vec<_> = tables.sync_history.iter().collect();
+    // Each user's commits are numbered apart; the log lists them by number, then user.
+    rows.sort_by_key(|((user, seq), _)| (*seq, user.clone()));
+    for ((user, _), row) in rows {
+        trace.record(
+            t_ms,
+            "server",
+            TraceEvent::FinalCommit {
+                user: user.0.clone(),
+                row: Box::new(row.clone()),
+            },
+        );
+    }
+    for ((entity_type, entity_id), stored) in &tables.entities {
+        trace.record(
+            t_ms,
+            "server",
+            TraceEvent::FinalEntity {
+                owner: stored.owner.0.clone(),
+                snapshot: EntitySnapshot {
+                    entity_type: *entity_type,
+                    entity_id: entity_id.clone(),
+                    version: stored.state.version,
+                    deleted: stored.state.deleted,
+                    entity: if stored.state.deleted {
+                        serde_json::Value::Null
+                    } else {
+                        stored.state.to_value()
+                    },
+                },
+            },
+        );
+    }
+}
