@@ -1,0 +1,79 @@
+//! `check`: the scenario suite, each scenario with its own seed and a determinism re-run.
+
+use super::run::{RunPlan, run_plan};
+use super::{CheckArgs, Exit};
+use rockhound_sim::scenario::{self};
+use std::path::{Path, PathBuf};
+
+/// Every `.toml` under `dir` and `dir/negative`, sorted.
+pub fn suite_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for folder in [dir.to_path_buf(), dir.join("negative")] {
+        if !folder.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&folder)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// `rockhound check`: the whole scenario suite, without the scenarios marked `slow` unless
+/// `slow`.
+pub fn check(args: &CheckArgs) -> Exit {
+    let dir = args.dir.as_path();
+    let slow = args.slow;
+    let files = match suite_files(dir) {
+        Ok(files) if !files.is_empty() => files,
+        Ok(_) => {
+            eprintln!("error: no scenario files in {}", dir.display());
+            return Exit::Usage;
+        }
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", dir.display());
+            return Exit::Usage;
+        }
+    };
+    let mut chosen = Vec::new();
+    let mut skipped = 0;
+    for file in files {
+        match scenario::load(&file) {
+            Ok(spec) if spec.slow && !slow => skipped += 1,
+            // A broken file is reported by `run` below.
+            _ => chosen.push(file),
+        }
+    }
+    println!(
+        "checking {} scenarios from {}{}",
+        chosen.len(),
+        dir.display(),
+        if skipped > 0 {
+            format!(" ({skipped} slow ones skipped; --slow runs them)")
+        } else {
+            String::new()
+        }
+    );
+    let code = run_plan(&RunPlan {
+        files: &chosen,
+        seeds: args.seed.map(|s| s..=s),
+        jobs: args.jobs,
+        trace: None,
+        recheck: true,
+        brief: true,
+        report_dir: args.report.as_deref(),
+    });
+    println!(
+        "suite: {}",
+        if code == Exit::Ok {
+            "every scenario holds"
+        } else {
+            "FAILED"
+        }
+    );
+    code
+}

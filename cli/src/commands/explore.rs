@@ -1,0 +1,215 @@
+//! `explore`: swarm testing over a seed range (sharded, time-bounded, interruptible), each
+//! failing seed saved as a scenario file.
+
+use super::{Exit, ExploreArgs, Job, code_of, report, worst};
+use indicatif::{ProgressBar, ProgressStyle};
+use rockhound_sim::explore::swarm_spec;
+use rockhound_sim::export::materialize;
+use rockhound_sim::runner::{self, Checked};
+use rockhound_sim::scenario::{self};
+use rockhound_sim::spec::RunSpec;
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The most failing seeds of one `explore` whose whole report is kept to print at the end;
+/// later failures are saved as files and listed by seed, so memory stays bounded however
+/// many seeds fail.
+pub(super) const FAILURE_REPORTS_MAX: usize = 20;
+
+/// A failing seed of `explore`: its exit code, and its run while within
+/// [`FAILURE_REPORTS_MAX`].
+pub(super) struct Failure {
+    seed: u64,
+    code: Exit,
+    run: Option<(Job, Checked, f64)>,
+    error: Option<String>,
+}
+
+/// Sets `stop` on the first Ctrl-C (SIGINT), so that no new seed starts and what was found
+/// so far is saved and summarized; a second Ctrl-C ends the process at once.
+pub(super) fn stop_on_interrupt(stop: std::sync::Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            stop.store(true, Ordering::Relaxed);
+            eprintln!(
+                "\ninterrupted: no new seed starts; finishing the running ones (Ctrl-C again to quit now)"
+            );
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
+    });
+}
+
+/// The seeds of shard `k` of `n` in `seeds`: the `i`-th is `start + (k - 1) + i * n`.
+pub(super) fn shard_seeds(
+    seeds: &RangeInclusive<u64>,
+    (k, n): (u64, u64),
+) -> impl Fn(u64) -> Option<u64> {
+    let (start, end) = (*seeds.start(), *seeds.end());
+    move |i| {
+        let offset = i.checked_mul(n)?.checked_add(k - 1)?;
+        start.checked_add(offset).filter(|seed| *seed <= end)
+    }
+}
+
+/// `rockhound explore`: swarm scenarios over a seed range. Each seed's scenario is built
+/// when a worker takes the seed and dropped when its run is judged, so memory does not
+/// depend on the range's length.
+#[allow(clippy::disallowed_methods)]
+pub fn explore(args: &ExploreArgs) -> Exit {
+    let ExploreArgs {
+        ref seeds,
+        time_budget: time_budget_s,
+        shard,
+        jobs,
+        ref out,
+        recheck,
+    } = *args;
+    let out = out.as_path();
+    let (k, n) = shard;
+    let seed_at = shard_seeds(seeds, shard);
+    let span = seeds.end() - seeds.start();
+    let total = if span >= k - 1 {
+        (span - (k - 1)) / n + 1
+    } else {
+        0
+    };
+    let progress = ProgressBar::new(total);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {elapsed_precise} eta {eta}")
+            .expect("a valid template"),
+    );
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    stop_on_interrupt(stop.clone());
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let ran = std::sync::atomic::AtomicU64::new(0);
+    let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
+    // The time budget is the one wall-clock limit of the simulation commands; it decides
+    // how many seeds run, never what a run does.
+    let started = std::time::Instant::now();
+    let over_budget = || time_budget_s.is_some_and(|budget| started.elapsed().as_secs() >= budget);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) && !over_budget() {
+                    let Some(seed) = seed_at(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return;
+                    };
+                    let job = Job {
+                        label: format!("swarm-{seed}"),
+                        reproduce: format!(
+                            "rockhound replay {}",
+                            out.join(format!("swarm-{seed}.toml")).display()
+                        ),
+                        spec: swarm_spec(seed),
+                        seed,
+                    };
+                    let run_started = std::time::Instant::now();
+                    let result = runner::run(
+                        &job.spec,
+                        seed,
+                        recheck && runner::wants_determinism(&job.spec),
+                    );
+                    let wall_s = run_started.elapsed().as_secs_f64();
+                    ran.fetch_add(1, Ordering::Relaxed);
+                    progress.inc(1);
+                    let failure = match result {
+                        Ok(checked) if checked.passed(&job.spec) => continue,
+                        Ok(checked) => {
+                            save_failure(out, &job, &checked);
+                            Failure {
+                                seed,
+                                code: code_of(&job, &checked),
+                                run: Some((job, checked, wall_s)),
+                                error: None,
+                            }
+                        }
+                        Err(error) => Failure {
+                            seed,
+                            code: Exit::Usage,
+                            run: None,
+                            error: Some(error.to_string()),
+                        },
+                    };
+                    let mut failures = failures.lock().expect("failure list");
+                    let mut failure = failure;
+                    if failures.len() >= FAILURE_REPORTS_MAX {
+                        failure.run = None;
+                    }
+                    failures.push(failure);
+                }
+            });
+        }
+    });
+    progress.finish_and_clear();
+    let mut failures = failures.into_inner().expect("failure list");
+    failures.sort_by_key(|f| f.seed);
+    let mut codes = Vec::new();
+    for failure in &failures {
+        match (&failure.run, &failure.error) {
+            (Some((job, checked, wall_s)), _) => {
+                codes.push(report(job, checked, *wall_s, None, false));
+                println!(
+                    "saved {}",
+                    out.join(format!("swarm-{}.toml", failure.seed)).display()
+                );
+            }
+            (None, Some(error)) => {
+                println!("seed={} error: {error}", failure.seed);
+                codes.push(failure.code);
+            }
+            (None, None) => {
+                println!(
+                    "seed={} failed (exit {}); saved {}",
+                    failure.seed,
+                    failure.code.code(),
+                    out.join(format!("swarm-{}.toml", failure.seed)).display()
+                );
+                codes.push(failure.code);
+            }
+        }
+    }
+    let interrupted = if stop.load(Ordering::Relaxed) {
+        " (interrupted)"
+    } else {
+        ""
+    };
+    println!(
+        "explored {} of {total} seeds (shard {k}/{n}) in {:.1} s{interrupted}: {} failed",
+        ran.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    worst(codes)
+}
+
+/// Saves a failing seed's run as an explicit scenario file in `out`.
+pub(super) fn save_failure(out: &Path, job: &Job, checked: &Checked) {
+    let file = out.join(format!("swarm-{}.toml", job.seed));
+    let explicit = exported(&job.spec, job.seed, checked);
+    if let Err(e) = std::fs::create_dir_all(out)
+        .and_then(|()| std::fs::write(&file, scenario::to_toml(&explicit)))
+    {
+        eprintln!("error: cannot save {}: {e}", file.display());
+    }
+}
+
+/// A run as the editable file `export` and `explore` write: explicit steps, its seed, and
+/// the digest `replay` must reproduce.
+pub(super) fn exported(spec: &RunSpec, seed: u64, checked: &Checked) -> RunSpec {
+    let mut explicit = materialize(spec, seed, &checked.outcome.trace);
+    explicit.expect.digest = Some(checked.outcome.digest.clone());
+    explicit
+}

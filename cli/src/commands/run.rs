@@ -1,0 +1,198 @@
+//! `run` (scenario files × seeds, with traces and reports) and `compare` (one scenario under
+//! several configurations), and the provenance line the reports carry.
+
+use super::{Done, Exit, Job, RunArgs, finish, load_all, parse_seeds, run_jobs};
+use rockhound_sim::report::RunReport;
+use rockhound_sim::report::compare;
+use rockhound_sim::report::page::{self, Provenance};
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+/// `rockhound run`.
+pub fn run(args: &RunArgs) -> Exit {
+    run_plan(&RunPlan {
+        files: &args.files,
+        seeds: args.seeds.clone().or(args.seed.map(|s| s..=s)),
+        jobs: args.jobs,
+        trace: args.trace.as_deref(),
+        recheck: !args.no_recheck,
+        brief: false,
+        report_dir: args.report.as_deref(),
+    })
+}
+
+/// What `run` and `check` run, and how they print it.
+pub(super) struct RunPlan<'a> {
+    pub(super) files: &'a [PathBuf],
+    /// The seeds, or each file's own.
+    pub(super) seeds: Option<RangeInclusive<u64>>,
+    pub(super) jobs: usize,
+    pub(super) trace: Option<&'a Path>,
+    /// Whether each run is re-run for determinism.
+    pub(super) recheck: bool,
+    /// One line per passing run (the suite) instead of the whole verdict.
+    pub(super) brief: bool,
+    pub(super) report_dir: Option<&'a Path>,
+}
+
+pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
+    let RunPlan {
+        files,
+        ref seeds,
+        jobs,
+        trace,
+        recheck,
+        brief,
+        report_dir,
+    } = *plan;
+    let loaded = match load_all(files) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Exit::Usage;
+        }
+    };
+    let mut work = Vec::new();
+    for (path, spec) in loaded {
+        let seeds = seeds.clone().unwrap_or_else(|| {
+            let seed = spec.seed.unwrap_or(0);
+            seed..=seed
+        });
+        for seed in seeds {
+            work.push(Job {
+                label: spec.name.clone(),
+                reproduce: format!("rockhound run {} --seed {seed}", path.display()),
+                spec: spec.clone(),
+                seed,
+            });
+        }
+    }
+    if trace.is_some() && work.len() > 1 {
+        eprintln!("error: --trace takes one scenario and one seed");
+        return Exit::Usage;
+    }
+    // Find out before the run, not after it, that the trace cannot be written.
+    if let Some(path) = trace
+        && let Err(e) = std::fs::File::create(path)
+    {
+        eprintln!("error: cannot write the trace to {}: {e}", path.display());
+        return Exit::Usage;
+    }
+    let results = run_jobs(&work, jobs, recheck, None, &AtomicBool::new(false));
+    if let Some(dir) = report_dir {
+        if let Err(e) = write_reports(dir, &work, &results) {
+            eprintln!("error: cannot write the reports to {}: {e}", dir.display());
+            return Exit::Usage;
+        }
+        println!("reports written to {}", dir.display());
+    }
+    finish(&work, results, trace, brief)
+}
+
+/// Where the reports come from: the git commit (with `+dirty` for uncommitted changes) and
+/// the digest of `Cargo.lock`, looked up from the working directory.
+pub fn provenance() -> Provenance {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = match (git(&["rev-parse", "HEAD"]), git(&["status", "--porcelain"])) {
+        (Some(commit), Some(status)) if !status.is_empty() => format!("{commit}+dirty"),
+        (Some(commit), _) => commit,
+        (None, _) => "unknown".to_owned(),
+    };
+    let lock_digest = std::env::current_dir()
+        .ok()
+        .and_then(|dir| {
+            dir.ancestors()
+                .map(|d| d.join("Cargo.lock"))
+                .find(|p| p.is_file())
+        })
+        .and_then(|path| std::fs::read(path).ok())
+        .map_or("unknown".to_owned(), |bytes| {
+            rockhound_engine::checksum::sha256_hex(&bytes)
+        });
+    Provenance {
+        commit,
+        lock_digest,
+    }
+}
+
+/// Writes a page per run and the suite's index into `dir`. Runs of one scenario over
+/// several seeds get the seed in their page's name.
+pub(super) fn write_reports(
+    dir: &Path,
+    jobs: &[Job],
+    results: &[Option<Done>],
+) -> std::io::Result<()> {
+    let provenance = provenance();
+    let mut runs_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for job in jobs {
+        *runs_of.entry(job.label.as_str()).or_default() += 1;
+    }
+    let mut reports = Vec::new();
+    for (job, result) in jobs.iter().zip(results) {
+        let Some((Ok(checked), _)) = result else {
+            continue;
+        };
+        let mut report = RunReport::new(&job.spec, checked);
+        report.reproduce = job.reproduce.clone();
+        if runs_of[job.label.as_str()] > 1 {
+            report.name = format!("{}-seed-{}", job.label, job.seed);
+        }
+        page::write_all(dir, &page::run_files(&report, &provenance))?;
+        reports.push(report);
+    }
+    page::write_all(dir, &page::suite_files(&reports, &provenance))
+}
+
+/// `rockhound compare`: each comparison file's variants on the same seeds.
+pub fn compare(files: &[PathBuf], seeds: Option<RangeInclusive<u64>>, out: &Path) -> Exit {
+    let provenance = provenance();
+    for file in files {
+        let spec = match compare::load(file) {
+            Ok(spec) => spec,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return Exit::Usage;
+            }
+        };
+        let range = match seeds.clone().map_or_else(|| parse_seeds(&spec.seeds), Ok) {
+            Ok(range) => range,
+            Err(error) => {
+                eprintln!("error: {}: {error}", file.display());
+                return Exit::Usage;
+            }
+        };
+        let results = compare::run(&spec, range);
+        let stem = file.file_stem().map_or("comparison".to_owned(), |s| {
+            s.to_string_lossy().into_owned()
+        });
+        for result in &results {
+            println!(
+                "{stem} / {}: {} of {} runs hold; {}",
+                result.name,
+                result.held,
+                result.runs,
+                result
+                    .means
+                    .iter()
+                    .map(|(metric, mean)| format!("{metric} {mean:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if let Err(e) = page::write_all(out, &compare::files(&stem, &spec, &results, &provenance)) {
+            eprintln!("error: cannot write to {}: {e}", out.display());
+            return Exit::Usage;
+        }
+    }
+    println!("comparisons written to {}", out.display());
+    Exit::Ok
+}

@@ -1,0 +1,219 @@
+//! A scenario's scripted steps: what happens at which simulated time.
+
+use rockhound_engine::EntityType;
+use rockhound_engine::server::wire::Resolution;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One scripted step. (Unknown keys are refused by [`Action`]'s variants: serde cannot
+/// refuse them on a struct with a flattened field.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// When, in simulated ms from the start.
+    pub at_ms: u64,
+    /// What happens.
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// What a scripted step does. `device` names a device of the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// The device loses connectivity and knows it.
+    Offline {
+        /// The device.
+        device: String,
+    },
+    /// The device regains connectivity.
+    Online {
+        /// The device.
+        device: String,
+    },
+    /// The network silently drops the device's traffic (it believes it is online).
+    Partition {
+        /// The device.
+        device: String,
+    },
+    /// Ends a partition.
+    Heal {
+        /// The device.
+        device: String,
+    },
+    /// The device's traffic is held (delayed) until `release`.
+    Hold {
+        /// The device.
+        device: String,
+    },
+    /// Ends a hold.
+    Release {
+        /// The device.
+        device: String,
+    },
+    /// The device process dies; unsynced writes are lost, `torn_bytes` of an append in
+    /// progress may be left on disk.
+    Crash {
+        /// The device.
+        device: String,
+        /// Bytes of a half-written record left behind.
+        #[serde(default)]
+        torn_bytes: usize,
+    },
+    /// The device process starts again from its store.
+    Restart {
+        /// The device.
+        device: String,
+    },
+    /// The server process dies (its database survives; answers in transit are lost).
+    CrashServer,
+    /// The server process starts again.
+    RestartServer,
+    /// Sets the device's wall-clock offset from true time (skew or a jump).
+    Skew {
+        /// The device.
+        device: String,
+        /// Offset, may be negative.
+        offset_ms: i64,
+    },
+    /// The user creates an entity.
+    Create {
+        /// The device.
+        device: String,
+        /// Its type.
+        entity_type: EntityType,
+        /// Its id.
+        id: String,
+        /// Its fields (parents by `<parent>_id`).
+        #[serde(default)]
+        fields: Map<String, Value>,
+    },
+    /// The user changes fields of an entity.
+    Update {
+        /// The device.
+        device: String,
+        /// Its type.
+        entity_type: EntityType,
+        /// Its id.
+        id: String,
+        /// The changed fields.
+        fields: Map<String, Value>,
+    },
+    /// The user deletes an entity.
+    Delete {
+        /// The device.
+        device: String,
+        /// Its type.
+        entity_type: EntityType,
+        /// Its id.
+        id: String,
+    },
+    /// The user asks for a sync now.
+    Sync {
+        /// The device.
+        device: String,
+    },
+    /// The user retries every dead-lettered op.
+    RetryDead {
+        /// The device.
+        device: String,
+    },
+    /// The user resolves every open conflict the device knows.
+    Resolve {
+        /// The device.
+        device: String,
+        /// `keep_server` or `keep_client` (`custom` needs an entity, which a step cannot
+        /// give).
+        resolution: Resolution,
+    },
+    /// The device's last batch is sent again, verbatim, out of band (a replay).
+    Replay {
+        /// The device.
+        device: String,
+    },
+    /// The device's next batch has its payload corrupted in transit.
+    Corrupt {
+        /// The device.
+        device: String,
+    },
+    /// The device's next request is delivered twice.
+    Duplicate {
+        /// The device.
+        device: String,
+    },
+    /// The device sends a request forged against `victim_device` (another user's device and
+    /// entities) with its own token.
+    Forge {
+        /// The forging device.
+        device: String,
+        /// A device of another user.
+        victim_device: String,
+    },
+    /// Disk faults on the device: failing fsync, or a full disk of `capacity_bytes`.
+    Disk {
+        /// The device.
+        device: String,
+        /// Whether every fsync fails.
+        #[serde(default)]
+        fail_sync: bool,
+        /// Disk size in bytes, if limited.
+        #[serde(default)]
+        capacity_bytes: Option<usize>,
+    },
+}
+
+impl Action {
+    /// The device the step is about, if any.
+    pub fn device(&self) -> Option<&str> {
+        match self {
+            Action::CrashServer | Action::RestartServer => None,
+            Action::Offline { device }
+            | Action::Online { device }
+            | Action::Partition { device }
+            | Action::Heal { device }
+            | Action::Hold { device }
+            | Action::Release { device }
+            | Action::Crash { device, .. }
+            | Action::Restart { device }
+            | Action::Skew { device, .. }
+            | Action::Create { device, .. }
+            | Action::Update { device, .. }
+            | Action::Delete { device, .. }
+            | Action::Sync { device }
+            | Action::RetryDead { device }
+            | Action::Resolve { device, .. }
+            | Action::Replay { device }
+            | Action::Corrupt { device }
+            | Action::Duplicate { device }
+            | Action::Forge { device, .. }
+            | Action::Disk { device, .. } => Some(device),
+        }
+    }
+
+    /// The step's name as written in files (`do = "…"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Offline { .. } => "offline",
+            Action::Online { .. } => "online",
+            Action::Partition { .. } => "partition",
+            Action::Heal { .. } => "heal",
+            Action::Hold { .. } => "hold",
+            Action::Release { .. } => "release",
+            Action::Crash { .. } => "crash",
+            Action::Restart { .. } => "restart",
+            Action::CrashServer => "crash_server",
+            Action::RestartServer => "restart_server",
+            Action::Skew { .. } => "skew",
+            Action::Create { .. } => "create",
+            Action::Update { .. } => "update",
+            Action::Delete { .. } => "delete",
+            Action::Sync { .. } => "sync",
+            Action::RetryDead { .. } => "retry_dead",
+            Action::Resolve { .. } => "resolve",
+            Action::Replay { .. } => "replay",
+            Action::Corrupt { .. } => "corrupt",
+            Action::Duplicate { .. } => "duplicate",
+            Action::Forge { .. } => "forge",
+            Action::Disk { .. } => "disk",
+        }
+    }
+}
