@@ -10,6 +10,7 @@ use super::wire::{
 use super::{METRICS_WINDOW_MS, RequestError, Server};
 use crate::ids::{DeviceId, UserId};
 use crate::op::{Batch, Op};
+use crate::strategy::Strategy;
 use crate::time::Millis;
 use std::collections::BTreeMap;
 
@@ -58,43 +59,10 @@ impl<S: ServerStore> Server<S> {
         // A duplicate leaves the original's queue row untouched, and an op that is not
         // stored (damaged, bad ids, a reused key or op id) must not overwrite the row of the
         // op whose id it claims.
-        let queue = (outcome.stored == Stored::Full).then(|| {
-            let row = QueueRow {
-                idempotency_key: op.idempotency_key.clone(),
-                device_id: batch.device_id.clone(),
-                batch_id: batch.batch_id.clone(),
-                entity_type: op.entity_type,
-                entity_id: op.entity_id.clone(),
-                kind: op.kind,
-                status: result.status,
-                reason: result.reason,
-                received_at_ms: now,
-            };
-            (op.op_id.clone(), row)
-        });
-        let history = (outcome.stored != Stored::Nothing).then(|| HistoryRow {
-            seq,
-            at_ms: now,
-            device_id: batch.device_id.clone(),
-            op_id: Some(op.op_id.clone()),
-            idempotency_key: Some(op.idempotency_key.clone()),
-            entity_type: op.entity_type,
-            entity_id: op.entity_id.clone(),
-            action: op.kind.into(),
-            status: HistoryStatus::Op(result.status),
-            reason: result.reason,
-            version: result.version,
-            // Every decided op is logged with its write, including those that changed
-            // nothing (a kept server state, a manual conflict), so that the reference replay
-            // can check every decision, not only the effective ones.
-            write: outcome.strategy.map(|strategy| replay::LoggedWrite::Op {
-                kind: op.kind,
-                base_version: op.base_version,
-                payload: op.payload.clone(),
-                client_timestamp_ms: op.client_timestamp_ms,
-                strategy: Some(strategy),
-            }),
-        });
+        let queue = (outcome.stored == Stored::Full)
+            .then(|| (op.op_id.clone(), queue_row(batch, op, &result, now)));
+        let history = (outcome.stored != Stored::Nothing)
+            .then(|| history_row(batch, op, &result, outcome.strategy, seq, now));
         // The device was admitted with the batch; on a real server another user's batch may
         // have registered it since, and a device never changes owner.
         let device = self.check_device(user, &batch.device_id).is_ok().then(|| {
@@ -104,14 +72,7 @@ impl<S: ServerStore> Server<S> {
         });
         let mut metrics = self.metrics_window(user, now);
         metrics.ops += 1;
-        match result.status {
-            OpStatus::Applied => metrics.applied += 1,
-            OpStatus::Duplicate => metrics.duplicates += 1,
-            OpStatus::Conflict => metrics.conflicts += 1,
-            OpStatus::Rejected => metrics.rejected += 1,
-            OpStatus::Blocked => metrics.blocked += 1,
-            OpStatus::Retry => metrics.retries += 1,
-        }
+        count(&mut metrics, result.status);
         let conflict = outcome.conflict.map(|mut record| {
             record.conflict_id = conflict_id(user, seq);
             record
@@ -211,5 +172,66 @@ impl<S: ServerStore> Server<S> {
                 window_start_ms: start,
                 ..MetricsWindow::default()
             })
+    }
+}
+
+/// The queue row of a stored op: its latest status.
+fn queue_row(batch: &Batch, op: &Op, result: &OpResult, now: Millis) -> QueueRow {
+    QueueRow {
+        idempotency_key: op.idempotency_key.clone(),
+        device_id: batch.device_id.clone(),
+        batch_id: batch.batch_id.clone(),
+        entity_type: op.entity_type,
+        entity_id: op.entity_id.clone(),
+        kind: op.kind,
+        status: result.status,
+        reason: result.reason,
+        received_at_ms: now,
+    }
+}
+
+/// The history row of an op that is stored at least in the history.
+fn history_row(
+    batch: &Batch,
+    op: &Op,
+    result: &OpResult,
+    strategy: Option<Strategy>,
+    seq: u64,
+    now: Millis,
+) -> HistoryRow {
+    HistoryRow {
+        seq,
+        at_ms: now,
+        device_id: batch.device_id.clone(),
+        op_id: Some(op.op_id.clone()),
+        idempotency_key: Some(op.idempotency_key.clone()),
+        entity_type: op.entity_type,
+        entity_id: op.entity_id.clone(),
+        action: op.kind.into(),
+        status: HistoryStatus::Op(result.status),
+        reason: result.reason,
+        version: result.version,
+        // Every decided op is logged with its write, including those that changed
+        // nothing (a kept server state, a manual conflict), so that the reference replay
+        // can check every decision, not only the effective ones.
+        write: strategy.map(|strategy| replay::LoggedWrite::Op {
+            kind: op.kind,
+            base_version: op.base_version,
+            payload: op.payload.clone(),
+            client_timestamp_ms: op.client_timestamp_ms,
+            strategy: Some(strategy),
+        }),
+    }
+}
+
+/// Counts an op's status in its metrics window.
+fn count(metrics: &mut MetricsWindow, status: OpStatus) {
+    match status {
+        OpStatus::Applied => metrics.applied += 1,
+        OpStatus::Duplicate => metrics.duplicates += 1,
+        OpStatus::Conflict => metrics.conflicts += 1,
+        OpStatus::Rejected => metrics.rejected += 1,
+        OpStatus::Blocked => metrics.blocked += 1,
+        OpStatus::Retry => metrics.retries += 1,
     }
 }

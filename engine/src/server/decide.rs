@@ -7,7 +7,7 @@ use super::wire::{
     ConflictRecord, ConflictStatus, DecisionCode, OpResult, OpStatus, Refusal, ResolvedBy,
 };
 use super::{ENTITY_BYTES_MAX, ENTITY_COUNT_MAX, HISTORY_ROW_COUNT_MAX, Server};
-use crate::conflict::{self, Decision, Detection, Invalid, ServerEntity, Strategy, Write};
+use crate::conflict::{self, Case, Decision, Detection, Invalid, ServerEntity, Strategy, Write};
 use crate::ids::{ConflictId, UserId};
 use crate::op::{Batch, Op, OpKind};
 use crate::time::Millis;
@@ -17,7 +17,8 @@ impl<S: ServerStore> Server<S> {
     ///
     /// The order is the point: the checksum is verified before anything else about the op
     /// is decided or remembered, so a damaged copy can never poison its key or its op id;
-    /// ids that break the id rule are refused before anything stores them.
+    /// ids that break the id rule are refused before anything stores them. Then the op's
+    /// preconditions on the server's state, then the write itself.
     pub(super) fn decide_op(
         &self,
         user: &UserId,
@@ -25,13 +26,28 @@ impl<S: ServerStore> Server<S> {
         op: &Op,
         now: Millis,
     ) -> OpOutcome {
+        if let Some(answer) = self.screen(user, op, now) {
+            return answer;
+        }
+        if let Some(answer) = self.check_preconditions(user, op) {
+            return answer;
+        }
+        self.decide_write(user, batch, op, now)
+    }
+
+    /// What is decided from the op alone and its key: integrity, ids, a duplicate, a reused
+    /// key or op id, shape and age. `None`: the op goes on.
+    fn screen(&self, user: &UserId, op: &Op, now: Millis) -> Option<OpOutcome> {
         let tables = self.store.tables();
-        let reject = |code: Refusal| OpOutcome::answer(op, OpStatus::Rejected, code, true);
         if !self.config.planted.server.skips_checksums && op.verify_checksum().is_err() {
-            return OpOutcome::unstored(op, Refusal::ChecksumMismatch, Stored::Nothing);
+            return Some(OpOutcome::unstored(
+                op,
+                Refusal::ChecksumMismatch,
+                Stored::Nothing,
+            ));
         }
         if op.validate_ids().is_err() {
-            return OpOutcome::unstored(op, Refusal::InvalidOp, Stored::Nothing);
+            return Some(OpOutcome::unstored(op, Refusal::InvalidOp, Stored::Nothing));
         }
         if let Some(record) = tables
             .sync_idempotency_keys
@@ -39,18 +55,23 @@ impl<S: ServerStore> Server<S> {
             .filter(|_| !self.config.planted.server.ignores_idempotency)
         {
             if record.op_checksum != op.checksum {
-                return OpOutcome::unstored(op, Refusal::IdempotencyKeyReused, Stored::HistoryOnly);
+                let stored = Stored::HistoryOnly;
+                return Some(OpOutcome::unstored(
+                    op,
+                    Refusal::IdempotencyKeyReused,
+                    stored,
+                ));
             }
             let mut result = record.result.clone();
             result.status = OpStatus::Duplicate;
-            return OpOutcome {
+            return Some(OpOutcome {
                 result,
                 remember: false,
                 stored: Stored::HistoryOnly,
                 strategy: None,
                 entity: None,
                 conflict: None,
-            };
+            });
         }
         // An op id names one op: another key under the same id would overwrite the first
         // op's queue row (and with it what its dependents see).
@@ -59,33 +80,33 @@ impl<S: ServerStore> Server<S> {
             .get(&(user.clone(), op.op_id.clone()))
             .is_some_and(|row| row.idempotency_key != op.idempotency_key)
         {
-            return OpOutcome::unstored(op, Refusal::OpIdReused, Stored::HistoryOnly);
+            return Some(OpOutcome::unstored(
+                op,
+                Refusal::OpIdReused,
+                Stored::HistoryOnly,
+            ));
         }
         if op.validate().is_err() {
-            return reject(Refusal::InvalidOp);
+            return Some(OpOutcome::reject(op, Refusal::InvalidOp));
         }
         if now.since_ms(op.created_at_ms) > self.config.idempotency_retention_ms() {
-            return reject(Refusal::Expired);
+            return Some(OpOutcome::reject(op, Refusal::Expired));
         }
+        None
+    }
+
+    /// What the op needs of the server's state before its write is decided: applied
+    /// dependencies, an entity of its own user, usable parents, no live children under a
+    /// deleted parent, room in the tables. `None`: the write is decided.
+    fn check_preconditions(&self, user: &UserId, op: &Op) -> Option<OpOutcome> {
+        let tables = self.store.tables();
+        let blocked = |code| Some(OpOutcome::answer(op, OpStatus::Blocked, code, false));
+        let reject = |code| Some(OpOutcome::reject(op, code));
         for dependency in &op.depends_on {
             match tables.sync_queue.get(&(user.clone(), dependency.clone())) {
                 Some(row) if matches!(row.status, OpStatus::Applied | OpStatus::Conflict) => {}
-                Some(_) => {
-                    return OpOutcome::answer(
-                        op,
-                        OpStatus::Blocked,
-                        Refusal::DependencyFailed,
-                        false,
-                    );
-                }
-                None => {
-                    return OpOutcome::answer(
-                        op,
-                        OpStatus::Blocked,
-                        Refusal::DependencyMissing,
-                        false,
-                    );
-                }
+                Some(_) => return blocked(Refusal::DependencyFailed),
+                None => return blocked(Refusal::DependencyMissing),
             }
         }
         let key: EntityKey = (op.entity_type, op.entity_id.clone());
@@ -97,9 +118,7 @@ impl<S: ServerStore> Server<S> {
             && let Err(refusal) = self.check_parents(user, op.entity_type, fields)
         {
             return match refusal {
-                ParentRefusal::Missing => {
-                    OpOutcome::answer(op, OpStatus::Blocked, Refusal::DependencyMissing, false)
-                }
+                ParentRefusal::Missing => blocked(Refusal::DependencyMissing),
                 ParentRefusal::Forbidden => reject(Refusal::Forbidden),
                 ParentRefusal::Deleted => reject(Refusal::ParentDeleted),
             };
@@ -115,13 +134,25 @@ impl<S: ServerStore> Server<S> {
         if op.kind == OpKind::Delete && tables.live_children.contains_key(&key) {
             return reject(Refusal::HasChildren);
         }
-        if op.kind == OpKind::Create && tables.entities.len() >= ENTITY_COUNT_MAX {
-            return OpOutcome::answer(op, OpStatus::Retry, Refusal::StorageFull, false);
+        let full = (op.kind == OpKind::Create && tables.entities.len() >= ENTITY_COUNT_MAX)
+            || tables.sync_history.len() >= HISTORY_ROW_COUNT_MAX;
+        if full {
+            return Some(OpOutcome::answer(
+                op,
+                OpStatus::Retry,
+                Refusal::StorageFull,
+                false,
+            ));
         }
-        if tables.sync_history.len() >= HISTORY_ROW_COUNT_MAX {
-            return OpOutcome::answer(op, OpStatus::Retry, Refusal::StorageFull, false);
-        }
+        None
+    }
 
+    /// The write's decision: clean, or a conflict its type's strategy decides; refused when
+    /// the entity would grow beyond its limit.
+    fn decide_write(&self, user: &UserId, batch: &Batch, op: &Op, now: Millis) -> OpOutcome {
+        let key: EntityKey = (op.entity_type, op.entity_id.clone());
+        let stored = self.store.tables().entities.get(&key);
+        debug_assert!(stored.is_none_or(|s| &s.owner == user), "checked before");
         let server = stored.map(|s| &s.state);
         let mut write = Write::of(op, &batch.device_id);
         let strategy = self.config.entities.rules(op.entity_type).strategy;
@@ -130,7 +161,7 @@ impl<S: ServerStore> Server<S> {
             write.timestamp_ms = now;
         }
         let (decision, case) = match conflict::detect(server, &write) {
-            Detection::Invalid(invalid) => return reject(refusal_of(invalid)),
+            Detection::Invalid(invalid) => return OpOutcome::reject(op, refusal_of(invalid)),
             Detection::Clean => (conflict::apply_clean(server, &write), None),
             Detection::Conflict(case) => {
                 let server = server.expect("a conflict needs a server entity");
@@ -148,12 +179,55 @@ impl<S: ServerStore> Server<S> {
             .as_ref()
             .is_some_and(|n| !n.deleted && entity_bytes(n) > ENTITY_BYTES_MAX)
         {
-            return reject(Refusal::EntityTooLarge);
+            return OpOutcome::reject(op, Refusal::EntityTooLarge);
         }
         let after = next
             .as_ref()
             .or(server)
             .expect("a decided write leaves an entity");
+        let decided = Decided {
+            case,
+            strategy,
+            code,
+            manual,
+            already_done,
+            server,
+        };
+        let (result, conflict) = decided.answer(op, batch, after, now);
+        OpOutcome {
+            result,
+            remember: true,
+            stored: Stored::Full,
+            strategy: Some(strategy),
+            entity: next.map(|state| (key, state)),
+            conflict,
+        }
+    }
+}
+
+/// A write's decision, before its answer is built.
+struct Decided<'a> {
+    /// The conflict case, if the write met one.
+    case: Option<Case>,
+    strategy: Strategy,
+    code: DecisionCode,
+    /// Left open for a person.
+    manual: bool,
+    /// A delete that met a tombstone: answered as applied.
+    already_done: bool,
+    /// The server's entity the write met.
+    server: Option<&'a ServerEntity>,
+}
+
+impl Decided<'_> {
+    /// The op's result and, for a conflict, its record; `after` is the entity afterwards.
+    fn answer(
+        &self,
+        op: &Op,
+        batch: &Batch,
+        after: &ServerEntity,
+        now: Millis,
+    ) -> (OpResult, Option<ConflictRecord>) {
         let mut result = OpResult {
             op_id: op.op_id.clone(),
             status: OpStatus::Applied,
@@ -164,14 +238,14 @@ impl<S: ServerStore> Server<S> {
             reason: None,
         };
         let mut conflict = None;
-        if let Some(case) = case
-            && !already_done
+        if let Some(case) = self.case
+            && !self.already_done
         {
             result.status = OpStatus::Conflict;
             result.entity = (!after.deleted).then(|| after.to_value());
             result.deleted = after.deleted;
-            result.reason = Some(code.into());
-            let server = server.expect("a conflict needs a server entity");
+            result.reason = Some(self.code.into());
+            let server = self.server.expect("a conflict needs a server entity");
             conflict = Some(ConflictRecord {
                 conflict_id: ConflictId::default(),
                 op_id: op.op_id.clone(),
@@ -180,30 +254,23 @@ impl<S: ServerStore> Server<S> {
                 entity_id: op.entity_id.clone(),
                 kind: op.kind,
                 case,
-                strategy,
-                decision: code,
+                strategy: self.strategy,
+                decision: self.code,
                 server_version: server.version,
                 server_entity: server.to_value(),
                 client_payload: op.payload.clone(),
                 client_timestamp_ms: op.client_timestamp_ms,
-                status: if manual {
+                status: if self.manual {
                     ConflictStatus::Open
                 } else {
                     ConflictStatus::Resolved
                 },
-                resolution: (!manual).then_some(ResolvedBy::Auto),
+                resolution: (!self.manual).then_some(ResolvedBy::Auto),
                 created_at_ms: now,
-                resolved_at_ms: (!manual).then_some(now),
+                resolved_at_ms: (!self.manual).then_some(now),
             });
         }
-        OpOutcome {
-            result,
-            remember: true,
-            stored: Stored::Full,
-            strategy: Some(strategy),
-            entity: next.map(|state| (key, state)),
-            conflict,
-        }
+        (result, conflict)
     }
 }
 
@@ -303,6 +370,11 @@ impl OpOutcome {
             entity: None,
             conflict: None,
         }
+    }
+
+    /// A rejection for good, remembered under the op's key.
+    pub(super) fn reject(op: &Op, code: Refusal) -> OpOutcome {
+        OpOutcome::answer(op, OpStatus::Rejected, code, true)
     }
 
     /// A rejection that stores `stored` of the op and is never remembered.

@@ -14,7 +14,7 @@ use crate::delta;
 use crate::ids::{ConflictId, UserId};
 use crate::op::OpKind;
 use crate::time::Millis;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 impl<S: ServerStore> Server<S> {
     /// Handles `POST /api/sync/conflicts/<id>/resolve`.
@@ -25,79 +25,10 @@ impl<S: ServerStore> Server<S> {
         request: &ResolveRequest,
         now: Millis,
     ) -> Result<ConflictRecord, RequestError> {
-        let tables = self.store.tables();
-        let Some((owner, record)) = tables.sync_conflicts.get(conflict_id) else {
-            return Err(RequestError::NotFound {
-                message: format!("no conflict {conflict_id}"),
-            });
-        };
-        if owner != user {
-            return Err(RequestError::Forbidden {
-                message: format!("conflict {conflict_id} belongs to another user"),
-            });
-        }
-        if record.status == ConflictStatus::Resolved {
-            return Err(RequestError::AlreadyResolved {
-                message: format!("conflict {conflict_id} is already resolved"),
-            });
-        }
+        let (record, current) = self.open_conflict(user, conflict_id)?;
+        let (deleted, fields) = self.resolved_fields(user, record, current, request)?;
         let key = (record.entity_type, record.entity_id.clone());
-        let Some(current) = tables.entities.get(&key).map(|stored| &stored.state) else {
-            return Err(RequestError::NotFound {
-                message: format!("conflict {conflict_id} names no stored entity"),
-            });
-        };
-        let (deleted, fields) = match (request.resolution, &request.entity) {
-            (Resolution::KeepServer | Resolution::KeepClient, Some(_)) => {
-                return Err(RequestError::invalid(
-                    "entity is only accepted with resolution custom",
-                ));
-            }
-            (Resolution::Custom, None) => {
-                return Err(RequestError::invalid("resolution custom needs an entity"));
-            }
-            (Resolution::Custom, Some(entity)) => {
-                let Some(fields) = entity.as_object() else {
-                    return Err(RequestError::invalid("entity must be a JSON object"));
-                };
-                if fields.get("id").and_then(Value::as_str) != Some(record.entity_id.as_str()) {
-                    return Err(RequestError::invalid(format!(
-                        "entity id must be {:?}",
-                        record.entity_id.as_str()
-                    )));
-                }
-                // A custom entity is a whole entity written by the user: it gets the rules of
-                // a create's payload and the parent checks of any write.
-                crate::op::validate_entity(record.entity_type, &record.entity_id, entity)
-                    .map_err(|e| RequestError::invalid(format!("custom entity: {e}")))?;
-                self.check_parents(user, record.entity_type, fields)
-                    .map_err(|refusal| parent_request_error(refusal, record.entity_type))?;
-                (false, Some(fields.clone()))
-            }
-            (Resolution::KeepServer, None) => (current.deleted, None),
-            (Resolution::KeepClient, None) if record.kind == OpKind::Delete => (true, None),
-            (Resolution::KeepClient, None) => {
-                let mut patch = record.client_payload.clone();
-                if let Some(fields) = patch.as_object_mut() {
-                    fields.remove("id");
-                }
-                let mut entity = current.to_value();
-                delta::apply(&mut entity, &patch);
-                (false, entity.as_object().cloned())
-            }
-        };
-        if let Some(fields) = &fields {
-            let bytes = serde_json::to_vec(fields).map_or(usize::MAX, |b| b.len());
-            if bytes > ENTITY_BYTES_MAX {
-                return Err(RequestError::BadRequest {
-                    code: "entity_too_large",
-                    message: format!(
-                        "the resolved entity would be {bytes} bytes, more than the limit of \
-                         {ENTITY_BYTES_MAX}"
-                    ),
-                });
-            }
-        }
+        let tables = self.store.tables();
         let resolution = ResolvedBy::from(request.resolution);
         let mut resolved = record.clone();
         resolved.status = ConflictStatus::Resolved;
@@ -150,5 +81,99 @@ impl<S: ServerStore> Server<S> {
             ..Commit::default()
         });
         Ok(resolved)
+    }
+
+    /// The open conflict `conflict_id` of `user` and the entity it is about.
+    fn open_conflict(
+        &self,
+        user: &UserId,
+        conflict_id: &ConflictId,
+    ) -> Result<(&ConflictRecord, &ServerEntity), RequestError> {
+        let tables = self.store.tables();
+        let Some((owner, record)) = tables.sync_conflicts.get(conflict_id) else {
+            return Err(RequestError::NotFound {
+                message: format!("no conflict {conflict_id}"),
+            });
+        };
+        if owner != user {
+            return Err(RequestError::Forbidden {
+                message: format!("conflict {conflict_id} belongs to another user"),
+            });
+        }
+        if record.status == ConflictStatus::Resolved {
+            return Err(RequestError::AlreadyResolved {
+                message: format!("conflict {conflict_id} is already resolved"),
+            });
+        }
+        let key = (record.entity_type, record.entity_id.clone());
+        let Some(current) = tables.entities.get(&key).map(|stored| &stored.state) else {
+            return Err(RequestError::NotFound {
+                message: format!("conflict {conflict_id} names no stored entity"),
+            });
+        };
+        Ok((record, current))
+    }
+
+    /// The entity's state the resolution asks for: (deleted, fields; `None` keeps the
+    /// current fields), with the request's entity checked like any write.
+    fn resolved_fields(
+        &self,
+        user: &UserId,
+        record: &ConflictRecord,
+        current: &ServerEntity,
+        request: &ResolveRequest,
+    ) -> Result<(bool, Option<Map<String, Value>>), RequestError> {
+        let (deleted, fields) = match (request.resolution, &request.entity) {
+            (Resolution::KeepServer | Resolution::KeepClient, Some(_)) => {
+                return Err(RequestError::invalid(
+                    "entity is only accepted with resolution custom",
+                ));
+            }
+            (Resolution::Custom, None) => {
+                return Err(RequestError::invalid("resolution custom needs an entity"));
+            }
+            (Resolution::Custom, Some(entity)) => {
+                let Some(fields) = entity.as_object() else {
+                    return Err(RequestError::invalid("entity must be a JSON object"));
+                };
+                if fields.get("id").and_then(Value::as_str) != Some(record.entity_id.as_str()) {
+                    return Err(RequestError::invalid(format!(
+                        "entity id must be {:?}",
+                        record.entity_id.as_str()
+                    )));
+                }
+                // A custom entity is a whole entity written by the user: it gets the rules of
+                // a create's payload and the parent checks of any write.
+                crate::op::validate_entity(record.entity_type, &record.entity_id, entity)
+                    .map_err(|e| RequestError::invalid(format!("custom entity: {e}")))?;
+                self.check_parents(user, record.entity_type, fields)
+                    .map_err(|refusal| parent_request_error(refusal, record.entity_type))?;
+                (false, Some(fields.clone()))
+            }
+            (Resolution::KeepServer, None) => (current.deleted, None),
+            (Resolution::KeepClient, None) if record.kind == OpKind::Delete => (true, None),
+            (Resolution::KeepClient, None) => {
+                let mut patch = record.client_payload.clone();
+                if let Some(fields) = patch.as_object_mut() {
+                    fields.remove("id");
+                }
+                let mut entity = current.to_value();
+                delta::apply(&mut entity, &patch);
+                (false, entity.as_object().cloned())
+            }
+        };
+        if let Some(fields) = &fields {
+            let bytes = serde_json::to_vec(fields).map_or(usize::MAX, |b| b.len());
+            if bytes > ENTITY_BYTES_MAX {
+                return Err(RequestError::BadRequest {
+                    code: "entity_too_large",
+                    message: format!(
+                        "the resolved entity would be {bytes} bytes, more than the limit of \
+                         {ENTITY_BYTES_MAX}"
+                    ),
+                });
+            }
+        }
+        Ok((deleted, fields))
     }
 }
