@@ -446,7 +446,7 @@ fn drive(device: &mut Coordinator<SimStore>, server: &mut Server, user: &UserId,
                 let result = server
                     .resolve_conflict(user, &conflict_id, &request, now)
                     .map(|_| ())
-                    .map_err(|e| e.code().to_owned());
+                    .map_err(|e| e.code().as_str().to_owned());
                 device.on_resolve_response(now, result);
             }
         }

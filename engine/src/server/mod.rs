@@ -21,6 +21,7 @@ pub use decide::decision_code;
 use crate::config::SyncConfig;
 use crate::time::{DAY_MS, HOUR_MS};
 use tables::{MemoryStore, ServerStore, Tables};
+use wire::ErrorCode;
 
 /// The most changes one pull page returns.
 pub const PULL_LIMIT_MAX: usize = 1_000;
@@ -47,8 +48,8 @@ pub enum RequestError {
     /// Malformed or invalid request (HTTP 400).
     #[error("{message}")]
     BadRequest {
-        /// Stable code: `malformed`, `invalid_value`.
-        code: &'static str,
+        /// Stable code: `malformed`, `invalid_value`, `entity_too_large`.
+        code: ErrorCode,
         /// A sentence for a person.
         message: String,
     },
@@ -86,20 +87,20 @@ pub enum RequestError {
 
 impl RequestError {
     /// The machine-readable code of the error body.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            RequestError::BadRequest { code, .. } => code,
-            RequestError::Forbidden { .. } => "forbidden",
-            RequestError::NotFound { .. } => "not_found",
-            RequestError::AlreadyResolved { .. } => "already_resolved",
-            RequestError::TooLarge { .. } => "too_large",
-            RequestError::ChecksumMismatch { .. } => "checksum_mismatch",
+            RequestError::BadRequest { code, .. } => *code,
+            RequestError::Forbidden { .. } => ErrorCode::Forbidden,
+            RequestError::NotFound { .. } => ErrorCode::NotFound,
+            RequestError::AlreadyResolved { .. } => ErrorCode::AlreadyResolved,
+            RequestError::TooLarge { .. } => ErrorCode::TooLarge,
+            RequestError::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
         }
     }
 
     fn invalid(message: impl Into<String>) -> RequestError {
         RequestError::BadRequest {
-            code: "invalid_value",
+            code: ErrorCode::InvalidValue,
             message: message.into(),
         }
     }

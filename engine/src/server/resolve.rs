@@ -5,8 +5,8 @@ use super::admission::parent_request_error;
 use super::replay;
 use super::tables::{Commit, ServerStore};
 use super::wire::{
-    ConflictRecord, ConflictStatus, HistoryAction, HistoryRow, HistoryStatus, Resolution,
-    ResolveRequest, ResolvedBy,
+    ConflictRecord, ConflictStatus, ErrorCode, HistoryAction, HistoryRow, HistoryStatus,
+    Resolution, ResolveRequest, ResolvedBy,
 };
 use super::{ENTITY_BYTES_MAX, RequestError, Server};
 use crate::conflict::{self, ServerEntity};
@@ -166,7 +166,7 @@ impl<S: ServerStore> Server<S> {
             let bytes = serde_json::to_vec(fields).map_or(usize::MAX, |b| b.len());
             if bytes > ENTITY_BYTES_MAX {
                 return Err(RequestError::BadRequest {
-                    code: "entity_too_large",
+                    code: ErrorCode::EntityTooLarge,
                     message: format!(
                         "the resolved entity would be {bytes} bytes, more than the limit of \
                          {ENTITY_BYTES_MAX}"

@@ -322,7 +322,7 @@ fn another_users_device_is_forbidden_for_the_whole_batch() {
     let batch = Batch::new("b".into(), "phone".into(), vec![session(2, "fs2")]);
     let error = server.handle_batch(&user("bob"), &batch, NOW).unwrap_err();
     assert_eq!(
-        (error.code(), error.to_string()),
+        (error.code().as_str(), error.to_string()),
         (
             "forbidden",
             "device phone belongs to another user".to_owned()
@@ -336,7 +336,7 @@ fn a_batch_with_a_bad_checksum_is_refused_whole() {
     let mut batch = Batch::new("b".into(), "phone".into(), vec![session(1, "fs")]);
     batch.ops[0].priority = Priority::CRITICAL;
     let error = server.handle_batch(&user("ann"), &batch, NOW).unwrap_err();
-    assert_eq!(error.code(), "checksum_mismatch");
+    assert_eq!(error.code().as_str(), "checksum_mismatch");
     assert!(
         error
             .to_string()
@@ -355,7 +355,7 @@ fn a_batch_over_the_op_limit_is_too_large() {
     let batch = Batch::new("b".into(), "phone".into(), ops);
     let error = server.handle_batch(&user("ann"), &batch, NOW).unwrap_err();
     assert_eq!(
-        (error.code(), error.to_string()),
+        (error.code().as_str(), error.to_string()),
         (
             "too_large",
             "batch carries 501 ops, more than the limit of 500".to_owned()
@@ -500,7 +500,7 @@ fn a_manual_conflict_is_resolved_once_and_only_by_its_owner() {
     let error = server
         .resolve_conflict(&user("bob"), &id, &keep_client, NOW)
         .unwrap_err();
-    assert_eq!(error.code(), "forbidden");
+    assert_eq!(error.code().as_str(), "forbidden");
     let error = server
         .resolve_conflict(
             &user("ann"),
@@ -510,7 +510,7 @@ fn a_manual_conflict_is_resolved_once_and_only_by_its_owner() {
         )
         .unwrap_err();
     assert_eq!(
-        (error.code(), error.to_string()),
+        (error.code().as_str(), error.to_string()),
         ("not_found", "no conflict conflict-999".to_owned())
     );
     let custom_without_entity = ResolveRequest {
@@ -521,7 +521,7 @@ fn a_manual_conflict_is_resolved_once_and_only_by_its_owner() {
         .resolve_conflict(&user("ann"), &id, &custom_without_entity, NOW)
         .unwrap_err();
     assert_eq!(
-        (error.code(), error.to_string()),
+        (error.code().as_str(), error.to_string()),
         (
             "invalid_value",
             "resolution custom needs an entity".to_owned()
@@ -540,7 +540,7 @@ fn a_manual_conflict_is_resolved_once_and_only_by_its_owner() {
     let error = server
         .resolve_conflict(&user("ann"), &id, &keep_client, NOW)
         .unwrap_err();
-    assert_eq!(error.code(), "already_resolved");
+    assert_eq!(error.code().as_str(), "already_resolved");
     assert!(
         server
             .conflicts(&user("ann"), Some(ConflictStatus::Open))

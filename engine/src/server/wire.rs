@@ -168,6 +168,43 @@ wire_names! {
     }
 }
 
+wire_names! {
+    /// The `error` code of an error answer (`{ "error": code, "message": sentence }`):
+    /// docs/api.md gives the HTTP status of each.
+    pub enum ErrorCode {
+        /// The body or a parameter cannot be parsed (400).
+        Malformed => "malformed",
+        /// A value breaks a rule (400).
+        InvalidValue => "invalid_value",
+        /// A resolution would grow the entity beyond its limit (400).
+        EntityTooLarge => "entity_too_large",
+        /// No or an unknown bearer token (401).
+        Unauthorized => "unauthorized",
+        /// Another user's device, entity or conflict (403).
+        Forbidden => "forbidden",
+        /// No such endpoint or conflict (404).
+        NotFound => "not_found",
+        /// The method is not served on this path (405).
+        MethodNotAllowed => "method_not_allowed",
+        /// The body did not arrive in time (408).
+        Timeout => "timeout",
+        /// The conflict is already resolved (409).
+        AlreadyResolved => "already_resolved",
+        /// Over a size or count limit (413).
+        TooLarge => "too_large",
+        /// The request line is too long (414).
+        UriTooLong => "uri_too_long",
+        /// The batch checksum does not match (422).
+        ChecksumMismatch => "checksum_mismatch",
+        /// The headers are too large (431).
+        HeadersTooLarge => "headers_too_large",
+        /// An engine step failed; nothing of it was applied (500).
+        Internal => "internal",
+        /// Too many open connections (503).
+        Busy => "busy",
+    }
+}
+
 /// The `reason` a result or a history row carries: a refusal, a conflict's decision, or (on
 /// a resolution's history row) how it was resolved. On the wire it is the bare code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

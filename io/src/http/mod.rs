@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rockhound_engine::ids::{ConflictId, check_id};
-use rockhound_engine::server::wire::{ConflictStatus, ResolveRequest};
+use rockhound_engine::server::wire::{ConflictStatus, ErrorCode, ResolveRequest};
 use rockhound_engine::server::{RequestError, Server};
 use rockhound_engine::{Batch, DeviceId, Millis, UserId};
 use serde::Deserialize;
@@ -101,7 +101,7 @@ impl AppState {
                 tracing::error!(panic = %what, "request hit an engine bug; answered 500");
                 Err(ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    ErrorCode::Internal,
                     "the server hit an internal error; the step it was taking was not applied",
                 ))
             }
@@ -113,12 +113,12 @@ impl AppState {
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -127,7 +127,7 @@ impl ApiError {
     }
 
     fn malformed(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "malformed", message)
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::Malformed, message)
     }
 }
 
@@ -149,7 +149,7 @@ impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> ApiError {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_value",
+            ErrorCode::InvalidValue,
             rejection.body_text(),
         )
     }
@@ -175,12 +175,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sync/history", get(get_history))
         .route("/api/sync/metrics", get(get_metrics))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no such endpoint",
+            )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this endpoint does not answer that method",
             )
         })
@@ -198,7 +202,7 @@ async fn check_head(request: Request, next: Next) -> Response {
     if target > URI_BYTES_MAX {
         return ApiError::new(
             StatusCode::URI_TOO_LONG,
-            "uri_too_long",
+            ErrorCode::UriTooLong,
             format!("request target is {target} bytes, more than the limit of {URI_BYTES_MAX}"),
         )
         .into_response();
@@ -211,7 +215,7 @@ async fn check_head(request: Request, next: Next) -> Response {
     if headers.len() > HEADER_COUNT_MAX || bytes > HEADER_BYTES_MAX {
         return ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
+            ErrorCode::HeadersTooLarge,
             format!(
                 "request carries {} headers of {bytes} bytes; the limits are \
                  {HEADER_COUNT_MAX} headers and {HEADER_BYTES_MAX} bytes",
@@ -241,7 +245,7 @@ where
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<UserId, ApiError> {
     let unauthorized =
-        |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message);
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <token> header"))?;
@@ -266,7 +270,7 @@ async fn read_body(state: &AppState, body: Body) -> Result<Vec<u8>, ApiError> {
         Some(timeout) => tokio::time::timeout(timeout, read).await.map_err(|_| {
             ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "timeout",
+                ErrorCode::Timeout,
                 format!(
                     "request body did not arrive within {} ms",
                     timeout.as_millis()
@@ -279,7 +283,7 @@ async fn read_body(state: &AppState, body: Body) -> Result<Vec<u8>, ApiError> {
         if is_length_limit(&error) {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
+                ErrorCode::TooLarge,
                 format!("request body is larger than the limit of {REQUEST_BYTES_MAX} bytes"),
             )
         } else {
@@ -307,7 +311,7 @@ fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError
     check_id("conflict id", &id).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_value",
+            ErrorCode::InvalidValue,
             "conflict id must be 1 to 128 characters of letters, digits and -_.:",
         )
     })?;
@@ -480,7 +484,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             (error.status, error.code),
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
         );
         let windows = state
             .with_server(|server| Ok(server.metrics(&UserId::from("ann"))))

@@ -6,8 +6,10 @@ use crate::client::observe::{Event, HistoryItem, LocalConflict, OpUpdate, Teleme
 use crate::client::queue::{Entry, Status};
 use crate::client::record::Record;
 use crate::client::store::QueueStore;
-use crate::ids::OpId;
-use crate::server::wire::{BatchResponse, ChangesPage, DecisionCode, OpStatus, Reason, Refusal};
+use crate::ids::{ConflictId, OpId};
+use crate::server::wire::{
+    BatchResponse, ChangesPage, DecisionCode, ErrorCode, OpResult, OpStatus, Reason, Refusal,
+};
 use crate::time::Millis;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -36,45 +38,20 @@ impl<S: QueueStore> Coordinator<S> {
             answered.insert(result.op_id.clone(), result);
         }
         let mut failures = Vec::new();
-        for seq in seqs {
-            let op_id = self
+        for &seq in &seqs {
+            let op_id = &self
                 .queue
                 .get(seq)
                 .expect("in-flight ops are queued")
                 .op
-                .op_id
-                .clone();
-            let Some(result) = answered.get(&op_id) else {
-                self.fail_attempt(now, seq, "no result for the op");
-                continue;
-            };
-            self.queue
-                .note_result(seq, result.version, result.conflict_id.clone());
-            match result.status {
-                OpStatus::Applied | OpStatus::Duplicate | OpStatus::Conflict => {
-                    self.settle(now, seq, result);
-                }
-                OpStatus::Rejected => {
-                    let reason = result.reason.map_or("rejected", Reason::as_str).to_owned();
-                    failures.push((seq, reason));
-                }
-                OpStatus::Blocked => {
-                    let cause = self.failed_dependency(seq);
-                    match cause {
-                        Some(cause) if result.reason == Some(Refusal::DependencyFailed.into()) => {
-                            let blocked = self.queue.block(seq, cause);
-                            self.report_blocked(&blocked);
-                        }
-                        _ => {
-                            let reason = result.reason.map_or("blocked", Reason::as_str);
-                            self.fail_attempt(now, seq, reason);
-                        }
+                .op_id;
+            match answered.get(op_id) {
+                Some(result) => {
+                    if let Some(reason) = self.take_result(now, seq, result) {
+                        failures.push((seq, reason));
                     }
                 }
-                OpStatus::Retry => {
-                    let reason = result.reason.map_or("retry", Reason::as_str);
-                    self.fail_attempt(now, seq, reason);
-                }
+                None => self.fail_attempt(now, seq, "no result for the op"),
             }
         }
         // Failures block their dependants only after every result of the batch is taken,
@@ -95,6 +72,46 @@ impl<S: QueueStore> Coordinator<S> {
         }
         self.pull_due = true;
         self.compact_if_needed();
+        // Postcondition: every op of the answered batch left the in-flight state (settled,
+        // failed, blocked or back to pending).
+        assert!(
+            seqs.iter().all(|seq| self
+                .queue
+                .get(*seq)
+                .is_none_or(|e| e.status != Status::InFlight)),
+            "an op is still in flight after the answer to its batch"
+        );
+    }
+
+    /// Takes one op's result: settles it, blocks it behind a failed dependency, or schedules
+    /// its next attempt. A rejection is returned with its reason, to be failed once the
+    /// whole batch is taken.
+    fn take_result(&mut self, now: Millis, seq: u64, result: &OpResult) -> Option<String> {
+        self.queue
+            .note_result(seq, result.version, result.conflict_id.clone());
+        match result.status {
+            OpStatus::Applied | OpStatus::Duplicate | OpStatus::Conflict => {
+                self.settle(now, seq, result);
+            }
+            OpStatus::Rejected => {
+                return Some(result.reason.map_or("rejected", Reason::as_str).to_owned());
+            }
+            OpStatus::Blocked => match self.failed_dependency(seq) {
+                Some(cause) if result.reason == Some(Refusal::DependencyFailed.into()) => {
+                    let blocked = self.queue.block(seq, cause);
+                    self.report_blocked(&blocked);
+                }
+                _ => {
+                    let reason = result.reason.map_or("blocked", Reason::as_str);
+                    self.fail_attempt(now, seq, reason);
+                }
+            },
+            OpStatus::Retry => {
+                let reason = result.reason.map_or("retry", Reason::as_str);
+                self.fail_attempt(now, seq, reason);
+            }
+        }
+        None
     }
 
     pub(super) fn failed_dependency(&self, seq: u64) -> Option<OpId> {
@@ -109,7 +126,7 @@ impl<S: QueueStore> Coordinator<S> {
         })
     }
 
-    pub(super) fn settle(&mut self, now: Millis, seq: u64, result: &crate::server::wire::OpResult) {
+    pub(super) fn settle(&mut self, now: Millis, seq: u64, result: &OpResult) {
         let status = if result.status == OpStatus::Conflict || result.conflict_id.is_some() {
             Status::Conflict
         } else {
@@ -143,37 +160,7 @@ impl<S: QueueStore> Coordinator<S> {
             conflict_id: result.conflict_id.clone(),
         });
         if let (Status::Conflict, Some(conflict_id)) = (status, &result.conflict_id) {
-            self.metrics.conflicts += 1;
-            let decision = match result.reason {
-                Some(Reason::Decided(code)) => Some(code),
-                _ => None,
-            };
-            let open = decision == Some(DecisionCode::Manual);
-            self.conflicts.insert(
-                conflict_id.clone(),
-                LocalConflict {
-                    conflict_id: conflict_id.clone(),
-                    op_id: op_id.clone(),
-                    entity_type: entry.op.entity_type,
-                    entity_id: entry.op.entity_id.clone(),
-                    decision,
-                    open,
-                },
-            );
-            self.telemetry(
-                TelemetryKind::SyncConflictDetected,
-                Some(op_id.clone()),
-                None,
-                Some(conflict_id.clone()),
-            );
-            if !open {
-                self.telemetry(
-                    TelemetryKind::SyncConflictResolved,
-                    Some(op_id.clone()),
-                    None,
-                    Some(conflict_id.clone()),
-                );
-            }
+            self.record_conflict(&entry, conflict_id, result.reason);
         }
         self.telemetry(
             TelemetryKind::SyncOperationSuccess,
@@ -187,6 +174,42 @@ impl<S: QueueStore> Coordinator<S> {
         update.conflict_id = result.conflict_id.clone();
         self.events.push(Event::Op(update));
         self.remember(now, &entry);
+    }
+
+    /// Keeps a conflict the server reported for `entry`, open when it waits for a person.
+    fn record_conflict(&mut self, entry: &Entry, conflict_id: &ConflictId, reason: Option<Reason>) {
+        let op_id = entry.op.op_id.clone();
+        self.metrics.conflicts += 1;
+        let decision = match reason {
+            Some(Reason::Decided(code)) => Some(code),
+            _ => None,
+        };
+        let open = decision == Some(DecisionCode::Manual);
+        self.conflicts.insert(
+            conflict_id.clone(),
+            LocalConflict {
+                conflict_id: conflict_id.clone(),
+                op_id: op_id.clone(),
+                entity_type: entry.op.entity_type,
+                entity_id: entry.op.entity_id.clone(),
+                decision,
+                open,
+            },
+        );
+        self.telemetry(
+            TelemetryKind::SyncConflictDetected,
+            Some(op_id.clone()),
+            None,
+            Some(conflict_id.clone()),
+        );
+        if !open {
+            self.telemetry(
+                TelemetryKind::SyncConflictResolved,
+                Some(op_id.clone()),
+                None,
+                Some(conflict_id.clone()),
+            );
+        }
     }
 
     /// Reports a failed op (rejected, expired) and keeps it in the history.
@@ -275,7 +298,7 @@ impl<S: QueueStore> Coordinator<S> {
         self.last_sync_at = Some(now);
         let done = match &result {
             Ok(()) => true,
-            Err(code) => code == "already_resolved",
+            Err(code) => code == ErrorCode::AlreadyResolved.as_str(),
         };
         if !done {
             let error = result.err().unwrap_or_default();

@@ -156,7 +156,7 @@ fn a_pull_does_not_register_a_device_so_no_one_can_squat_its_id() {
             NOW,
         )
         .unwrap_err();
-    assert_eq!(error.code(), "forbidden");
+    assert_eq!(error.code().as_str(), "forbidden");
 }
 
 fn update(n: u32, entity_type: EntityType, id: &str, base: u64, patch: Value) -> Op {
@@ -387,7 +387,7 @@ fn a_custom_resolution_gets_the_op_rules() {
         let error = server
             .resolve_conflict(&user("ann"), &id, &custom(entity), NOW)
             .unwrap_err();
-        assert_eq!(error.code(), code, "{error}");
+        assert_eq!(error.code().as_str(), code, "{error}");
     }
     assert_eq!(&before, server.tables(), "nothing stored by a refusal");
     let ok = server.resolve_conflict(
@@ -446,7 +446,7 @@ fn a_custom_resolution_may_not_reference_another_users_parent() {
             NOW,
         )
         .unwrap_err();
-    assert_eq!(error.code(), "forbidden");
+    assert_eq!(error.code().as_str(), "forbidden");
     let stored = &server.tables().entities[&(EntityType::FindLog, EntityId::from("fl"))];
     assert_eq!(stored.state.fields["field_session_id"], json!("fs"));
 }
