@@ -136,6 +136,7 @@ impl SyncConfig {
     }
 
     /// Checks every value against its range and the relationships between them.
+    // Long on purpose: one range check per key, in the order of the struct's fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn error(key: &'static str, value: impl ToString, rule: impl Into<String>) -> ConfigError {
             ConfigError {

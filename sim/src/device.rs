@@ -324,6 +324,9 @@ pub fn corrupt(body: &[u8]) -> Vec<u8> {
 }
 
 /// Sends one request through the device's link, with its faults and a deadline.
+// Long on purpose: one request's path through the simulated link in order (hold, partition or
+// loss, duplicate, corruption, answer loss); the order of its draws is part of every seed's
+// meaning.
 async fn send(ctx: &DeviceCtx, request: &Request, deadline: Millis) -> Outcome {
     let kind = request_kind(request);
     let (method, path, mut body, token, lost, answer_lost, duplicate) = {

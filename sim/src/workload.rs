@@ -104,6 +104,8 @@ fn add_workload(
     }
 }
 
+// Long on purpose: one block per fault kind, drawn in a fixed order that is part of every seed's
+// meaning.
 fn add_faults(
     slots: &mut Vec<(u64, Planned)>,
     faults: &FaultSpec,
@@ -240,6 +242,8 @@ static PROCESS_WIDE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Chooses one user action for a device, given the entities it can see (type, id, and
 /// whether it created them itself). Returns `None` when nothing sensible fits.
+// Long on purpose: one match over the workload's mix, so its odds read in one place; the order of
+// the draws is part of every seed's meaning.
 pub fn user_edit(
     device: &str,
     counter: &mut u64,

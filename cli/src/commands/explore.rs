@@ -107,44 +107,13 @@ pub fn explore(args: &ExploreArgs) -> Exit {
                     let Some(seed) = seed_at(next.fetch_add(1, Ordering::Relaxed)) else {
                         return;
                     };
-                    let job = Job {
-                        label: format!("swarm-{seed}"),
-                        reproduce: format!(
-                            "rockhound replay {}",
-                            out.join(format!("swarm-{seed}.toml")).display()
-                        ),
-                        spec: swarm_spec(seed),
-                        seed,
-                    };
-                    let run_started = std::time::Instant::now();
-                    let result = runner::run(
-                        &job.spec,
-                        seed,
-                        recheck && runner::wants_determinism(&job.spec),
-                    );
-                    let wall_s = run_started.elapsed().as_secs_f64();
+                    let failure = explore_seed(seed, out, recheck);
                     ran.fetch_add(1, Ordering::Relaxed);
                     progress.inc(1);
-                    let failure = match result {
-                        Ok(checked) if checked.passed(&job.spec) => continue,
-                        Ok(checked) => {
-                            save_failure(out, &job, &checked);
-                            Failure {
-                                seed,
-                                code: code_of(&job, &checked),
-                                run: Some((job, checked, wall_s)),
-                                error: None,
-                            }
-                        }
-                        Err(error) => Failure {
-                            seed,
-                            code: Exit::Usage,
-                            run: None,
-                            error: Some(error.to_string()),
-                        },
+                    let Some(mut failure) = failure else {
+                        continue;
                     };
                     let mut failures = failures.lock().expect("failure list");
-                    let mut failure = failure;
                     if failures.len() >= FAILURE_REPORTS_MAX {
                         failure.run = None;
                     }
@@ -156,8 +125,65 @@ pub fn explore(args: &ExploreArgs) -> Exit {
     progress.finish_and_clear();
     let mut failures = failures.into_inner().expect("failure list");
     failures.sort_by_key(|f| f.seed);
+    let codes = print_failures(&failures, out);
+    let interrupted = if stop.load(Ordering::Relaxed) {
+        " (interrupted)"
+    } else {
+        ""
+    };
+    println!(
+        "explored {} of {total} seeds (shard {k}/{n}) in {:.1} s{interrupted}: {} failed",
+        ran.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    worst(codes)
+}
+
+/// Runs one swarm seed; a failure comes back with what its report needs (its file is
+/// already saved), a pass as `None`.
+#[allow(clippy::disallowed_methods)]
+fn explore_seed(seed: u64, out: &Path, recheck: bool) -> Option<Failure> {
+    let job = Job {
+        label: format!("swarm-{seed}"),
+        reproduce: format!(
+            "rockhound replay {}",
+            out.join(format!("swarm-{seed}.toml")).display()
+        ),
+        spec: swarm_spec(seed),
+        seed,
+    };
+    let run_started = std::time::Instant::now();
+    let result = runner::run(
+        &job.spec,
+        seed,
+        recheck && runner::wants_determinism(&job.spec),
+    );
+    let wall_s = run_started.elapsed().as_secs_f64();
+    Some(match result {
+        Ok(checked) if checked.passed(&job.spec) => return None,
+        Ok(checked) => {
+            save_failure(out, &job, &checked);
+            Failure {
+                seed,
+                code: code_of(&job, &checked),
+                run: Some((job, checked, wall_s)),
+                error: None,
+            }
+        }
+        Err(error) => Failure {
+            seed,
+            code: Exit::Usage,
+            run: None,
+            error: Some(error.to_string()),
+        },
+    })
+}
+
+/// Prints every failure, in seed order, and returns their exit codes.
+fn print_failures(failures: &[Failure], out: &Path) -> Vec<Exit> {
     let mut codes = Vec::new();
-    for failure in &failures {
+    for failure in failures {
         match (&failure.run, &failure.error) {
             (Some((job, checked, wall_s)), _) => {
                 codes.push(report(job, checked, *wall_s, None, false));
@@ -181,18 +207,7 @@ pub fn explore(args: &ExploreArgs) -> Exit {
             }
         }
     }
-    let interrupted = if stop.load(Ordering::Relaxed) {
-        " (interrupted)"
-    } else {
-        ""
-    };
-    println!(
-        "explored {} of {total} seeds (shard {k}/{n}) in {:.1} s{interrupted}: {} failed",
-        ran.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64(),
-        failures.len()
-    );
-    worst(codes)
+    codes
 }
 
 /// Saves a failing seed's run as an explicit scenario file in `out`.

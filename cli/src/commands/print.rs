@@ -7,6 +7,8 @@ use std::path::Path;
 
 /// Prints one run's block: the contract line `seed=<N> digest=<hex>`, then the verdicts (in
 /// `brief` mode a passing run gets one line instead). Returns its exit code.
+// Long on purpose: prints one run's block (seed and digest, counts, verdicts, unmet expectations,
+// the reproduce line) in the order a reader meets it.
 pub(super) fn report(
     job: &Job,
     checked: &Checked,

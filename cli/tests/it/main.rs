@@ -4,4 +4,5 @@
 mod cli;
 mod hardening;
 mod http;
+mod layout;
 mod reports;

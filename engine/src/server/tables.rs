@@ -191,6 +191,8 @@ impl Tables {
     /// Applies one commit. Every part lands, or (on a broken invariant) the commit panics
     /// before any does: every assertion runs before the first change, so a panic caught
     /// by the HTTP layer leaves the tables as they were.
+    // Long on purpose: every assertion runs before the first write, then the writes in table
+    // order; kept whole so that order is visible.
     pub fn apply(&mut self, commit: Commit) {
         assert_eq!(
             commit.seq,

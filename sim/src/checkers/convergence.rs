@@ -6,6 +6,8 @@ use rockhound_engine::server::replay::replay_rows;
 use std::collections::BTreeMap;
 
 /// Runs the checker.
+// Long on purpose: the halves of convergence (devices equal the server, the server equals the
+// replayed history) over the same snapshot, in the order their messages are reported.
 pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
     let mut violations = Vec::new();
     for (device, (line, _, replica)) in &facts.final_devices {

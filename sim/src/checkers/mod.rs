@@ -131,6 +131,7 @@ pub struct Facts<'a> {
 
 impl<'a> Facts<'a> {
     /// Indexes a trace.
+    // Long on purpose: one pass over the trace that fills every index the checkers read.
     pub fn new(lines: &'a [TraceLine]) -> Facts<'a> {
         let mut facts = Facts {
             lines,

@@ -161,6 +161,7 @@ pub fn run(spec: &ComparisonSpec, seeds: std::ops::RangeInclusive<u64>) -> Vec<V
 }
 
 /// `(file name, contents)` of a comparison's report, named after `stem`.
+// Long on purpose: writes one comparison's pages in order (table, plots, Markdown, HTML).
 pub fn files(
     stem: &str,
     spec: &ComparisonSpec,

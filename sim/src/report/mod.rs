@@ -165,6 +165,7 @@ fn close(open: &mut BTreeMap<String, u64>, device: &str, t: u64, into: &mut Vec<
     }
 }
 
+// Long on purpose: one pass over the trace that fills every device's lanes.
 fn timelines(spec: &RunSpec, lines: &[TraceLine], end_ms: u64) -> Vec<DeviceTimeline> {
     let mut by_device: BTreeMap<String, DeviceTimeline> = spec
         .devices()

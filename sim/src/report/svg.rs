@@ -181,6 +181,8 @@ impl Frame {
 /// One row per device over simulated time (seconds): offline, partitioned, held and crashed
 /// bands, the queue depth as a line scaled to the deepest queue of the run, conflicts and
 /// dead-letters marked, and the moment healing began.
+// Long on purpose: draws one SVG top to bottom; pieces would only pass the canvas and scales
+// around.
 pub fn timeline(report: &RunReport) -> String {
     const ROW: f64 = 26.0;
     let devices: &[DeviceTimeline] = &report.devices;

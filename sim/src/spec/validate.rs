@@ -347,6 +347,8 @@ impl RunSpec {
 
     /// The limits of the random workload and the fault mix: every count, duration and
     /// rate has one, so that no line of a file can make a run expand without bound.
+    // Long on purpose: one limit per key of the workload and fault tables, in the order of their
+    // fields.
     fn check_workload_and_faults(&self, device_count: usize) -> Result<(), SpecError> {
         let over = |key: &str, value: String, limit: String| {
             Err(SpecError::at(
@@ -441,6 +443,8 @@ impl RunSpec {
     /// no partition, a release with no hold; and, when every entity comes from the steps (no
     /// random workload), an update, delete, parent reference or expected value naming an
     /// entity that no earlier step of the same user creates.
+    // Long on purpose: walks the steps in time order tracking each device's state (up, online,
+    // crashed); one loop over one state.
     fn check_timeline(&self, names: &BTreeMap<String, String>) -> Result<(), SpecError> {
         use std::collections::BTreeSet;
         let mut crashed = BTreeSet::new();

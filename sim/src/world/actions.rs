@@ -108,6 +108,8 @@ pub(super) fn enqueue(ctx: &DeviceCtx, now: Millis, edit: Edit) {
     ctx.state.borrow().notify.notify_one();
 }
 
+// Long on purpose: one arm per scenario action (`spec::Action`), each a few lines; split, the
+// dispatch would hide which actions exist.
 pub(super) fn apply(
     sim: &mut turmoil::Sim<'_>,
     devices: &Devices,

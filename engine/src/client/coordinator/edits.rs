@@ -6,6 +6,7 @@ use crate::client::observe::{Event, OpUpdate};
 use crate::client::queue::{Entry, Status};
 use crate::client::record::{Enqueued, Record};
 use crate::client::store::QueueStore;
+use crate::entity::EntityType;
 use crate::ids::{ConflictId, EntityId, IdempotencyKey, OpId};
 use crate::op::{Op, OpKind};
 use crate::server::wire::{Resolution, ResolveRequest};
@@ -77,36 +78,7 @@ impl<S: QueueStore> Coordinator<S> {
             return Err(error);
         }
         self.log_records += 1;
-        let mut ids = Vec::with_capacity(added.len());
-        for enqueued in added {
-            let entry = self.queue.get(enqueued.seq).expect("just inserted");
-            let blockers = entry
-                .blockers
-                .iter()
-                .filter_map(|seq| self.queue.get(*seq))
-                .map(|b| b.op.op_id.clone())
-                .collect();
-            self.events.push(Event::Enqueued {
-                op_id: enqueued.op.op_id.clone(),
-                seq: enqueued.seq,
-                entity_type: enqueued.op.entity_type,
-                entity_id: enqueued.op.entity_id.clone(),
-                kind: enqueued.op.kind,
-                priority: enqueued.op.priority.get(),
-                blockers,
-            });
-            if entry.status == Status::Blocked {
-                let mut update = OpUpdate::new(entry.op.op_id.clone(), Status::Blocked, 0);
-                update.reason = entry.reason.clone();
-                update.blocked_by = entry.blocked_by.clone();
-                self.events.push(Event::Op(update));
-            }
-            self.events.push(Event::EntityChanged {
-                entity_type: enqueued.op.entity_type,
-                entity_id: enqueued.op.entity_id.clone(),
-            });
-            ids.push(enqueued.op.op_id);
-        }
+        let ids = self.announce(added);
         self.queue.promote(now);
         Ok(ids)
     }
@@ -152,26 +124,7 @@ impl<S: QueueStore> Coordinator<S> {
             (_, None) => replica.map_or(0, |r| r.version),
         };
         let mut blockers: Vec<u64> = previous.map(|p| p.seq).into_iter().collect();
-        let mut depends_on = Vec::new();
-        for parent in edit.entity_type.parents() {
-            let field = parent.reference_field();
-            let Some(Value::String(parent_id)) = payload.get(&field) else {
-                continue;
-            };
-            let parent_id = EntityId(parent_id.clone());
-            if self.entity(*parent, &parent_id).is_none() {
-                return Err(EnqueueError::UnknownParent {
-                    field,
-                    parent_id: parent_id.0,
-                });
-            }
-            if let Some(create) = self.queue.open_create(&(*parent, parent_id)) {
-                depends_on.push(create.op.op_id.clone());
-                if !blockers.contains(&create.seq) {
-                    blockers.push(create.seq);
-                }
-            }
-        }
+        let depends_on = self.parent_dependencies(edit.entity_type, &payload, &mut blockers)?;
         let seq = self.next_seq;
         let op = Op {
             op_id: OpId(format!("{}:{seq}", self.device_id)),
@@ -195,6 +148,73 @@ impl<S: QueueStore> Coordinator<S> {
             enqueued_at_ms: now,
             blockers,
         })
+    }
+
+    /// The events of newly enqueued ops (each one's enqueue, its blocked status, the entity
+    /// it changes); returns their ids in order.
+    fn announce(&mut self, added: Vec<Enqueued>) -> Vec<OpId> {
+        let mut ids = Vec::with_capacity(added.len());
+        for enqueued in added {
+            let entry = self.queue.get(enqueued.seq).expect("just inserted");
+            let blockers = entry
+                .blockers
+                .iter()
+                .filter_map(|seq| self.queue.get(*seq))
+                .map(|b| b.op.op_id.clone())
+                .collect();
+            self.events.push(Event::Enqueued {
+                op_id: enqueued.op.op_id.clone(),
+                seq: enqueued.seq,
+                entity_type: enqueued.op.entity_type,
+                entity_id: enqueued.op.entity_id.clone(),
+                kind: enqueued.op.kind,
+                priority: enqueued.op.priority.get(),
+                blockers,
+            });
+            if entry.status == Status::Blocked {
+                let mut update = OpUpdate::new(entry.op.op_id.clone(), Status::Blocked, 0);
+                update.reason = entry.reason.clone();
+                update.blocked_by = entry.blocked_by.clone();
+                self.events.push(Event::Op(update));
+            }
+            self.events.push(Event::EntityChanged {
+                entity_type: enqueued.op.entity_type,
+                entity_id: enqueued.op.entity_id.clone(),
+            });
+            ids.push(enqueued.op.op_id);
+        }
+        ids
+    }
+
+    /// The open creates of the parents `payload` references, which the op depends on (each
+    /// also added to `blockers`); a reference to a parent this device cannot see is refused.
+    fn parent_dependencies(
+        &self,
+        entity_type: EntityType,
+        payload: &Value,
+        blockers: &mut Vec<u64>,
+    ) -> Result<Vec<OpId>, EnqueueError> {
+        let mut depends_on = Vec::new();
+        for parent in entity_type.parents() {
+            let field = parent.reference_field();
+            let Some(Value::String(parent_id)) = payload.get(&field) else {
+                continue;
+            };
+            let parent_id = EntityId(parent_id.clone());
+            if self.entity(*parent, &parent_id).is_none() {
+                return Err(EnqueueError::UnknownParent {
+                    field,
+                    parent_id: parent_id.0,
+                });
+            }
+            if let Some(create) = self.queue.open_create(&(*parent, parent_id)) {
+                depends_on.push(create.op.op_id.clone());
+                if !blockers.contains(&create.seq) {
+                    blockers.push(create.seq);
+                }
+            }
+        }
+        Ok(depends_on)
     }
 
     /// Retries a dead-lettered op by hand: it goes out again (same idempotency key) with a
