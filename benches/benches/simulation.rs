@@ -45,6 +45,7 @@ fn harness_spec(devices: usize, per_host: usize) -> RunSpec {
             actions_per_device: 12,
             field_trips_per_device: 1,
             field_trip_ms_max: 30_000,
+            wide: false,
         }),
         ..RunSpec::default()
     }

@@ -184,6 +184,7 @@ fn main() -> ExitCode {
                 jobs,
                 slow: false,
                 report: Some(out),
+                coverage: None,
             };
             return ExitCode::from(commands::check(&args));
         }

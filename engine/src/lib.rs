@@ -18,6 +18,7 @@ pub mod checksum;
 pub mod client;
 pub mod config;
 pub mod conflict;
+pub mod coverage;
 pub mod delta;
 pub mod entity;
 pub mod ids;

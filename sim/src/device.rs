@@ -87,6 +87,8 @@ pub struct DeviceState {
     pub jitter_seed: u64,
     /// Bugs planted in this run.
     pub planted: Planted,
+    /// Each enqueued op's depth in its chain of dependencies (an op with none is 1).
+    pub chain_depth: std::collections::BTreeMap<rockhound_engine::OpId, u32>,
 }
 
 impl DeviceState {

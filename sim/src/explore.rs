@@ -1,21 +1,30 @@
 //! `explore`: swarm testing. Each seed draws a whole scenario — users and devices, a
-//! configuration, a workload and a fault mix — so that a seed range covers many shapes of
-//! run, not one scenario with different timings.
+//! configuration, a workload, a fault mix and a few scripted user and hostile steps — so
+//! that a seed range covers many shapes of run, not one scenario with different timings.
+//! The weights make rare paths common enough for a few hundred seeds to reach every
+//! coverage point the swarm can express (docs/simulation.md, "Coverage").
 
-use crate::spec::{ConfigSpec, FaultSpec, RunSpec, SimSpec, UserSpec, WorkloadSpec};
+use crate::spec::{
+    Action, ConfigSpec, FaultSpec, Retries, RunSpec, SimSpec, Step, UserSpec, WorkloadSpec,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rockhound_engine::EntityType;
 use rockhound_engine::conflict::Strategy;
+use rockhound_engine::server::wire::Resolution;
+use std::collections::BTreeMap;
 
 /// Mixed into the seed so the scenario's draws differ from the run's own streams.
 const SWARM_SALT: u64 = 0x005e_ed0f_5a4d;
+
+/// The swarm's safety phase.
+const SAFETY_MS: u64 = 60_000;
 
 /// The swarm scenario of one seed.
 pub fn swarm_spec(seed: u64) -> RunSpec {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ SWARM_SALT);
     let user_count = rng.random_range(1..=3);
-    let users = (1..=user_count)
+    let users: Vec<UserSpec> = (1..=user_count)
         .map(|u| UserSpec {
             name: format!("u{u}"),
             devices: (1..=rng.random_range(1..=3))
@@ -23,45 +32,24 @@ pub fn swarm_spec(seed: u64) -> RunSpec {
                 .collect(),
         })
         .collect();
-    let presets = ["development", "production", "offline_heavy"];
-    let mut strategies = std::collections::BTreeMap::new();
-    for entity_type in [
-        EntityType::FieldSession,
-        EntityType::FindLog,
-        EntityType::Specimen,
-        EntityType::Tag,
-    ] {
-        if rng.random_bool(0.3) {
-            let choices = [
-                Strategy::ServerWins,
-                Strategy::ClientWins,
-                Strategy::LatestTimestamp,
-                Strategy::FieldLevel,
-                Strategy::Merge,
-            ];
-            strategies.insert(entity_type, choices[rng.random_range(0..choices.len())]);
-        }
-    }
+    let config = swarm_config(&mut rng);
+    let steps = swarm_steps(&mut rng, &users);
     RunSpec {
         name: format!("swarm-{seed}"),
         description: "a swarm scenario drawn from its seed".into(),
         users,
-        config: ConfigSpec {
-            preset: Some(presets[rng.random_range(0..presets.len())].to_owned()),
-            batch_size: Some([5, 25, 50][rng.random_range(0..3)]),
-            auto_sync_interval_ms: Some(10_000),
-            strategies,
-            ..ConfigSpec::default()
-        },
+        config,
         sim: SimSpec {
-            safety_ms: 60_000,
+            safety_ms: SAFETY_MS,
             liveness_ms: 300_000,
             ..SimSpec::default()
         },
+        steps,
         workload: Some(WorkloadSpec {
             actions_per_device: rng.random_range(5..=30),
             field_trips_per_device: rng.random_range(0..=2),
             field_trip_ms_max: 20_000,
+            wide: true,
         }),
         faults: Some(FaultSpec {
             swarm: true,
@@ -69,4 +57,85 @@ pub fn swarm_spec(seed: u64) -> RunSpec {
         }),
         ..RunSpec::default()
     }
+}
+
+/// A preset with a few knobs turned: batch size, retries (few enough to dead-letter), a
+/// queue small enough to fill, and a strategy for any entity type, `manual` included.
+fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
+    let presets = ["development", "production", "offline_heavy"];
+    let preset = presets[rng.random_range(0..presets.len())];
+    let batch_size = [5, 25, 50][rng.random_range(0..3)];
+    let mut strategies = BTreeMap::new();
+    for entity_type in EntityType::ALL {
+        if rng.random_bool(0.3) {
+            let choices = [
+                Strategy::ServerWins,
+                Strategy::ClientWins,
+                Strategy::LatestTimestamp,
+                Strategy::FieldLevel,
+                Strategy::Merge,
+                Strategy::Manual,
+            ];
+            strategies.insert(entity_type, choices[rng.random_range(0..choices.len())]);
+        }
+    }
+    let max_retries = rng
+        .random_bool(0.3)
+        .then(|| Retries::Count(rng.random_range(1..=3)));
+    let max_queue_size = rng
+        .random_bool(0.15)
+        .then(|| batch_size.max(rng.random_range(8..=20)));
+    ConfigSpec {
+        preset: Some(preset.to_owned()),
+        batch_size: Some(batch_size),
+        auto_sync_interval_ms: Some(10_000),
+        max_retries,
+        max_queue_size,
+        strategies,
+        ..ConfigSpec::default()
+    }
+}
+
+/// A few scripted steps in the safety phase: users resolving conflicts and retrying
+/// dead-lettered ops, and the request faults a scenario can script (a replayed batch, a
+/// damaged one, a duplicated request, a request forged as another user).
+fn swarm_steps(rng: &mut ChaCha8Rng, users: &[UserSpec]) -> Vec<Step> {
+    let devices: Vec<(&str, &str)> = users
+        .iter()
+        .flat_map(|u| u.devices.iter().map(|d| (u.name.as_str(), d.as_str())))
+        .collect();
+    let mut steps = Vec::new();
+    for _ in 0..rng.random_range(0..=6) {
+        let (user, device) = devices[rng.random_range(0..devices.len())];
+        let device = device.to_owned();
+        let victims: Vec<&str> = devices
+            .iter()
+            .filter(|(u, _)| *u != user)
+            .map(|(_, d)| *d)
+            .collect();
+        let action = match rng.random_range(0..6) {
+            0 => Action::Resolve {
+                device,
+                resolution: if rng.random_bool(0.5) {
+                    Resolution::KeepServer
+                } else {
+                    Resolution::KeepClient
+                },
+            },
+            1 => Action::RetryDead { device },
+            2 => Action::Replay { device },
+            3 => Action::Corrupt { device },
+            4 if !victims.is_empty() => Action::Forge {
+                device,
+                victim_device: victims[rng.random_range(0..victims.len())].to_owned(),
+            },
+            _ => Action::Duplicate { device },
+        };
+        steps.push(Step {
+            at_ms: rng.random_range(1_000..SAFETY_MS),
+            action,
+        });
+    }
+    steps.sort_by_key(|s| s.at_ms);
+    steps
 }

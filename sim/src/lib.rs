@@ -9,6 +9,7 @@
 //! that drives all this is `rockhound-cli`.
 
 pub mod checkers;
+pub mod coverage;
 pub mod device;
 pub mod explore;
 pub mod export;

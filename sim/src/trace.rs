@@ -182,6 +182,11 @@ pub enum TraceEvent {
     },
     /// Every device drained and matches the server.
     Converged,
+    /// A declared coverage point reached for the first time in this run.
+    Covered {
+        /// The point's name.
+        point: String,
+    },
     /// A device at the end of the run.
     FinalDevice {
         /// Its user.
@@ -231,6 +236,7 @@ impl Trace {
             self.overflowed = true;
             return;
         }
+        crate::coverage::event_points(&event);
         self.lines.push(TraceLine {
             t_ms,
             host: host.to_owned(),

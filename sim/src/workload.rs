@@ -250,6 +250,7 @@ pub fn user_edit(
     visible: &[(EntityType, EntityId)],
     rng: &mut ChaCha8Rng,
     nondeterministic_ids: bool,
+    wide: bool,
 ) -> Edit {
     let of = |t: EntityType| -> Vec<&EntityId> {
         visible
@@ -273,6 +274,9 @@ pub fn user_edit(
         entity_id: id,
         action: EditAction::Create(object(fields)),
     };
+    if wide && let Some(edit) = rare_edit(visible, rng, &mut new_id) {
+        return edit;
+    }
     let sessions = of(EntityType::FieldSession);
     let finds = of(EntityType::FindLog);
     let roll = rng.random_range(0..100);
@@ -410,6 +414,40 @@ pub fn user_edit(
             }
         }
     }
+}
+
+/// The rare edits of a wide workload, one time in ten: an analytics cache entry, or a
+/// delete of a visible parent (refused with `has_children` while it has live children,
+/// which then blocks or fails the edits under it).
+fn rare_edit(
+    visible: &[(EntityType, EntityId)],
+    rng: &mut ChaCha8Rng,
+    new_id: &mut impl FnMut(&str) -> EntityId,
+) -> Option<Edit> {
+    let roll = rng.random_range(0..100);
+    if roll < 5 {
+        let fields = json!({"metric": "finds_per_trip", "value": rng.random_range(0..50)});
+        return Some(Edit {
+            entity_type: EntityType::AnalyticsCache,
+            entity_id: new_id("analytics"),
+            action: EditAction::Create(object(fields)),
+        });
+    }
+    if roll < 10 {
+        let parents: Vec<&(EntityType, EntityId)> = visible
+            .iter()
+            .filter(|(t, _)| EntityType::ALL.iter().any(|c| c.parents().contains(t)))
+            .collect();
+        if !parents.is_empty() {
+            let (entity_type, id) = parents[rng.random_range(0..parents.len())];
+            return Some(Edit {
+                entity_type: *entity_type,
+                entity_id: id.clone(),
+                action: EditAction::Delete,
+            });
+        }
+    }
+    None
 }
 
 fn object(value: Value) -> Map<String, Value> {

@@ -66,6 +66,8 @@ pub fn check(args: &CheckArgs) -> Exit {
         recheck: true,
         brief: true,
         report_dir: args.report.as_deref(),
+        coverage: args.coverage.as_deref(),
+        coverage_table: true,
     });
     println!(
         "suite: {}",

@@ -1,13 +1,16 @@
 //! `explore`: swarm testing over a seed range (sharded, time-bounded, interruptible), each
 //! failing seed saved as a scenario file.
 
-use super::{Exit, ExploreArgs, Job, code_of, report, worst};
+use super::{Exit, ExploreArgs, Job, code_of, report, report_coverage, worst};
 use indicatif::{ProgressBar, ProgressStyle};
+use rockhound_sim::checkers::Checker;
+use rockhound_sim::coverage::{self, Table};
 use rockhound_sim::explore::swarm_spec;
 use rockhound_sim::export::materialize;
 use rockhound_sim::runner::{self, Checked};
 use rockhound_sim::scenario::{self};
 use rockhound_sim::spec::RunSpec;
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::Mutex;
@@ -76,26 +79,20 @@ pub fn explore(args: &ExploreArgs) -> Exit {
         jobs,
         ref out,
         recheck,
+        ref coverage,
+        coverage_gate,
     } = *args;
     let out = out.as_path();
     let (k, n) = shard;
     let seed_at = shard_seeds(seeds, shard);
-    let span = seeds.end() - seeds.start();
-    let total = if span >= k - 1 {
-        (span - (k - 1)) / n + 1
-    } else {
-        0
-    };
-    let progress = ProgressBar::new(total);
-    progress.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {elapsed_precise} eta {eta}")
-            .expect("a valid template"),
-    );
+    let total = shard_len(seeds, shard);
+    let progress = progress_bar(total);
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     stop_on_interrupt(stop.clone());
     let next = std::sync::atomic::AtomicU64::new(0);
     let ran = std::sync::atomic::AtomicU64::new(0);
     let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
+    let table: Mutex<Table> = Mutex::new(Table::default());
     // The time budget is the one wall-clock limit of the simulation commands; it decides
     // how many seeds run, never what a run does.
     let started = std::time::Instant::now();
@@ -107,7 +104,11 @@ pub fn explore(args: &ExploreArgs) -> Exit {
                     let Some(seed) = seed_at(next.fetch_add(1, Ordering::Relaxed)) else {
                         return;
                     };
-                    let failure = explore_seed(seed, out, recheck);
+                    let (reached, failure) = explore_seed(seed, out, recheck);
+                    table
+                        .lock()
+                        .expect("coverage table")
+                        .add(seed, reached.iter().map(String::as_str));
                     ran.fetch_add(1, Ordering::Relaxed);
                     progress.inc(1);
                     let Some(mut failure) = failure else {
@@ -125,7 +126,7 @@ pub fn explore(args: &ExploreArgs) -> Exit {
     progress.finish_and_clear();
     let mut failures = failures.into_inner().expect("failure list");
     failures.sort_by_key(|f| f.seed);
-    let codes = print_failures(&failures, out);
+    let mut codes = print_failures(&failures, out);
     let interrupted = if stop.load(Ordering::Relaxed) {
         " (interrupted)"
     } else {
@@ -137,13 +138,21 @@ pub fn explore(args: &ExploreArgs) -> Exit {
         started.elapsed().as_secs_f64(),
         failures.len()
     );
+    print_first_failures(&failures);
+    let table = table.into_inner().expect("coverage table");
+    codes.push(coverage_verdict(
+        &table,
+        coverage.as_deref(),
+        out,
+        coverage_gate,
+    ));
     worst(codes)
 }
 
 /// Runs one swarm seed; a failure comes back with what its report needs (its file is
 /// already saved), a pass as `None`.
 #[allow(clippy::disallowed_methods)]
-fn explore_seed(seed: u64, out: &Path, recheck: bool) -> Option<Failure> {
+fn explore_seed(seed: u64, out: &Path, recheck: bool) -> (Vec<String>, Option<Failure>) {
     let job = Job {
         label: format!("swarm-{seed}"),
         reproduce: format!(
@@ -160,24 +169,32 @@ fn explore_seed(seed: u64, out: &Path, recheck: bool) -> Option<Failure> {
         recheck && runner::wants_determinism(&job.spec),
     );
     let wall_s = run_started.elapsed().as_secs_f64();
-    Some(match result {
-        Ok(checked) if checked.passed(&job.spec) => return None,
+    let reached = match &result {
+        Ok(checked) => coverage::reached(&checked.outcome.trace.lines)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let failure = match result {
+        Ok(checked) if checked.passed(&job.spec) => None,
         Ok(checked) => {
             save_failure(out, &job, &checked);
-            Failure {
+            Some(Failure {
                 seed,
                 code: code_of(&job, &checked),
                 run: Some((job, checked, wall_s)),
                 error: None,
-            }
+            })
         }
-        Err(error) => Failure {
+        Err(error) => Some(Failure {
             seed,
             code: Exit::Usage,
             run: None,
             error: Some(error.to_string()),
-        },
-    })
+        }),
+    };
+    (reached, failure)
 }
 
 /// Prints every failure, in seed order, and returns their exit codes.
@@ -208,6 +225,72 @@ fn print_failures(failures: &[Failure], out: &Path) -> Vec<Exit> {
         }
     }
     codes
+}
+
+/// How many seeds of `seeds` shard `(k, n)` holds.
+fn shard_len(seeds: &RangeInclusive<u64>, (k, n): (u64, u64)) -> u64 {
+    let span = seeds.end() - seeds.start();
+    if span >= k - 1 {
+        (span - (k - 1)) / n + 1
+    } else {
+        0
+    }
+}
+
+/// The progress bar over `total` seeds (drawn only on a terminal).
+fn progress_bar(total: u64) -> ProgressBar {
+    let progress = ProgressBar::new(total);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {elapsed_precise} eta {eta}")
+            .expect("a valid template"),
+    );
+    progress
+}
+
+/// Prints and writes the coverage table (to `coverage`, or `coverage.json` in `out`) and,
+/// with the gate, fails when a declared point is reached by no seed.
+fn coverage_verdict(table: &Table, coverage: Option<&Path>, out: &Path, gate: bool) -> Exit {
+    let json = coverage.map_or_else(|| out.join("coverage.json"), Path::to_path_buf);
+    if coverage.is_none()
+        && let Err(e) = std::fs::create_dir_all(out)
+    {
+        eprintln!("error: cannot create {}: {e}", out.display());
+        return Exit::Usage;
+    }
+    let written = report_coverage(table, true, Some(&json));
+    if written != Exit::Ok {
+        return written;
+    }
+    println!("coverage table written to {}", json.display());
+    let unreached = table.unreached();
+    if gate && !unreached.is_empty() {
+        println!(
+            "coverage gate: {} declared point(s) reached by no seed: {}",
+            unreached.len(),
+            unreached.join(", ")
+        );
+        return Exit::CoverageGap;
+    }
+    Exit::Ok
+}
+
+/// Prints, per checker that fired, the first seed that caught it.
+fn print_first_failures(failures: &[Failure]) {
+    let mut first: BTreeMap<Checker, u64> = BTreeMap::new();
+    for failure in failures {
+        let Some((_, checked, _)) = &failure.run else {
+            continue;
+        };
+        for verdict in checked.verdicts() {
+            if !verdict.violations.is_empty() {
+                let seed = first.entry(verdict.checker).or_insert(failure.seed);
+                *seed = (*seed).min(failure.seed);
+            }
+        }
+    }
+    for (checker, seed) in first {
+        println!("first failing seed of {checker}: {seed}");
+    }
 }
 
 /// Saves a failing seed's run as an explicit scenario file in `out`.

@@ -20,6 +20,7 @@ use print::report;
 pub use run::{compare, run};
 
 use indicatif::ProgressBar;
+use rockhound_sim::coverage::{self, Table};
 use rockhound_sim::runner::{self, Checked};
 use rockhound_sim::scenario::{self, ScenarioError};
 use rockhound_sim::spec::RunSpec;
@@ -34,6 +35,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub enum Exit {
     /// Every checker held (exit 0).
     Ok,
+    /// `explore --coverage-gate`: a declared coverage point no seed reached (exit 4).
+    CoverageGap,
     /// A checker found a violation, or an expectation was unmet (exit 1).
     Violation,
     /// A bad scenario file or bad arguments (exit 2).
@@ -47,6 +50,7 @@ impl Exit {
     pub fn code(self) -> u8 {
         match self {
             Exit::Ok => 0,
+            Exit::CoverageGap => 4,
             Exit::Violation => 1,
             Exit::Usage => 2,
             Exit::Nondeterminism => 3,
@@ -140,6 +144,10 @@ pub struct RunArgs {
     /// Also write a report (Markdown, HTML, SVG) per run into this folder.
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+    /// Write the coverage table (every declared point, the runs that reached it, the first
+    /// seed) as JSON to this file; with `--seeds` the table is also printed.
+    #[arg(long, value_name = "FILE")]
+    pub coverage: Option<PathBuf>,
 }
 
 /// The options of `rockhound check`.
@@ -160,6 +168,9 @@ pub struct CheckArgs {
     /// Also write a report per scenario and the suite's index into this folder.
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+    /// Write the suite's coverage table as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub coverage: Option<PathBuf>,
 }
 
 /// The options of `rockhound explore`.
@@ -183,6 +194,13 @@ pub struct ExploreArgs {
     /// Also re-run every seed to check determinism (doubles the time).
     #[arg(long)]
     pub recheck: bool,
+    /// Where the coverage table is written as JSON (default: `coverage.json` in `--out`).
+    #[arg(long, value_name = "FILE")]
+    pub coverage: Option<PathBuf>,
+    /// Exit 4, naming them, when a declared coverage point is reached by no seed of the
+    /// range (after every other check passed).
+    #[arg(long)]
+    pub coverage_gate: bool,
 }
 
 /// A scenario to run: where it came from and the spec.
@@ -287,4 +305,40 @@ fn finish(jobs: &[Job], results: Vec<Option<Done>>, trace_out: Option<&Path>, br
         }
     }
     worst(codes)
+}
+
+/// Prints the coverage table when asked to and writes it as JSON when given a file; an
+/// unwritable file is a usage error.
+fn report_coverage(table: &Table, print: bool, json: Option<&Path>) -> Exit {
+    if print {
+        print!("{}", table.render());
+    }
+    for point in table.undeclared() {
+        println!("coverage: {point} was marked but is not declared");
+    }
+    let Some(path) = json else {
+        return Exit::Ok;
+    };
+    let text = serde_json::to_string_pretty(&table.to_json()).expect("JSON values serialize");
+    match std::fs::write(path, text + "\n") {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!(
+                "error: cannot write the coverage table to {}: {e}",
+                path.display()
+            );
+            Exit::Usage
+        }
+    }
+}
+
+/// The coverage of finished jobs.
+fn coverage_of(jobs: &[Job], results: &[Option<Done>]) -> Table {
+    let mut table = Table::default();
+    for (job, result) in jobs.iter().zip(results) {
+        if let Some((Ok(checked), _)) = result {
+            table.add(job.seed, coverage::reached(&checked.outcome.trace.lines));
+        }
+    }
+    table
 }

@@ -1,7 +1,10 @@
 //! `run` (scenario files × seeds, with traces and reports) and `compare` (one scenario under
 //! several configurations), and the provenance line the reports carry.
 
-use super::{Done, Exit, Job, RunArgs, finish, load_all, parse_seeds, run_jobs};
+use super::{
+    Done, Exit, Job, RunArgs, coverage_of, finish, load_all, parse_seeds, report_coverage,
+    run_jobs, worst,
+};
 use rockhound_sim::report::RunReport;
 use rockhound_sim::report::compare;
 use rockhound_sim::report::page::{self, Provenance};
@@ -20,6 +23,8 @@ pub fn run(args: &RunArgs) -> Exit {
         recheck: !args.no_recheck,
         brief: false,
         report_dir: args.report.as_deref(),
+        coverage: args.coverage.as_deref(),
+        coverage_table: args.seeds.is_some(),
     })
 }
 
@@ -35,6 +40,10 @@ pub(super) struct RunPlan<'a> {
     /// One line per passing run (the suite) instead of the whole verdict.
     pub(super) brief: bool,
     pub(super) report_dir: Option<&'a Path>,
+    /// Where the coverage table goes as JSON.
+    pub(super) coverage: Option<&'a Path>,
+    /// Whether the coverage table is printed.
+    pub(super) coverage_table: bool,
 }
 
 pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
@@ -46,6 +55,8 @@ pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
         recheck,
         brief,
         report_dir,
+        coverage,
+        coverage_table,
     } = *plan;
     let loaded = match load_all(files) {
         Ok(loaded) => loaded,
@@ -88,7 +99,9 @@ pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
         }
         println!("reports written to {}", dir.display());
     }
-    finish(&work, results, trace, brief)
+    let table = coverage_of(&work, &results);
+    let code = finish(&work, results, trace, brief);
+    worst([code, report_coverage(&table, coverage_table, coverage)])
 }
 
 /// Where the reports come from: the git commit (with `+dirty` for uncommitted changes) and

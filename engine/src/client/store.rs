@@ -94,6 +94,7 @@ pub fn decode_log(bytes: &[u8]) -> Result<(Recovery, usize), StoreError> {
     while offset < bytes.len() {
         let rest = &bytes[offset..];
         let torn = |recovery: Recovery| {
+            crate::coverage::hit("store.torn_tail_cut");
             Ok((
                 Recovery {
                     torn_tail_bytes: rest.len(),

@@ -32,6 +32,9 @@ impl<S: ServerStore> Server<S> {
                 w.window_start_ms.0 + METRICS_WINDOW_MS >= cutoff
             });
         });
+        if report.idempotency_keys > 0 {
+            crate::coverage::hit("server.cleanup.removed_keys");
+        }
         report
     }
 }

@@ -62,8 +62,13 @@ impl<S: ServerStore> Server<S> {
                     stored,
                 ));
             }
+            // A resent op gets its first answer again. An applied op (or a decided conflict)
+            // is answered `duplicate`, so the client knows it was seen; a rejection stays
+            // `rejected` with its reason: a duplicate would read as settled well.
             let mut result = record.result.clone();
-            result.status = OpStatus::Duplicate;
+            if matches!(result.status, OpStatus::Applied | OpStatus::Conflict) {
+                result.status = OpStatus::Duplicate;
+            }
             return Some(OpOutcome {
                 result,
                 remember: false,
@@ -173,6 +178,11 @@ impl<S: ServerStore> Server<S> {
         };
         let code = decision_code(&decision, strategy);
         let already_done = decision == Decision::AlreadyDone;
+        match case {
+            _ if already_done => crate::coverage::hit("server.answer.applied.already_deleted"),
+            Some(_) => crate::coverage::hit_with(|| format!("decide.{strategy}.{code}")),
+            None => {}
+        }
         let manual = decision == Decision::Manual;
         let next = conflict::commit_owned(server, decision, &write);
         if next

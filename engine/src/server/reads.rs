@@ -29,7 +29,6 @@ impl<S: ServerStore> Server<S> {
         if let Some(device_id) = device_id {
             check_id("device_id", device_id.as_str())
                 .map_err(|e| RequestError::invalid(e.to_string()))?;
-            self.check_device(user, device_id)?;
         }
         let tables = self.store.tables();
         let range = (user.clone(), since.saturating_add(1))..=(user.clone(), u64::MAX);
@@ -63,9 +62,13 @@ impl<S: ServerStore> Server<S> {
             }
         }
         // Only a batch registers a device: a pull records the cursor of a device the user
-        // already registered and claims nothing, so no one can squat another's device id.
-        let registered =
-            device_id.filter(|device_id| self.store.tables().devices.get(*device_id) == Some(user));
+        // already registered.
+        let registered = device_id.filter(|device_id| {
+            self.store
+                .tables()
+                .devices
+                .contains(&(user.clone(), (*device_id).clone()))
+        });
         if let Some(device_id) = registered {
             let mut device = self.device_state(user, device_id);
             device.pull_cursor = next_cursor;
@@ -146,7 +149,6 @@ impl<S: ServerStore> Server<S> {
     ) -> Result<StateResponse, RequestError> {
         check_id("device_id", device_id.as_str())
             .map_err(|e| RequestError::invalid(e.to_string()))?;
-        self.check_device(user, device_id)?;
         let tables = self.store.tables();
         let range = (user.clone(), 0)..=(user.clone(), u64::MAX);
         let counts = tables.user_counts.get(user).copied().unwrap_or_default();

@@ -30,6 +30,7 @@ impl<S: ServerStore> Server<S> {
         let key = (record.entity_type, record.entity_id.clone());
         let tables = self.store.tables();
         let resolution = ResolvedBy::from(request.resolution);
+        crate::coverage::hit_with(|| format!("server.resolve.{resolution}"));
         let mut resolved = record.clone();
         resolved.status = ConflictStatus::Resolved;
         resolved.resolution = Some(resolution);

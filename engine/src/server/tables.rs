@@ -109,8 +109,9 @@ pub struct Tables {
     pub sync_metrics: BTreeMap<(UserId, Millis), MetricsWindow>,
     /// Idempotency keys per user.
     pub sync_idempotency_keys: BTreeMap<(UserId, IdempotencyKey), IdempotencyRecord>,
-    /// Which user each device belongs to (registered by its first batch).
-    pub devices: BTreeMap<DeviceId, UserId>,
+    /// Each user's devices (registered by their first batch). A device id names a device
+    /// within its user: two users may use the same id, each for a device of their own.
+    pub devices: BTreeSet<(UserId, DeviceId)>,
     /// Live children per parent entity, derived from the `<parent>_id` fields of live
     /// entities (tombstones reference nothing): what a parent delete must not orphan.
     #[serde(default)]
@@ -267,7 +268,8 @@ impl Tables {
             self.sync_batches.insert((user.clone(), batch_id), record);
         }
         if let Some(device) = commit.device {
-            self.devices.insert(device.device_id.clone(), user.clone());
+            self.devices
+                .insert((user.clone(), device.device_id.clone()));
             self.sync_state
                 .insert((user.clone(), device.device_id.clone()), device);
         }

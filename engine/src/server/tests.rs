@@ -238,6 +238,44 @@ fn dependencies_block_when_missing_or_failed_and_pass_when_applied() {
 }
 
 #[test]
+fn a_resent_rejected_op_is_answered_rejected_again() {
+    // Found by the swarm: a rejection whose answer was lost came back as `duplicate` when
+    // the op was resent, and the client counted it applied.
+    let mut server = Server::new(SyncConfig::default());
+    send(&mut server, "ann", "phone", vec![session(1, "fs")]);
+    let child = op(
+        2,
+        EntityType::FindLog,
+        "fl",
+        OpKind::Create,
+        0,
+        json!({"id": "fl", "field_session_id": "fs"}),
+    );
+    send(&mut server, "ann", "phone", vec![child]);
+    let delete = op(
+        3,
+        EntityType::FieldSession,
+        "fs",
+        OpKind::Delete,
+        1,
+        Value::Null,
+    );
+    let first = send(&mut server, "ann", "phone", vec![delete.clone()]);
+    assert_eq!(
+        statuses(&first),
+        [(OpStatus::Rejected, Some("has_children"))]
+    );
+    let again = send(&mut server, "ann", "phone", vec![delete]);
+    assert_eq!(
+        again, first,
+        "the same answer, not a duplicate that reads as settled"
+    );
+    // An applied op resent is still a duplicate.
+    let resent = send(&mut server, "ann", "phone", vec![session(1, "fs")]);
+    assert_eq!(resent[0].status, OpStatus::Duplicate);
+}
+
+#[test]
 fn not_found_version_ahead_and_deleted_ids_are_rejected() {
     let mut server = Server::new(SyncConfig::default());
     let update = op(
@@ -316,18 +354,22 @@ fn another_users_entity_is_forbidden_and_unchanged() {
 }
 
 #[test]
-fn another_users_device_is_forbidden_for_the_whole_batch() {
+fn the_same_device_id_names_each_users_own_device() {
     let mut server = Server::new(SyncConfig::default());
     send(&mut server, "ann", "phone", vec![session(1, "fs")]);
     let batch = Batch::new("b".into(), "phone".into(), vec![session(2, "fs2")]);
-    let error = server.handle_batch(&user("bob"), &batch, NOW).unwrap_err();
+    let answer = server.handle_batch(&user("bob"), &batch, NOW).unwrap();
+    assert_eq!(answer.results[0].status, OpStatus::Applied);
+    let phone = DeviceId::from("phone");
+    let ann = server.state(&user("ann"), &phone).unwrap().device;
+    let bob = server.state(&user("bob"), &phone).unwrap().device;
     assert_eq!(
-        (error.code().as_str(), error.to_string()),
-        (
-            "forbidden",
-            "device phone belongs to another user".to_owned()
-        )
+        (ann.batch_count, ann.op_count),
+        (1, 1),
+        "ann's phone untouched"
     );
+    assert_eq!((bob.batch_count, bob.op_count), (1, 1), "bob's own phone");
+    assert_eq!(server.tables().devices.len(), 2);
 }
 
 #[test]

@@ -33,6 +33,7 @@ impl SimStore {
         if let Some(capacity) = self.capacity_bytes {
             let used = self.durable.len() + self.volatile.len();
             if used + bytes.len() > capacity {
+                crate::coverage::hit("store.disk_full");
                 return Err(StoreError::DiskFull {
                     needed: used + bytes.len() - capacity,
                 });
@@ -45,6 +46,7 @@ impl SimStore {
     /// Makes every written byte durable.
     pub fn sync(&mut self) -> Result<(), StoreError> {
         if self.fail_sync {
+            crate::coverage::hit("store.fsync_failed");
             return Err(StoreError::SyncFailed {
                 message: "simulated fsync failure".to_owned(),
             });

@@ -249,6 +249,11 @@ pub struct WorkloadSpec {
     pub field_trips_per_device: usize,
     /// Longest field trip.
     pub field_trip_ms_max: u64,
+    /// Also draw the rare edits: analytics cache entries, and deletes of parents (which
+    /// the server refuses while live children reference them). Off unless set; the swarm
+    /// sets it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wide: bool,
 }
 
 impl Default for WorkloadSpec {
@@ -257,6 +262,7 @@ impl Default for WorkloadSpec {
             actions_per_device: 20,
             field_trips_per_device: 1,
             field_trip_ms_max: 20_000,
+            wide: false,
         }
     }
 }

@@ -92,6 +92,19 @@ pub(super) fn enqueue(ctx: &DeviceCtx, now: Millis, edit: Edit) {
     };
     ctx.flush(now);
     let host = ctx.state.borrow().name.clone();
+    if let Ok(op) = &result {
+        let mut state = ctx.state.borrow_mut();
+        let depth = 1 + op
+            .depends_on
+            .iter()
+            .map(|d| state.chain_depth.get(d).copied().unwrap_or(1))
+            .max()
+            .unwrap_or(0);
+        state.chain_depth.insert(op.op_id.clone(), depth);
+        if depth >= 3 {
+            rockhound_engine::coverage::hit("sim.dependency_chain_3");
+        }
+    }
     let event = match result {
         Ok(op) => TraceEvent::Sealed {
             payload_sha256: sha256_hex(&rockhound_engine::checksum::canonical_json(&op.payload)),
@@ -316,6 +329,9 @@ pub(super) fn crash(ctx: &DeviceCtx, now: Millis, torn_bytes: usize) {
     let Some(coordinator) = state.coordinator.take() else {
         return;
     };
+    if coordinator.stats().in_flight > 0 {
+        rockhound_engine::coverage::hit("sim.crash.batch_in_flight");
+    }
     let mut store = coordinator.into_store();
     let mut torn_bytes = torn_bytes;
     if torn_bytes > 0 {

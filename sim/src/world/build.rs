@@ -25,6 +25,7 @@ impl<'s> World<'s> {
     /// Builds the world of `spec` for `seed`, recording the run's header in the trace.
     pub(super) fn build(spec: &'s RunSpec, seed: u64) -> Result<World<'s>, SpecError> {
         let config = spec.validate()?;
+        rockhound_engine::coverage::start();
         let mut master = ChaCha8Rng::seed_from_u64(seed);
         let turmoil_seed: u64 = master.random();
         let mut schedule_rng = ChaCha8Rng::seed_from_u64(master.random());
@@ -72,6 +73,7 @@ impl<'s> World<'s> {
             trace,
             schedule,
             choice_rng,
+            covered: std::collections::BTreeSet::new(),
         })
     }
 }
@@ -164,6 +166,7 @@ fn devices(
             pending_forgeries: Vec::new(),
             jitter_seed,
             planted: spec.planted,
+            chain_depth: BTreeMap::new(),
         };
         let ctx = DeviceCtx {
             state: Rc::new(RefCell::new(state)),

@@ -16,7 +16,9 @@ use std::sync::Arc;
 impl World<'_> {
     /// Snapshots the end state, closes the trace and judges it: one index of the trace
     /// ([`Facts`]) is shared by the checkers and the scenario's expectations.
-    pub(super) fn finish(self, settled: Settled) -> Result<RunOutcome, SpecError> {
+    pub(super) fn finish(mut self, settled: Settled) -> Result<RunOutcome, SpecError> {
+        self.trace_coverage(settled.end_ms);
+        rockhound_engine::coverage::stop();
         let World {
             spec,
             seed,

@@ -88,4 +88,6 @@ struct World<'s> {
     schedule: Vec<(u64, usize, Planned)>,
     /// The stream the random workload's choices come from.
     choice_rng: ChaCha8Rng,
+    /// Coverage points this run has reached (each traced once, when first reached).
+    covered: std::collections::BTreeSet<String>,
 }

@@ -68,6 +68,7 @@ impl World<'_> {
                     "the simulation failed at {t_ms} ms: {error}"
                 )));
             }
+            self.trace_coverage(self.elapsed_ms());
         }
     }
 
@@ -114,12 +115,22 @@ impl World<'_> {
             &visible,
             &mut self.choice_rng,
             self.spec.planted.sim.nondeterministic_ids,
+            self.spec.workload.as_ref().is_some_and(|w| w.wide),
         );
         // Recorded as the step it amounts to, so that `export` can write the run out as
         // explicit steps.
         let action = edit_action(device, &edit);
         self.record(t_ms, TraceEvent::Step { action });
         enqueue(ctx, now, edit);
+    }
+
+    /// Traces each coverage point reached for the first time since the last call.
+    pub(super) fn trace_coverage(&mut self, t_ms: u64) {
+        for point in rockhound_engine::coverage::drain() {
+            if self.covered.insert(point.clone()) {
+                self.record(t_ms, TraceEvent::Covered { point });
+            }
+        }
     }
 
     fn record(&self, t_ms: u64, event: TraceEvent) {

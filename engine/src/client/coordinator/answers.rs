@@ -233,6 +233,9 @@ impl<S: QueueStore> Coordinator<S> {
     }
 
     pub(super) fn report_blocked(&mut self, seqs: &[u64]) {
+        if !seqs.is_empty() {
+            crate::coverage::hit("client.blocked");
+        }
         for &seq in seqs {
             let entry = self.queue.get(seq).expect("blocked ops stay queued");
             let mut update = OpUpdate::new(entry.op.op_id.clone(), Status::Blocked, entry.attempts);
@@ -279,6 +282,9 @@ impl<S: QueueStore> Coordinator<S> {
         }
         self.replica.cursor = self.replica.cursor.max(page.next_cursor);
         self.pull_due = page.has_more;
+        if page.has_more {
+            crate::coverage::hit("client.pull_paged");
+        }
         self.metrics.pulls += 1;
         self.metrics.changes_pulled += page.changes.len() as u64;
         self.events.push(Event::Pulled {

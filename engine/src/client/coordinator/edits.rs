@@ -39,6 +39,7 @@ impl<S: QueueStore> Coordinator<S> {
         }
         let max = self.config.max_queue_size;
         if self.queue.len() + edits.len() > max {
+            crate::coverage::hit("client.enqueue.queue_full");
             return Err(EnqueueError::QueueFull {
                 len: self.queue.len(),
                 max,
@@ -223,6 +224,10 @@ impl<S: QueueStore> Coordinator<S> {
         let seq = self.seq_with_status(op_id, &[Status::Error], "retry", "error")?;
         self.append(&Record::Retried { seq, at_ms: now })?;
         let unblocked = self.queue.retry(seq, now);
+        crate::coverage::hit("client.dead_letter_retried");
+        if !unblocked.is_empty() {
+            crate::coverage::hit("client.released");
+        }
         self.events
             .push(Event::Op(OpUpdate::new(op_id.clone(), Status::Pending, 0)));
         for seq in unblocked {
@@ -251,6 +256,7 @@ impl<S: QueueStore> Coordinator<S> {
         )?;
         self.append(&Record::Discarded { seq })?;
         let entry = self.queue.discard(seq);
+        crate::coverage::hit("client.discarded");
         self.events.push(Event::EntityChanged {
             entity_type: entry.op.entity_type,
             entity_id: entry.op.entity_id,

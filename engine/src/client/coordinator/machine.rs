@@ -126,6 +126,9 @@ impl<S: QueueStore> Coordinator<S> {
     }
 
     pub(super) fn send_batch(&mut self, seqs: Vec<u64>, deadline: Millis) -> Request {
+        if seqs.len() == self.config.batch_size {
+            crate::coverage::hit("client.full_batch");
+        }
         self.queue.mark_in_flight(&seqs);
         self.batch_count += 1;
         let batch_id = BatchId(format!(
@@ -200,6 +203,7 @@ impl<S: QueueStore> Coordinator<S> {
     }
 
     pub(super) fn expire(&mut self, now: Millis, seq: u64) {
+        crate::coverage::hit("client.expired");
         let reason = format!(
             "not sent within the queue TTL of {} ms",
             self.config.queue_ttl_ms
@@ -277,6 +281,7 @@ impl<S: QueueStore> Coordinator<S> {
             None,
         );
         if dead {
+            crate::coverage::hit("client.dead_lettered");
             self.metrics.dead_lettered += 1;
             let mut update = OpUpdate::new(op_id, Status::Error, attempts);
             update.reason = Some(reason.to_owned());

@@ -282,7 +282,10 @@ impl<S: QueueStore> Coordinator<S> {
             });
         let (records, torn_tail_bytes) = match recovered {
             Ok(recovered) => recovered,
-            Err(error) => return Err(OpenFailed { error, store }),
+            Err(error) => {
+                crate::coverage::hit("client.open_refused");
+                return Err(OpenFailed { error, store });
+            }
         };
         let log_records = records.len();
         let replayed = record::replay(records);

@@ -125,38 +125,36 @@ fn an_op_with_ids_over_the_id_rule_is_answered_but_not_stored() {
 }
 
 #[test]
-fn a_pull_does_not_register_a_device_so_no_one_can_squat_its_id() {
+fn no_one_can_squat_another_users_device_id() {
     let mut server = Server::new(SyncConfig::default());
+    let ann_phone = DeviceId::from("ann-phone");
+    // A pull registers nothing.
     server
-        .changes(
-            &user("mallory"),
-            Some(&DeviceId::from("ann-phone")),
-            0,
-            10,
-            NOW,
-        )
+        .changes(&user("mallory"), Some(&ann_phone), 0, 10, NOW)
         .unwrap();
     assert!(server.tables().devices.is_empty());
-    let results = send(&mut server, "ann", "ann-phone", vec![session(1, "fs")]);
+    // A batch registers the device for its own user only: mallory's batch under ann's
+    // device id (sent before ann's first batch, the squatting case) is mallory's device.
+    let squat = send(
+        &mut server,
+        "mallory",
+        "ann-phone",
+        vec![session(1, "fs-m")],
+    );
+    assert_eq!(statuses(&squat), [(OpStatus::Applied, None)]);
+    let results = send(&mut server, "ann", "ann-phone", vec![session(2, "fs")]);
     assert_eq!(statuses(&results), [(OpStatus::Applied, None)]);
-    // Once registered by a batch, the owner's pulls record the cursor, others are refused.
+    // Ann's pulls record her cursor; mallory's record his own, on his own device.
     let page = server
-        .changes(&user("ann"), Some(&DeviceId::from("ann-phone")), 0, 10, NOW)
+        .changes(&user("ann"), Some(&ann_phone), 0, 10, NOW)
         .unwrap();
-    let state = server
-        .state(&user("ann"), &DeviceId::from("ann-phone"))
+    assert_eq!(page.changes.len(), 1, "ann sees only her own session");
+    server
+        .changes(&user("mallory"), Some(&ann_phone), 0, 10, NOW)
         .unwrap();
-    assert_eq!(state.device.pull_cursor, page.next_cursor);
-    let error = server
-        .changes(
-            &user("mallory"),
-            Some(&DeviceId::from("ann-phone")),
-            0,
-            10,
-            NOW,
-        )
-        .unwrap_err();
-    assert_eq!(error.code().as_str(), "forbidden");
+    let ann = server.state(&user("ann"), &ann_phone).unwrap().device;
+    assert_eq!(ann.pull_cursor, page.next_cursor);
+    assert_eq!((ann.batch_count, ann.op_count), (1, 1));
 }
 
 fn update(n: u32, entity_type: EntityType, id: &str, base: u64, patch: Value) -> Op {
