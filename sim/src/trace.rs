@@ -182,6 +182,12 @@ pub enum TraceEvent {
     },
     /// Every device drained and matches the server.
     Converged,
+    /// An enqueue returned Ok while the op was not on the durable image of the device's
+    /// store (the `durability` checker reports it).
+    NotDurable {
+        /// The op.
+        op_id: OpId,
+    },
     /// A declared coverage point reached for the first time in this run.
     Covered {
         /// The point's name.

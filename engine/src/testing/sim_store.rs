@@ -63,6 +63,11 @@ impl SimStore {
         self.volatile.clear();
     }
 
+    /// The durable image: what a restart would read.
+    pub fn durable_image(&self) -> &[u8] {
+        &self.durable
+    }
+
     /// Bytes on the durable image (what a restart would read).
     pub fn durable_bytes(&self) -> usize {
         self.durable.len()

@@ -1,4 +1,4 @@
-//! The eleven checkers (docs/simulation.md), one module each. Each reads the run's trace (through the
+//! The twelve checkers (docs/simulation.md), one module each. Each reads the run's trace (through the
 //! [`Facts`] index built once) and reports violations naming the seed, the simulated time
 //! and the trace lines involved. `determinism` compares two runs and lives in
 //! [`crate::runner`]'s re-run; its module holds the comparison.
@@ -8,6 +8,7 @@ pub mod conflict_oracle;
 pub mod convergence;
 pub mod dependency_order;
 pub mod determinism;
+pub mod durability;
 pub mod exactly_once;
 pub mod integrity;
 pub mod isolation;
@@ -286,7 +287,7 @@ pub fn check(facts: &Facts<'_>, spec: &RunSpec) -> Vec<Verdict> {
     let selected = |checker: Checker| {
         spec.expect.checkers.is_empty() || spec.expect.checkers.contains(&checker)
     };
-    let run: [(Checker, CheckFn); 10] = [
+    let run: [(Checker, CheckFn); 11] = [
         (Checker::NoLoss, no_loss::check),
         (Checker::ExactlyOnce, exactly_once::check),
         (Checker::DependencyOrder, dependency_order::check),
@@ -297,6 +298,7 @@ pub fn check(facts: &Facts<'_>, spec: &RunSpec) -> Vec<Verdict> {
         (Checker::Backoff, backoff::check),
         (Checker::ConflictOracle, conflict_oracle::check),
         (Checker::Liveness, liveness::check),
+        (Checker::Durability, durability::check),
     ];
     run.into_iter()
         .map(|(checker, check)| {

@@ -338,13 +338,15 @@ pub enum Checker {
     ConflictOracle,
     /// `liveness` (docs/simulation.md).
     Liveness,
+    /// `durability` (docs/simulation.md).
+    Durability,
     /// `determinism` (docs/simulation.md).
     Determinism,
 }
 
 impl Checker {
     /// Every checker, in the order verdicts list them.
-    pub const ALL: [Checker; 11] = [
+    pub const ALL: [Checker; 12] = [
         Checker::NoLoss,
         Checker::ExactlyOnce,
         Checker::DependencyOrder,
@@ -355,6 +357,7 @@ impl Checker {
         Checker::Backoff,
         Checker::ConflictOracle,
         Checker::Liveness,
+        Checker::Durability,
         Checker::Determinism,
     ];
 
@@ -371,6 +374,7 @@ impl Checker {
             Checker::Backoff => "backoff",
             Checker::ConflictOracle => "conflict_oracle",
             Checker::Liveness => "liveness",
+            Checker::Durability => "durability",
             Checker::Determinism => "determinism",
         }
     }

@@ -9,8 +9,9 @@ use rockhound_engine::checksum::sha256_hex;
 use rockhound_engine::client::Coordinator;
 use rockhound_engine::client::coordinator::{Edit, EditAction};
 use rockhound_engine::client::queue::Status;
-use rockhound_engine::client::store::encode_frame;
-use rockhound_engine::ids::{ConflictId, EntityId};
+use rockhound_engine::client::record::Record;
+use rockhound_engine::client::store::{decode_log, encode_frame};
+use rockhound_engine::ids::{ConflictId, EntityId, OpId};
 use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{Batch, BatchId, DeviceId, EntityType, Millis, Op, OpKind, SyncConfig};
 use serde_json::json;
@@ -92,6 +93,15 @@ pub(super) fn enqueue(ctx: &DeviceCtx, now: Millis, edit: Edit) {
     };
     ctx.flush(now);
     let host = ctx.state.borrow().name.clone();
+    if let Ok(op) = &result
+        && !durably_enqueued(ctx, &op.op_id)
+    {
+        let host = ctx.state.borrow().name.clone();
+        let event = TraceEvent::NotDurable {
+            op_id: op.op_id.clone(),
+        };
+        ctx.trace.borrow_mut().record(t_ms, &host, event);
+    }
     if let Ok(op) = &result {
         let mut state = ctx.state.borrow_mut();
         let depth = 1 + op
@@ -426,4 +436,20 @@ pub(super) fn heal(
         drop(state);
         ctx.flush(now);
     }
+}
+
+/// Whether the durable image of the device's store holds the enqueue record of `op_id`:
+/// read from the simulated disk's bytes, not from what the coordinator says.
+fn durably_enqueued(ctx: &DeviceCtx, op_id: &OpId) -> bool {
+    let state = ctx.state.borrow();
+    let Some(coordinator) = state.coordinator.as_ref() else {
+        return false;
+    };
+    let Ok((recovery, _)) = decode_log(coordinator.store().durable_image()) else {
+        return false;
+    };
+    recovery.records.iter().any(|bytes| {
+        matches!(Record::decode(bytes), Ok(Record::Enqueued { ops })
+            if ops.iter().any(|enqueued| &enqueued.op.op_id == op_id))
+    })
 }

@@ -42,6 +42,11 @@ impl<S: QueueStore> Coordinator<S> {
         self.queue.entries()
     }
 
+    /// The queue store, to look at (the simulation checks what is durable).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
     /// The queued op `op_id`, found through the queue's index (no scan).
     pub fn queued(&self, op_id: &OpId) -> Option<&Entry> {
         self.queue.seq_of(op_id).and_then(|seq| self.queue.get(seq))
