@@ -42,6 +42,10 @@ pub struct ClientBugs {
     pub ignores_pulled_deletes: bool,
     /// Going offline mid-batch leaves its ops in flight forever (caught by `liveness`).
     pub strands_in_flight_offline: bool,
+    /// Every failed attempt counts as the first: the delay never grows and ops never
+    /// dead-letter, and the coordinator reports it consistently (caught by `backoff`, which
+    /// counts the failures itself).
+    pub resets_backoff: bool,
 }
 
 /// Bugs of the simulated queue store.
@@ -103,6 +107,8 @@ struct PlantedTable {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_strands_in_flight_offline: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    client_resets_backoff: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     store_acks_before_fsync: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     sim_nondeterministic_ids: bool,
@@ -123,6 +129,7 @@ impl From<PlantedTable> for Planted {
                 retries_immediately: t.client_retries_immediately,
                 ignores_pulled_deletes: t.client_ignores_pulled_deletes,
                 strands_in_flight_offline: t.client_strands_in_flight_offline,
+                resets_backoff: t.client_resets_backoff,
             },
             store: StoreBugs {
                 acks_before_fsync: t.store_acks_before_fsync,
@@ -146,6 +153,7 @@ impl From<Planted> for PlantedTable {
             client_retries_immediately: p.client.retries_immediately,
             client_ignores_pulled_deletes: p.client.ignores_pulled_deletes,
             client_strands_in_flight_offline: p.client.strands_in_flight_offline,
+            client_resets_backoff: p.client.resets_backoff,
             store_acks_before_fsync: p.store.acks_before_fsync,
             sim_nondeterministic_ids: p.sim.nondeterministic_ids,
         }

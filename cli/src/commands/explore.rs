@@ -163,11 +163,32 @@ fn explore_seed(seed: u64, out: &Path, recheck: bool) -> (Vec<String>, Option<Fa
         seed,
     };
     let run_started = std::time::Instant::now();
-    let result = runner::run(
-        &job.spec,
-        seed,
-        recheck && runner::wants_determinism(&job.spec),
-    );
+    // A panic of the engine or the harness is a finding like any other: reported with its
+    // seed, while the other seeds go on.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runner::run(
+            &job.spec,
+            seed,
+            recheck && runner::wants_determinism(&job.spec),
+        )
+    }));
+    let result = match result {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            let failure = Failure {
+                seed,
+                code: Exit::Violation,
+                run: None,
+                error: Some(format!("the run panicked: {message}")),
+            };
+            return (Vec::new(), Some(failure));
+        }
+    };
     let wall_s = run_started.elapsed().as_secs_f64();
     let reached = match &result {
         Ok(checked) => coverage::reached(&checked.outcome.trace.lines)

@@ -7,7 +7,7 @@ use crate::spec::Action;
 use crate::trace::TraceEvent;
 use rockhound_engine::checksum::sha256_hex;
 use rockhound_engine::client::Coordinator;
-use rockhound_engine::client::coordinator::{Edit, EditAction};
+use rockhound_engine::client::coordinator::{ActionError, Edit, EditAction};
 use rockhound_engine::client::queue::Status;
 use rockhound_engine::client::record::Record;
 use rockhound_engine::client::store::{decode_log, encode_frame};
@@ -228,8 +228,15 @@ pub(super) fn apply(
                     .map(|e| e.op.op_id.clone())
                     .collect();
                 for op_id in dead {
-                    c.retry(now, &op_id)
-                        .expect("a dead-lettered op can be retried");
+                    // A disk fault may refuse the retry (its record cannot be stored): the
+                    // op stays dead-lettered, as on a real device, and the coordinator
+                    // reports the store failure.
+                    if let Err(error) = c.retry(now, &op_id) {
+                        assert!(
+                            matches!(error, ActionError::Store(_)),
+                            "a dead-lettered op can be retried: {error}"
+                        );
+                    }
                 }
             }
         }
@@ -242,8 +249,12 @@ pub(super) fn apply(
                     .map(|c| c.conflict_id.clone())
                     .collect();
                 for conflict_id in open {
-                    c.resolve_conflict(&conflict_id, resolution, None)
-                        .expect("open conflicts resolve");
+                    if let Err(error) = c.resolve_conflict(&conflict_id, resolution, None) {
+                        assert!(
+                            matches!(error, ActionError::Store(_)),
+                            "an open conflict resolves: {error}"
+                        );
+                    }
                 }
             }
         }

@@ -187,7 +187,12 @@ fn backoff_forgives_an_early_resend_only_when_the_schedule_was_not_stored() {
     assert!(as_if_stored.len() < lines.len(), "the run lost a record");
     let violations = backoff(&as_if_stored);
     assert_eq!(violations.len(), 1, "{violations:?}");
-    assert!(violations[0].to_string().contains("before its retry time"));
+    assert!(
+        violations[0]
+            .to_string()
+            .contains("before the shortest wait for its failure"),
+        "{violations:?}"
+    );
 }
 
 /// Every count, duration and size a scenario sets has a limit; beyond it the file is

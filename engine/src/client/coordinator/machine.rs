@@ -255,7 +255,10 @@ impl<S: QueueStore> Coordinator<S> {
 
     pub(super) fn fail_attempt(&mut self, now: Millis, seq: u64, reason: &str) {
         let entry = self.queue.get(seq).expect("failed ops are queued");
-        let attempts = entry.attempts + 1;
+        let mut attempts = entry.attempts + 1;
+        if self.config.planted.client.resets_backoff {
+            attempts = 1;
+        }
         let op_id = entry.op.op_id.clone();
         let dead = self.config.max_retries.is_some_and(|max| attempts >= max);
         let mut delay_ms = self.config.backoff.delay_ms(attempts, &mut self.rng);
