@@ -384,3 +384,50 @@ fn paranoid_mode_checks_every_step_and_leaves_the_trace_as_it_was() {
     assert_eq!(paranoid.status.code(), Some(0), "{}", stdout(&paranoid));
     assert_eq!(digest_line(&plain), digest_line(&paranoid));
 }
+
+/// The coverage table: `run --seeds` prints it and writes it as JSON, points reached by a
+/// run carry their first seed, and `explore --coverage-gate` exits 4 naming the points no
+/// seed reached (two seeds cannot reach them all), while without the gate it exits 0.
+#[test]
+fn coverage_is_tabled_and_the_gate_fails_on_unreached_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("coverage.json");
+    let output = rockhound(&[
+        "run",
+        "scenarios/queue_full.toml",
+        "--seeds",
+        "0..1",
+        "--no-recheck",
+        "--coverage",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    assert!(stdout(&output).contains("coverage over 2 run(s):"));
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(table["runs"], 2);
+    let full = table["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["point"] == "client.enqueue.queue_full")
+        .expect("the point is in the table");
+    assert_eq!(
+        (full["runs"].as_u64(), full["first_seed"].as_u64()),
+        (Some(2), Some(0))
+    );
+
+    let out = dir.path().join("explore");
+    let args = ["explore", "--seeds", "0..1", "--out", out.to_str().unwrap()];
+    let plain = rockhound(&args);
+    assert_eq!(plain.status.code(), Some(0), "{}", stdout(&plain));
+    assert!(out.join("coverage.json").exists());
+    let gated = rockhound(&[&args[..], &["--coverage-gate"]].concat());
+    assert_eq!(gated.status.code(), Some(4), "{}", stdout(&gated));
+    let gate_line = stdout(&gated)
+        .lines()
+        .find(|l| l.starts_with("coverage gate:"))
+        .map(str::to_owned)
+        .expect("the gate names the points");
+    assert!(gate_line.contains("server.resolve.custom"), "{gate_line}");
+}
