@@ -1,7 +1,7 @@
 //! The simulation commands of the `rockhound` binary: `run`, `check`, `explore`, `shrink`,
 //! `export` and `replay`. Each returns its exit code (docs/simulation.md): 0 when every checker holds,
 //! 1 on a violation, 2 on a bad scenario or bad arguments, 3 when a determinism re-run
-//! disagrees.
+//! disagrees, 4 when `explore --coverage-gate` finds a declared point no seed reached.
 //!
 //! This file holds what the commands share (exit codes, argument structs, running jobs on
 //! threads); each command lives in its own file: `run.rs` (`run`, `compare`), `check.rs`,
