@@ -45,6 +45,8 @@ pub struct SyncConfig {
     pub persist_queue: bool,
     /// Per-entity-type overrides of priority and conflict strategy.
     pub entities: Catalogue,
+    /// Changes asked for per pull page. Default 500; 1 to the server's page limit.
+    pub pull_page_len: usize,
     /// Bugs a negative test plants (none unless the simulation's `[planted]` table says
     /// so); never read from or written to a configuration file.
     #[serde(skip)]
@@ -96,6 +98,7 @@ impl SyncConfig {
             enable_telemetry: true,
             persist_queue: true,
             entities: Catalogue::default(),
+            pull_page_len: crate::client::coordinator::PULL_PAGE_LEN,
             planted: Planted::default(),
         }
     }
@@ -157,6 +160,13 @@ impl SyncConfig {
                 "max_queue_size",
                 self.max_queue_size,
                 format!("use 1 to {QUEUE_OP_COUNT_MAX}"),
+            ));
+        }
+        if !(1..=crate::server::PULL_LIMIT_MAX).contains(&self.pull_page_len) {
+            return Err(error(
+                "pull_page_len",
+                self.pull_page_len,
+                format!("use 1 to {}", crate::server::PULL_LIMIT_MAX),
             ));
         }
         if self.batch_size > self.max_queue_size {

@@ -33,7 +33,8 @@ pub fn swarm_spec(seed: u64) -> RunSpec {
         })
         .collect();
     let config = swarm_config(&mut rng);
-    let steps = swarm_steps(&mut rng, &users);
+    let manual = config.strategies.values().any(|s| *s == Strategy::Manual);
+    let steps = swarm_steps(&mut rng, &users, manual);
     RunSpec {
         name: format!("swarm-{seed}"),
         description: "a swarm scenario drawn from its seed".into(),
@@ -64,7 +65,7 @@ pub fn swarm_spec(seed: u64) -> RunSpec {
 fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
     let presets = ["development", "production", "offline_heavy"];
     let preset = presets[rng.random_range(0..presets.len())];
-    let batch_size = [5, 25, 50][rng.random_range(0..3)];
+    let mut batch_size = [5, 25, 50][rng.random_range(0..3)];
     let mut strategies = BTreeMap::new();
     for entity_type in EntityType::ALL {
         if rng.random_bool(0.3) {
@@ -82,15 +83,19 @@ fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
     let max_retries = rng
         .random_bool(0.3)
         .then(|| Retries::Count(rng.random_range(1..=3)));
-    let max_queue_size = rng
-        .random_bool(0.15)
-        .then(|| batch_size.max(rng.random_range(8..=20)));
+    // A small queue comes with small batches, so that an offline stretch fills it.
+    let max_queue_size = rng.random_bool(0.15).then(|| {
+        batch_size = 5;
+        rng.random_range(5..=8)
+    });
+    let pull_page_len = rng.random_bool(0.3).then(|| rng.random_range(1..=10));
     ConfigSpec {
         preset: Some(preset.to_owned()),
         batch_size: Some(batch_size),
         auto_sync_interval_ms: Some(10_000),
         max_retries,
         max_queue_size,
+        pull_page_len,
         strategies,
         ..ConfigSpec::default()
     }
@@ -99,7 +104,9 @@ fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
 /// A few scripted steps in the safety phase: users resolving conflicts and retrying
 /// dead-lettered ops, and the request faults a scenario can script (a replayed batch, a
 /// damaged one, a duplicated request, a request forged as another user).
-fn swarm_steps(rng: &mut ChaCha8Rng, users: &[UserSpec]) -> Vec<Step> {
+/// With a `manual` strategy, every device also resolves what is open near the end of the
+/// safety phase, one way or the other.
+fn swarm_steps(rng: &mut ChaCha8Rng, users: &[UserSpec], manual: bool) -> Vec<Step> {
     let devices: Vec<(&str, &str)> = users
         .iter()
         .flat_map(|u| u.devices.iter().map(|d| (u.name.as_str(), d.as_str())))
@@ -125,6 +132,7 @@ fn swarm_steps(rng: &mut ChaCha8Rng, users: &[UserSpec]) -> Vec<Step> {
             1 => Action::RetryDead { device },
             2 => Action::Replay { device },
             3 => Action::Corrupt { device },
+            4 if rng.random_bool(0.3) => Action::Sync { device },
             4 if !victims.is_empty() => Action::Forge {
                 device,
                 victim_device: victims[rng.random_range(0..victims.len())].to_owned(),
@@ -135,6 +143,21 @@ fn swarm_steps(rng: &mut ChaCha8Rng, users: &[UserSpec]) -> Vec<Step> {
             at_ms: rng.random_range(1_000..SAFETY_MS),
             action,
         });
+    }
+    if manual {
+        for (_, device) in &devices {
+            steps.push(Step {
+                at_ms: rng.random_range(SAFETY_MS * 3 / 4..SAFETY_MS),
+                action: Action::Resolve {
+                    device: (*device).to_owned(),
+                    resolution: if rng.random_bool(0.5) {
+                        Resolution::KeepServer
+                    } else {
+                        Resolution::KeepClient
+                    },
+                },
+            });
+        }
     }
     steps.sort_by_key(|s| s.at_ms);
     steps

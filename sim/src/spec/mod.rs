@@ -139,6 +139,8 @@ pub struct ConfigSpec {
     pub backoff_cap_ms: Option<u64>,
     /// Retry jitter, percent.
     pub jitter_percent: Option<u8>,
+    /// Changes asked for per pull page (small pages make pulls page).
+    pub pull_page_len: Option<usize>,
     /// Per-type conflict strategies.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub strategies: BTreeMap<EntityType, Strategy>,
@@ -166,6 +168,7 @@ impl ConfigSpec {
             backoff_initial_ms => config.backoff.initial_ms,
             backoff_cap_ms => config.backoff.cap_ms,
             jitter_percent => config.backoff.jitter_percent,
+            pull_page_len => config.pull_page_len,
         }
         match self.max_retries {
             Some(Retries::Count(count)) => config.max_retries = Some(count),

@@ -2,7 +2,7 @@
 //! (`next_wake_at`, `tick`, TTL expiry), failed requests and the backoff they set, and the
 //! invariants that tie the parts together.
 
-use super::{Coordinator, InFlight, PULL_PAGE_LEN, Request};
+use super::{Coordinator, InFlight, Request};
 use crate::client::observe::{Event, OpUpdate, TelemetryKind};
 use crate::client::queue::Status;
 use crate::client::record::Record;
@@ -119,7 +119,7 @@ impl<S: QueueStore> Coordinator<S> {
             self.in_flight = Some((InFlight::Pull, deadline));
             return Some(Request::Pull {
                 cursor: self.replica.cursor,
-                limit: PULL_PAGE_LEN,
+                limit: self.config.pull_page_len,
             });
         }
         None

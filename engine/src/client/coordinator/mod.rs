@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// Settled or failed ops kept for `history()`.
 pub const HISTORY_LEN_MAX: usize = 1_000;
-/// Changes asked for per pull page.
+/// Changes asked for per pull page unless the configuration says otherwise.
 pub const PULL_PAGE_LEN: usize = 500;
 /// Log records beyond twice the open ops that trigger a compaction.
 pub const COMPACT_SLACK_RECORDS: usize = 1_000;
