@@ -74,6 +74,13 @@ pub(super) fn enqueue(ctx: &DeviceCtx, now: Millis, edit: Edit) {
     let t_ms = now.0 - ctx.epoch_ms;
     let entity_type = edit.entity_type;
     let entity_id = edit.entity_id.clone();
+    let durable_before = {
+        let state = ctx.state.borrow();
+        state
+            .coordinator
+            .as_ref()
+            .map_or(0, |c| c.store().durable_bytes())
+    };
     let result = {
         let mut state = ctx.state.borrow_mut();
         let wall = state.wall(now);
@@ -94,7 +101,7 @@ pub(super) fn enqueue(ctx: &DeviceCtx, now: Millis, edit: Edit) {
     ctx.flush(now);
     let host = ctx.state.borrow().name.clone();
     if let Ok(op) = &result
-        && !durably_enqueued(ctx, &op.op_id)
+        && !durably_enqueued(ctx, &op.op_id, durable_before)
     {
         let host = ctx.state.borrow().name.clone();
         let event = TraceEvent::NotDurable {
@@ -450,13 +457,20 @@ pub(super) fn heal(
 }
 
 /// Whether the durable image of the device's store holds the enqueue record of `op_id`:
-/// read from the simulated disk's bytes, not from what the coordinator says.
-fn durably_enqueued(ctx: &DeviceCtx, op_id: &OpId) -> bool {
+/// read from the simulated disk's bytes, not from what the coordinator says. Only the bytes
+/// made durable since `before` (a frame boundary: the image holds whole frames) are
+/// decoded, unless the image shrank (a compaction rewrote it), when all of it is.
+fn durably_enqueued(ctx: &DeviceCtx, op_id: &OpId, before: usize) -> bool {
     let state = ctx.state.borrow();
     let Some(coordinator) = state.coordinator.as_ref() else {
         return false;
     };
-    let Ok((recovery, _)) = decode_log(coordinator.store().durable_image()) else {
+    let image = coordinator.store().durable_image();
+    let new = image
+        .get(before..)
+        .filter(|tail| !tail.is_empty())
+        .unwrap_or(image);
+    let Ok((recovery, _)) = decode_log(new) else {
         return false;
     };
     recovery.records.iter().any(|bytes| {
