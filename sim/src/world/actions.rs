@@ -46,6 +46,33 @@ pub(super) fn edit_action(device: &str, edit: &Edit) -> Action {
     }
 }
 
+/// The edit a create, update or delete step makes (the inverse of [`edit_action`]).
+fn step_edit(action: &Action) -> Option<Edit> {
+    let (entity_type, id, edit) = match action {
+        Action::Create {
+            entity_type,
+            id,
+            fields,
+            ..
+        } => (entity_type, id, EditAction::Create(fields.clone())),
+        Action::Update {
+            entity_type,
+            id,
+            fields,
+            ..
+        } => (entity_type, id, EditAction::Update(fields.clone())),
+        Action::Delete {
+            entity_type, id, ..
+        } => (entity_type, id, EditAction::Delete),
+        _ => return None,
+    };
+    Some(Edit {
+        entity_type: *entity_type,
+        entity_id: EntityId(id.clone()),
+        action: edit,
+    })
+}
+
 /// The entities a device's user can see there: its local view.
 pub(super) fn visible_entities(ctx: &DeviceCtx) -> Vec<(EntityType, EntityId)> {
     let state = ctx.state.borrow();
@@ -183,45 +210,9 @@ pub(super) fn apply(
         Action::Crash { torn_bytes, .. } => crash(ctx, now, *torn_bytes),
         Action::Restart { .. } => restart(ctx, now, config),
         Action::Skew { offset_ms, .. } => ctx.state.borrow_mut().wall_offset_ms = *offset_ms,
-        Action::Create {
-            entity_type,
-            id,
-            fields,
-            ..
-        } => enqueue(
-            ctx,
-            now,
-            Edit {
-                entity_type: *entity_type,
-                entity_id: EntityId(id.clone()),
-                action: EditAction::Create(fields.clone()),
-            },
-        ),
-        Action::Update {
-            entity_type,
-            id,
-            fields,
-            ..
-        } => enqueue(
-            ctx,
-            now,
-            Edit {
-                entity_type: *entity_type,
-                entity_id: EntityId(id.clone()),
-                action: EditAction::Update(fields.clone()),
-            },
-        ),
-        Action::Delete {
-            entity_type, id, ..
-        } => enqueue(
-            ctx,
-            now,
-            Edit {
-                entity_type: *entity_type,
-                entity_id: EntityId(id.clone()),
-                action: EditAction::Delete,
-            },
-        ),
+        Action::Create { .. } | Action::Update { .. } | Action::Delete { .. } => {
+            enqueue(ctx, now, step_edit(action).expect("an edit step"));
+        }
         Action::Sync { .. } => {
             if let Some(c) = ctx.state.borrow_mut().coordinator.as_mut() {
                 c.sync_now(now);
