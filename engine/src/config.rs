@@ -259,6 +259,27 @@ mod tests {
     use crate::entity::EntityType;
 
     #[test]
+    fn a_pull_page_length_of_zero_or_beyond_the_servers_limit_is_refused() {
+        for (len, ok) in [
+            (0, false),
+            (1, true),
+            (crate::server::PULL_LIMIT_MAX, true),
+            (crate::server::PULL_LIMIT_MAX + 1, false),
+            (usize::MAX, false),
+        ] {
+            let config = SyncConfig {
+                pull_page_len: len,
+                ..SyncConfig::default()
+            };
+            let result = config.validate();
+            assert_eq!(result.is_ok(), ok, "{len}: {result:?}");
+            if let Err(error) = result {
+                assert_eq!(error.key, "pull_page_len");
+            }
+        }
+    }
+
+    #[test]
     fn every_preset_is_valid_and_matches_the_seed() {
         for name in ["development", "production", "offline_heavy"] {
             assert_eq!(

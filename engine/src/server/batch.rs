@@ -25,7 +25,7 @@ impl<S: ServerStore> Server<S> {
         batch: &Batch,
         now: Millis,
     ) -> Result<BatchResponse, RequestError> {
-        self.admit_batch(user, batch)?;
+        self.admit_batch(batch)?;
         let mut results = Vec::with_capacity(batch.ops.len());
         for op in &batch.ops {
             results.push(self.handle_op(user, batch, op, now));
