@@ -26,6 +26,9 @@ pub struct ServerBugs {
     /// `latest_timestamp` compares the server's clock instead of the device's (caught by
     /// `conflict_oracle`).
     pub lww_uses_server_clock: bool,
+    /// An op that reuses another op's idempotency key panics the request instead of being
+    /// refused (caught by `server_health`, as the 500 the HTTP layer answers).
+    pub panics_on_reused_key: bool,
 }
 
 /// Bugs of the client coordinator.
@@ -97,6 +100,8 @@ struct PlantedTable {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     server_lww_uses_server_clock: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    server_panics_on_reused_key: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_sends_child_before_parent: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_ignores_priority: bool,
@@ -122,6 +127,7 @@ impl From<PlantedTable> for Planted {
                 leaks_other_users: t.server_leaks_other_users,
                 skips_checksums: t.server_skips_checksums,
                 lww_uses_server_clock: t.server_lww_uses_server_clock,
+                panics_on_reused_key: t.server_panics_on_reused_key,
             },
             client: ClientBugs {
                 sends_child_before_parent: t.client_sends_child_before_parent,
@@ -148,6 +154,7 @@ impl From<Planted> for PlantedTable {
             server_leaks_other_users: p.server.leaks_other_users,
             server_skips_checksums: p.server.skips_checksums,
             server_lww_uses_server_clock: p.server.lww_uses_server_clock,
+            server_panics_on_reused_key: p.server.panics_on_reused_key,
             client_sends_child_before_parent: p.client.sends_child_before_parent,
             client_ignores_priority: p.client.ignores_priority,
             client_retries_immediately: p.client.retries_immediately,

@@ -47,6 +47,13 @@ pub const SIM_POINTS: &[Point] = &[
         "a device forged a request as another user",
     ),
     ("sim.step.disk", "a device's disk was made to fail"),
+    (
+        "sim.step.hostile",
+        "a device sent a hostile client's requests",
+    ),
+    ("sim.step.discard", "a user discarded failed ops"),
+    ("sim.step.cleanup_server", "the server ran its cleanup"),
+    ("sim.step.server_room", "the server's disk filled up"),
     ("sim.net.request_lost", "a request was lost"),
     ("sim.net.answer_lost", "an answer was lost"),
     ("sim.net.duplicated", "a request arrived twice"),

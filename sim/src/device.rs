@@ -81,8 +81,11 @@ pub struct DeviceState {
     pub notify: Rc<Notify>,
     /// Replays of the last batch the task should send.
     pub pending_replays: usize,
-    /// Forged request bodies the task should send.
-    pub pending_forgeries: Vec<Vec<u8>>,
+    /// Forged and hostile requests the task should send: each list in order, the lists
+    /// side by side.
+    pub pending_hostile: Vec<Vec<RawRequest>>,
+    /// Hostile probes sent so far (names their ids apart).
+    pub hostile_count: u64,
     /// Seeds the coordinator's jitter (mixed with the incarnation on restarts).
     pub jitter_seed: u64,
     /// Bugs planted in this run.
@@ -153,18 +156,18 @@ enum Outcome {
 pub async fn run(ctx: DeviceCtx) {
     loop {
         let now = sim_now(ctx.epoch_ms);
-        let (replays, forgeries) = {
+        let (replays, hostile) = {
             let mut state = ctx.state.borrow_mut();
             (
                 std::mem::take(&mut state.pending_replays),
-                std::mem::take(&mut state.pending_forgeries),
+                std::mem::take(&mut state.pending_hostile),
             )
         };
         for _ in 0..replays {
             tokio::task::spawn_local(replay(ctx.clone()));
         }
-        for body in forgeries {
-            tokio::task::spawn_local(forge(ctx.clone(), body));
+        for requests in hostile {
+            tokio::task::spawn_local(send_raw(ctx.clone(), requests));
         }
         let polled = {
             let mut state = ctx.state.borrow_mut();
@@ -507,45 +510,63 @@ pub async fn replay(ctx: DeviceCtx) {
     }
 }
 
-/// Sends a request forged with the device's own token against another user's device or
-/// entity; the answer is recorded.
-pub async fn forge(ctx: DeviceCtx, body: Vec<u8>) {
-    let token = ctx.state.borrow().token.clone();
-    let result = tokio::time::timeout(
-        Duration::from_secs(10),
-        exchange(Method::POST, "/api/sync/batch", &token, Some(body)),
-    )
-    .await;
-    let now = sim_now(ctx.epoch_ms);
-    match result {
-        Ok(Ok(response)) if response.status == 200 => {
-            if let Ok(answer) = serde_json::from_slice::<BatchResponse>(&response.body) {
-                ctx.record(
-                    now,
-                    TraceEvent::Answered {
-                        results: answer
-                            .results
-                            .iter()
-                            .map(|r| (r.op_id.clone(), r.status, r.reason))
-                            .collect(),
-                    },
-                );
+/// A request a hostile or forging client builds by hand, sent beside the coordinator's
+/// traffic with the device's own token.
+#[derive(Clone, Debug)]
+pub struct RawRequest {
+    /// `forge` or `hostile`, for the trace.
+    pub kind: RequestKind,
+    /// The method.
+    pub method: Method,
+    /// The path.
+    pub path: String,
+    /// The body, if any.
+    pub body: Option<Vec<u8>>,
+}
+
+/// Sends hand-built requests one after the other (each waits for the answer before it,
+/// so a probe's later requests meet what its earlier ones did) and records every answer:
+/// a batch answer as `answered`, anything else but success as `http_error`, no answer as a
+/// lost request.
+pub async fn send_raw(ctx: DeviceCtx, requests: Vec<RawRequest>) {
+    for request in requests {
+        let token = ctx.state.borrow().token.clone();
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            exchange(request.method.clone(), &request.path, &token, request.body),
+        )
+        .await;
+        let now = sim_now(ctx.epoch_ms);
+        match result {
+            Ok(Ok(response)) if response.status == 200 => {
+                if let Ok(answer) = serde_json::from_slice::<BatchResponse>(&response.body) {
+                    ctx.record(
+                        now,
+                        TraceEvent::Answered {
+                            results: answer
+                                .results
+                                .iter()
+                                .map(|r| (r.op_id.clone(), r.status, r.reason))
+                                .collect(),
+                        },
+                    );
+                }
             }
+            Ok(Ok(response)) => ctx.record(
+                now,
+                TraceEvent::HttpError {
+                    request: request.kind,
+                    status: response.status,
+                    code: error_code(&response),
+                },
+            ),
+            _ => ctx.record(
+                now,
+                TraceEvent::Net {
+                    what: NetFault::RequestLost,
+                    request: request.kind,
+                },
+            ),
         }
-        Ok(Ok(response)) => ctx.record(
-            now,
-            TraceEvent::HttpError {
-                request: RequestKind::Forge,
-                status: response.status,
-                code: error_code(&response),
-            },
-        ),
-        _ => ctx.record(
-            now,
-            TraceEvent::Net {
-                what: NetFault::RequestLost,
-                request: RequestKind::Forge,
-            },
-        ),
     }
 }

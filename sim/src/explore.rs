@@ -5,13 +5,14 @@
 //! coverage point the swarm can express (docs/simulation.md, "Coverage").
 
 use crate::spec::{
-    Action, ConfigSpec, FaultSpec, Retries, RunSpec, SimSpec, Step, UserSpec, WorkloadSpec,
+    Action, ConfigSpec, FaultSpec, Probe, Retries, RunSpec, SimSpec, Step, UserSpec, WorkloadSpec,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rockhound_engine::EntityType;
 use rockhound_engine::conflict::Strategy;
 use rockhound_engine::server::wire::Resolution;
+use rockhound_engine::time::HOUR_MS;
 use std::collections::BTreeMap;
 
 /// Mixed into the seed so the scenario's draws differ from the run's own streams.
@@ -19,6 +20,11 @@ const SWARM_SALT: u64 = 0x005e_ed0f_5a4d;
 
 /// The swarm's safety phase.
 const SAFETY_MS: u64 = 60_000;
+
+/// The share of seeds that are long runs: a day and more of simulated time in one-second
+/// ticks, with a one-hour queue TTL, field trips longer than it, and a server cleanup after
+/// the idempotency keys' retention, so expiry and key retention are reached.
+const LONG_RUN_SHARE: f64 = 0.06;
 
 /// The swarm scenario of one seed.
 pub fn swarm_spec(seed: u64) -> RunSpec {
@@ -32,24 +38,47 @@ pub fn swarm_spec(seed: u64) -> RunSpec {
                 .collect(),
         })
         .collect();
-    let config = swarm_config(&mut rng);
+    let mut config = swarm_config(&mut rng);
+    let long = rng.random_bool(LONG_RUN_SHARE);
+    let (sim, field_trip_ms_max) = if long {
+        config.queue_ttl_ms = Some(HOUR_MS);
+        // A request's round trip takes a few one-second ticks; pulls a minute apart leave
+        // moments when no device is syncing, which convergence is checked at.
+        config.batch_timeout_ms = Some(30_000);
+        config.auto_sync_interval_ms = Some(60_000);
+        let built = config
+            .build()
+            .expect("the swarm's configurations are valid");
+        // The keys' retention, then an hour for the cleanup and the last edits.
+        let safety_ms = built.idempotency_retention_ms() + 2 * HOUR_MS;
+        let sim = SimSpec {
+            tick_ms: 1_000,
+            safety_ms,
+            liveness_ms: 600_000,
+            ..SimSpec::default()
+        };
+        (sim, 2 * HOUR_MS)
+    } else {
+        let sim = SimSpec {
+            safety_ms: SAFETY_MS,
+            liveness_ms: 300_000,
+            ..SimSpec::default()
+        };
+        (sim, 20_000)
+    };
     let manual = config.strategies.values().any(|s| *s == Strategy::Manual);
-    let steps = swarm_steps(&mut rng, &users, manual);
+    let steps = swarm_steps(&mut rng, &users, manual, sim.safety_ms, long);
     RunSpec {
         name: format!("swarm-{seed}"),
         description: "a swarm scenario drawn from its seed".into(),
         users,
         config,
-        sim: SimSpec {
-            safety_ms: SAFETY_MS,
-            liveness_ms: 300_000,
-            ..SimSpec::default()
-        },
+        sim,
         steps,
         workload: Some(WorkloadSpec {
             actions_per_device: rng.random_range(5..=30),
             field_trips_per_device: rng.random_range(0..=2),
-            field_trip_ms_max: 20_000,
+            field_trip_ms_max,
             wide: true,
         }),
         faults: Some(FaultSpec {
@@ -101,18 +130,33 @@ fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
     }
 }
 
-/// A few scripted steps in the safety phase: users resolving conflicts and retrying
-/// dead-lettered ops, and the request faults a scenario can script (a replayed batch, a
-/// damaged one, a duplicated request, a request forged as another user).
+/// A few scripted steps in the safety phase: users resolving conflicts (every resolution
+/// kind), retrying and discarding failed ops; the request faults a scenario can script (a
+/// replayed batch, a damaged one, a duplicated request, a request forged as another user);
+/// hostile clients' probes; the server's disk filling up and its cleanup. A long run also
+/// cleans up once the idempotency keys' retention has passed.
 /// With a `manual` strategy, every device also resolves what is open near the end of the
-/// safety phase, one way or the other.
-fn swarm_steps(rng: &mut ChaCha8Rng, users: &[UserSpec], manual: bool) -> Vec<Step> {
+/// safety phase, one way or another.
+fn swarm_steps(
+    rng: &mut ChaCha8Rng,
+    users: &[UserSpec],
+    manual: bool,
+    safety_ms: u64,
+    long: bool,
+) -> Vec<Step> {
     let devices: Vec<(&str, &str)> = users
         .iter()
         .flat_map(|u| u.devices.iter().map(|d| (u.name.as_str(), d.as_str())))
         .collect();
+    let resolution = |rng: &mut ChaCha8Rng| {
+        [
+            Resolution::KeepServer,
+            Resolution::KeepClient,
+            Resolution::Custom,
+        ][rng.random_range(0..3)]
+    };
     let mut steps = Vec::new();
-    for _ in 0..rng.random_range(0..=6) {
+    for _ in 0..rng.random_range(0..=9) {
         let (user, device) = devices[rng.random_range(0..devices.len())];
         let device = device.to_owned();
         let victims: Vec<&str> = devices
@@ -120,14 +164,10 @@ fn swarm_steps(rng: &mut ChaCha8Rng, users: &[UserSpec], manual: bool) -> Vec<St
             .filter(|(u, _)| *u != user)
             .map(|(_, d)| *d)
             .collect();
-        let action = match rng.random_range(0..6) {
+        let action = match rng.random_range(0..12) {
             0 => Action::Resolve {
                 device,
-                resolution: if rng.random_bool(0.5) {
-                    Resolution::KeepServer
-                } else {
-                    Resolution::KeepClient
-                },
+                resolution: resolution(rng),
             },
             1 => Action::RetryDead { device },
             2 => Action::Replay { device },
@@ -137,24 +177,35 @@ fn swarm_steps(rng: &mut ChaCha8Rng, users: &[UserSpec], manual: bool) -> Vec<St
                 device,
                 victim_device: victims[rng.random_range(0..victims.len())].to_owned(),
             },
+            5..=7 => Action::Hostile {
+                device,
+                probe: Probe::ALL[rng.random_range(0..Probe::ALL.len())],
+            },
+            8 => Action::Discard { device },
+            9 if rng.random_bool(0.5) => Action::ServerRoom {
+                entities: Some(rng.random_range(0..=3)),
+            },
+            9 => Action::CleanupServer,
             _ => Action::Duplicate { device },
         };
         steps.push(Step {
-            at_ms: rng.random_range(1_000..SAFETY_MS),
+            at_ms: rng.random_range(1_000..safety_ms),
             action,
+        });
+    }
+    if long {
+        steps.push(Step {
+            at_ms: safety_ms - HOUR_MS / 2,
+            action: Action::CleanupServer,
         });
     }
     if manual {
         for (_, device) in &devices {
             steps.push(Step {
-                at_ms: rng.random_range(SAFETY_MS * 3 / 4..SAFETY_MS),
+                at_ms: rng.random_range(safety_ms * 3 / 4..safety_ms),
                 action: Action::Resolve {
                     device: (*device).to_owned(),
-                    resolution: if rng.random_bool(0.5) {
-                        Resolution::KeepServer
-                    } else {
-                        Resolution::KeepClient
-                    },
+                    resolution: resolution(rng),
                 },
             });
         }

@@ -56,8 +56,10 @@ pub enum RequestKind {
     Pull,
     /// `POST /api/sync/conflicts/<id>/resolve`.
     Resolve,
-    /// A forged request (a hostile client).
+    /// A request forged as another user's device or entity.
     Forge,
+    /// A request of a hostile or broken client (`hostile` steps).
+    Hostile,
 }
 
 /// One line of the trace.

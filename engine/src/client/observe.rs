@@ -166,6 +166,13 @@ pub enum Event {
         /// Whether it is up now.
         online: bool,
     },
+    /// The user gave up on a failed or blocked op: it left the queue unsent.
+    Discarded {
+        /// The op.
+        op_id: OpId,
+        /// Its status when it was discarded.
+        status: Status,
+    },
     /// A conflict was resolved by a person's request.
     ConflictResolved {
         /// The conflict.

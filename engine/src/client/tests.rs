@@ -245,6 +245,31 @@ fn dead_lettered_ops_block_their_dependants_until_a_manual_retry() {
     assert_eq!(error.to_string(), "op d1:0 is not in the queue");
 }
 
+#[test]
+fn a_discarded_op_leaves_the_queue_with_its_event_and_stays_gone_after_a_restart() {
+    let config = SyncConfig {
+        max_retries: Some(1),
+        ..SyncConfig::default()
+    };
+    let mut device = open(config);
+    let op_id = device.enqueue(T0, T0, session("s1")).unwrap();
+    device.set_online(T0, true);
+    let _ = batch(device.poll(T0));
+    device.on_request_failed(T0, "connection reset");
+    assert_eq!(status_of(&device, &op_id), Some(Status::Error));
+    // Only a failed or blocked op may be discarded; an unknown one is refused.
+    let unknown = device.discard(&OpId("d1:99".into())).unwrap_err();
+    assert_eq!(unknown.to_string(), "op d1:99 is not in the queue");
+    let _ = device.take_events();
+    device.discard(&op_id).unwrap();
+    assert_eq!(status_of(&device, &op_id), None);
+    let events = device.take_events();
+    assert!(events.iter().any(|e| matches!(e,
+        Event::Discarded { op_id: id, status: Status::Error } if *id == op_id)));
+    let device = crash(device, 0);
+    assert_eq!(status_of(&device, &op_id), None, "the discard was durable");
+}
+
 /// Found by `rockhound explore` (seed 69): a child that joined its parent's batch later
 /// has fewer attempts; when the parent is dead-lettered in that batch, the child must be
 /// blocked, not left pending behind a parent that will never be sent.

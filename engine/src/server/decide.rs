@@ -6,7 +6,7 @@ use super::tables::{EntityKey, ServerStore};
 use super::wire::{
     ConflictRecord, ConflictStatus, DecisionCode, OpResult, OpStatus, Refusal, ResolvedBy,
 };
-use super::{ENTITY_BYTES_MAX, ENTITY_COUNT_MAX, HISTORY_ROW_COUNT_MAX, Server};
+use super::{ENTITY_BYTES_MAX, Server};
 use crate::conflict::{self, Case, Decision, Detection, Invalid, ServerEntity, Strategy, Write};
 use crate::ids::{ConflictId, UserId};
 use crate::op::{Batch, Op, OpKind};
@@ -55,6 +55,10 @@ impl<S: ServerStore> Server<S> {
             .filter(|_| !self.config.planted.server.ignores_idempotency)
         {
             if record.op_checksum != op.checksum {
+                assert!(
+                    !self.config.planted.server.panics_on_reused_key,
+                    "planted: a reused idempotency key panics the request"
+                );
                 let stored = Stored::HistoryOnly;
                 return Some(OpOutcome::unstored(
                     op,
@@ -139,8 +143,8 @@ impl<S: ServerStore> Server<S> {
         if op.kind == OpKind::Delete && tables.live_children.contains_key(&key) {
             return reject(Refusal::HasChildren);
         }
-        let full = (op.kind == OpKind::Create && tables.entities.len() >= ENTITY_COUNT_MAX)
-            || tables.sync_history.len() >= HISTORY_ROW_COUNT_MAX;
+        let full = (op.kind == OpKind::Create && tables.entities.len() >= self.capacity.entities)
+            || tables.sync_history.len() >= self.capacity.history_rows;
         if full {
             return Some(OpOutcome::answer(
                 op,

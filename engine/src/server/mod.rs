@@ -111,6 +111,28 @@ impl RequestError {
 pub struct Server<S: ServerStore = MemoryStore> {
     config: SyncConfig,
     store: S,
+    capacity: Capacity,
+}
+
+/// How much the server's tables may hold before a write is answered `retry` with
+/// `storage_full` (the client backs off and resends). The defaults are
+/// [`ENTITY_COUNT_MAX`] and [`HISTORY_ROW_COUNT_MAX`]; the simulation lowers them to fill
+/// the server's disk on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Entities (a create beyond it waits).
+    pub entities: usize,
+    /// History rows (any op beyond it waits).
+    pub history_rows: usize,
+}
+
+impl Default for Capacity {
+    fn default() -> Capacity {
+        Capacity {
+            entities: ENTITY_COUNT_MAX,
+            history_rows: HISTORY_ROW_COUNT_MAX,
+        }
+    }
 }
 
 /// What `cleanup` removed.
@@ -138,7 +160,16 @@ impl Server<MemoryStore> {
 impl<S: ServerStore> Server<S> {
     /// A server over an existing store (after a restart, say).
     pub fn with_store(config: SyncConfig, store: S) -> Server<S> {
-        Server { config, store }
+        Server {
+            config,
+            store,
+            capacity: Capacity::default(),
+        }
+    }
+
+    /// Sets how much the tables may hold (an operator adding or losing disk).
+    pub fn set_capacity(&mut self, capacity: Capacity) {
+        self.capacity = capacity;
     }
 
     /// The configuration in force.

@@ -833,3 +833,40 @@ proptest! {
 }
 
 mod hardening;
+
+#[test]
+fn a_full_server_answers_retry_storage_full_and_applies_the_resent_create_once_room_is_back() {
+    let mut server = Server::new(SyncConfig::default());
+    assert_eq!(
+        statuses(&send(&mut server, "ann", "phone", vec![session(1, "s1")])),
+        [(OpStatus::Applied, None)]
+    );
+    server.set_capacity(Capacity {
+        entities: 1,
+        ..Capacity::default()
+    });
+    let full = send(&mut server, "ann", "phone", vec![session(2, "s2")]);
+    assert_eq!(statuses(&full), [(OpStatus::Retry, Some("storage_full"))]);
+    assert!(
+        !server
+            .tables()
+            .entities
+            .contains_key(&(EntityType::FieldSession, EntityId("s2".into())))
+    );
+    // An update needs no new row: it still applies on a full disk.
+    let update = op(
+        3,
+        EntityType::FieldSession,
+        "s1",
+        OpKind::Update,
+        1,
+        json!({"name": "ridge"}),
+    );
+    assert_eq!(
+        statuses(&send(&mut server, "ann", "phone", vec![update])),
+        [(OpStatus::Applied, None)]
+    );
+    server.set_capacity(Capacity::default());
+    let resent = send(&mut server, "ann", "phone", vec![session(2, "s2")]);
+    assert_eq!(statuses(&resent), [(OpStatus::Applied, None)]);
+}

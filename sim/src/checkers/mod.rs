@@ -1,4 +1,4 @@
-//! The twelve checkers (docs/simulation.md), one module each. Each reads the run's trace (through the
+//! The thirteen checkers (docs/simulation.md), one module each. Each reads the run's trace (through the
 //! [`Facts`] index built once) and reports violations naming the seed, the simulated time
 //! and the trace lines involved. `determinism` compares two runs and lives in
 //! [`crate::runner`]'s re-run; its module holds the comparison.
@@ -15,6 +15,7 @@ pub mod isolation;
 pub mod liveness;
 pub mod no_loss;
 pub mod priority_order;
+pub mod server_health;
 
 use crate::spec::RunSpec;
 use crate::summary::Summary;
@@ -287,7 +288,7 @@ pub fn check(facts: &Facts<'_>, spec: &RunSpec) -> Vec<Verdict> {
     let selected = |checker: Checker| {
         spec.expect.checkers.is_empty() || spec.expect.checkers.contains(&checker)
     };
-    let run: [(Checker, CheckFn); 11] = [
+    let run: [(Checker, CheckFn); 12] = [
         (Checker::NoLoss, no_loss::check),
         (Checker::ExactlyOnce, exactly_once::check),
         (Checker::DependencyOrder, dependency_order::check),
@@ -299,6 +300,7 @@ pub fn check(facts: &Facts<'_>, spec: &RunSpec) -> Vec<Verdict> {
         (Checker::ConflictOracle, conflict_oracle::check),
         (Checker::Liveness, liveness::check),
         (Checker::Durability, durability::check),
+        (Checker::ServerHealth, server_health::check),
     ];
     run.into_iter()
         .map(|(checker, check)| {
@@ -337,6 +339,14 @@ pub fn expectations(facts: &Facts<'_>, spec: &RunSpec, summary: &Summary) -> Vec
                     "expected at least {min} {name}, the run had {actual}"
                 ));
             }
+        }
+    }
+    let reached = crate::coverage::reached(facts.lines);
+    for point in &spec.expect.covered {
+        if !reached.contains(&point.as_str()) {
+            unmet.push(format!(
+                "expected coverage point {point} reached; it was not"
+            ));
         }
     }
     for value in &spec.expect.values {

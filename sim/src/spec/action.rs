@@ -68,6 +68,17 @@ pub enum Action {
     CrashServer,
     /// The server process starts again.
     RestartServer,
+    /// The server runs its cleanup now (expired idempotency keys; old history, conflicts,
+    /// batches and metrics), as `rockhound serve` does on its interval.
+    CleanupServer,
+    /// The server's disk fills: it may hold only `entities` more entities (creates beyond
+    /// are answered `retry` with `storage_full`); without `entities`, the room is back. The
+    /// liveness phase's heal gives the room back too.
+    ServerRoom {
+        /// Entities that still fit.
+        #[serde(default)]
+        entities: Option<usize>,
+    },
     /// Sets the device's wall-clock offset from true time (skew or a jump).
     Skew {
         /// The device.
@@ -148,6 +159,19 @@ pub enum Action {
         /// A device of another user.
         victim_device: String,
     },
+    /// The device behaves as a broken or hostile client for a moment: it sends the
+    /// requests of `probe` with its own token, beside its honest traffic.
+    Hostile {
+        /// The device.
+        device: String,
+        /// What it sends.
+        probe: Probe,
+    },
+    /// Discards every dead-lettered op of the device (the user gives up on them).
+    Discard {
+        /// The device.
+        device: String,
+    },
     /// Disk faults on the device: failing fsync, or a full disk of `capacity_bytes`.
     Disk {
         /// The device.
@@ -165,7 +189,10 @@ impl Action {
     /// The device the step is about, if any.
     pub fn device(&self) -> Option<&str> {
         match self {
-            Action::CrashServer | Action::RestartServer => None,
+            Action::CrashServer
+            | Action::RestartServer
+            | Action::CleanupServer
+            | Action::ServerRoom { .. } => None,
             Action::Offline { device }
             | Action::Online { device }
             | Action::Partition { device }
@@ -185,6 +212,8 @@ impl Action {
             | Action::Corrupt { device }
             | Action::Duplicate { device }
             | Action::Forge { device, .. }
+            | Action::Hostile { device, .. }
+            | Action::Discard { device }
             | Action::Disk { device, .. } => Some(device),
         }
     }
@@ -202,6 +231,8 @@ impl Action {
             Action::Restart { .. } => "restart",
             Action::CrashServer => "crash_server",
             Action::RestartServer => "restart_server",
+            Action::CleanupServer => "cleanup_server",
+            Action::ServerRoom { .. } => "server_room",
             Action::Skew { .. } => "skew",
             Action::Create { .. } => "create",
             Action::Update { .. } => "update",
@@ -213,7 +244,56 @@ impl Action {
             Action::Corrupt { .. } => "corrupt",
             Action::Duplicate { .. } => "duplicate",
             Action::Forge { .. } => "forge",
+            Action::Hostile { .. } => "hostile",
+            Action::Discard { .. } => "discard",
             Action::Disk { .. } => "disk",
         }
     }
+}
+
+/// What a hostile step sends (docs/simulation.md, "Hostile clients"). Each probe is a short
+/// sequence of requests, sent one after the other; the server must refuse the bad ones with
+/// the reason named here, answer the good ones as usual, and stay healthy for everyone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    /// A create, then another op under the same idempotency key
+    /// (`idempotency_key_reused`), then the first op's id under another key
+    /// (`op_id_reused`).
+    ReusedIds,
+    /// A copy whose payload was changed after sealing (`checksum_mismatch`), a copy whose
+    /// shape breaks the op rules (`invalid_op`), then the good op (applied).
+    DamagedCopies,
+    /// A create, its delete, then an update of the deleted entity (a conflict with the
+    /// delete), its create again (`entity_deleted`) and an update from a version the server
+    /// never had (`version_ahead`).
+    StaleVersions,
+    /// A parent with a child; an update clearing the child's only parent
+    /// (`parent_required`); the parent's delete under its live child (`has_children`).
+    ParentAbuse,
+    /// An entity grown by updates until it passes the size limit (`entity_too_large`).
+    Oversized,
+    /// An op that depends on an op the server never saw (`blocked`, `dependency_missing`)
+    /// and an op created longer ago than the server remembers keys (`expired`).
+    Orphans,
+    /// Merge arrays of the largest size a payload allows, written twice from one base so
+    /// the server must merge them.
+    WorstMerge,
+    /// A `custom` resolution of the device's open conflicts whose entity breaks the
+    /// payload rules (not an object), then an unknown conflict id.
+    BadResolution,
+}
+
+impl Probe {
+    /// Every probe, in declaration order.
+    pub const ALL: [Probe; 8] = [
+        Probe::ReusedIds,
+        Probe::DamagedCopies,
+        Probe::StaleVersions,
+        Probe::ParentAbuse,
+        Probe::Oversized,
+        Probe::Orphans,
+        Probe::WorstMerge,
+        Probe::BadResolution,
+    ];
 }

@@ -6,7 +6,7 @@
 mod action;
 mod validate;
 
-pub use action::{Action, Step};
+pub use action::{Action, Probe, Step};
 pub use validate::SpecError;
 
 use rockhound_engine::conflict::Strategy;
@@ -343,13 +343,15 @@ pub enum Checker {
     Liveness,
     /// `durability` (docs/simulation.md).
     Durability,
+    /// `server_health` (docs/simulation.md).
+    ServerHealth,
     /// `determinism` (docs/simulation.md).
     Determinism,
 }
 
 impl Checker {
     /// Every checker, in the order verdicts list them.
-    pub const ALL: [Checker; 12] = [
+    pub const ALL: [Checker; 13] = [
         Checker::NoLoss,
         Checker::ExactlyOnce,
         Checker::DependencyOrder,
@@ -361,6 +363,7 @@ impl Checker {
         Checker::ConflictOracle,
         Checker::Liveness,
         Checker::Durability,
+        Checker::ServerHealth,
         Checker::Determinism,
     ];
 
@@ -378,6 +381,7 @@ impl Checker {
             Checker::ConflictOracle => "conflict_oracle",
             Checker::Liveness => "liveness",
             Checker::Durability => "durability",
+            Checker::ServerHealth => "server_health",
             Checker::Determinism => "determinism",
         }
     }
@@ -393,7 +397,7 @@ impl std::fmt::Display for Checker {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExpectSpec {
-    /// Checkers to run (default: all eleven).
+    /// Checkers to run (default: all).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checkers: Vec<Checker>,
     /// For a negative scenario: the checker that must report a violation.
@@ -404,6 +408,10 @@ pub struct ExpectSpec {
     /// Final field values on the server.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<ValueSpec>,
+    /// Coverage points the run must reach (docs/simulation.md, "Coverage"): how a scenario
+    /// says which path it is about, say `server.answer.rejected.op_id_reused`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub covered: Vec<String>,
     /// The trace digest the run must reproduce (written by `export`; checked by `replay`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,

@@ -6,7 +6,6 @@ use super::{
     FIELD_TRIPS_PER_DEVICE_MAX, LATENCY_MS_MAX, RUN_MS_MAX, RunSpec, SKEW_MS_MAX, STEP_COUNT_MAX,
     Step, TORN_BYTES_MAX, WORKLOAD_ACTION_COUNT_MAX,
 };
-use rockhound_engine::server::wire::Resolution;
 use rockhound_engine::{EntityType, SyncConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -315,21 +314,23 @@ impl RunSpec {
             if let Err(why) = check_step_values(&step.action) {
                 return fail(&path, format!("{at}: {why}"));
             }
-            if let Action::Resolve { resolution, .. } = &step.action {
-                if *resolution == Resolution::Custom {
-                    return fail(
-                        &path,
-                        format!("{at}: resolution \"custom\" is not keep_server or keep_client"),
-                    );
-                }
-            }
         }
         Ok(())
     }
 
-    /// The expected digest's format and the ids of expected values.
+    /// The expected digest's format, the ids of expected values, the coverage points named.
     fn check_expect(&self) -> Result<(), SpecError> {
         let fail = |path: &str, message: String| Err(SpecError::at(path, message));
+        for point in &self.expect.covered {
+            if !crate::coverage::declared().any(|(name, _)| *name == point.as_str()) {
+                return fail(
+                    "expect.covered",
+                    format!(
+                        "{point:?} is not a declared coverage point (`rockhound explore --coverage` lists them)"
+                    ),
+                );
+            }
+        }
         if let Some(digest) = &self.expect.digest
             && !rockhound_engine::checksum::is_checksum_format(digest)
         {
@@ -452,6 +453,8 @@ impl RunSpec {
         let mut held = BTreeSet::new();
         let mut server_crashed = false;
         let mut created: BTreeSet<(&str, EntityType, &str)> = BTreeSet::new();
+        // Entities a hostile step made (`<device>-x<n>-…`) may be edited by its user after it.
+        let mut hostile: BTreeSet<(&str, String)> = BTreeSet::new();
         let check_entities = self.workload.is_none();
         for (index, step) in self.steps_in_order() {
             let path = format!("steps[{index}]");
@@ -463,6 +466,12 @@ impl RunSpec {
             );
             let fail = |why: String| Err(SpecError::at(&path, format!("{at}: {why}")));
             let user = step.action.device().map_or("", |d| names[d].as_str());
+            let known = |created: &BTreeSet<(&str, EntityType, &str)>, t: EntityType, id: &str| {
+                created.contains(&(user, t, id))
+                    || hostile
+                        .iter()
+                        .any(|(u, prefix)| *u == user && id.starts_with(prefix.as_str()))
+            };
             match &step.action {
                 Action::Crash { device, .. } => {
                     crashed.insert(device);
@@ -483,6 +492,9 @@ impl RunSpec {
                     return fail(format!("{device} is released but was never held before"));
                 }
                 Action::CrashServer => server_crashed = true,
+                Action::Hostile { device, .. } => {
+                    hostile.insert((user, format!("{device}-x")));
+                }
                 Action::RestartServer if !server_crashed => {
                     return fail("the server restarts but never crashed before".into());
                 }
@@ -499,7 +511,7 @@ impl RunSpec {
                         else {
                             continue;
                         };
-                        if !created.contains(&(user, *parent, parent_id)) {
+                        if !known(&created, *parent, parent_id) {
                             return fail(format!(
                                 "{} {parent_id:?} is not created by an earlier step of {user}",
                                 parent.reference_field()
@@ -513,7 +525,7 @@ impl RunSpec {
                 }
                 | Action::Delete {
                     entity_type, id, ..
-                } if check_entities && !created.contains(&(user, *entity_type, id)) => {
+                } if check_entities && !known(&created, *entity_type, id) => {
                     return fail(format!(
                         "{entity_type} {id:?} is not created by an earlier step of {user}"
                     ));

@@ -1,7 +1,7 @@
 //! What happens between steps: a scheduled action applied (an edit, a fault, a crash, a
 //! restart), and the heal that starts the liveness phase.
 
-use super::Devices;
+use super::{Devices, hostile};
 use crate::device::{DeviceCtx, Link};
 use crate::spec::Action;
 use crate::trace::TraceEvent;
@@ -12,9 +12,10 @@ use rockhound_engine::client::queue::Status;
 use rockhound_engine::client::record::Record;
 use rockhound_engine::client::store::{decode_log, encode_frame};
 use rockhound_engine::ids::{ConflictId, EntityId, OpId};
+use rockhound_engine::server::wire::Resolution;
+use rockhound_engine::server::{Capacity, Server};
 use rockhound_engine::testing::sim_store::SimStore;
-use rockhound_engine::{Batch, BatchId, DeviceId, EntityType, Millis, Op, OpKind, SyncConfig};
-use serde_json::json;
+use rockhound_engine::{DeviceId, EntityType, Millis, OpKind, SyncConfig};
 
 /// The scripted step an edit amounts to.
 pub(super) fn edit_action(device: &str, edit: &Edit) -> Action {
@@ -174,6 +175,7 @@ pub(super) fn apply(
     now: Millis,
     server_up: &mut bool,
     config: &SyncConfig,
+    server: &parking_lot::Mutex<Server>,
 ) {
     let ctx = action.device().map(|d| &devices.by_name[d]);
     match action {
@@ -189,6 +191,19 @@ pub(super) fn apply(
                 sim.bounce("server");
                 *server_up = true;
             }
+            return;
+        }
+        Action::CleanupServer => {
+            server.lock().cleanup(now);
+            return;
+        }
+        Action::ServerRoom { entities } => {
+            let mut server = server.lock();
+            let held = server.tables().entities.len();
+            server.set_capacity(Capacity {
+                entities: entities.map_or(Capacity::default().entities, |room| held + room),
+                ..Capacity::default()
+            });
             return;
         }
         _ => {}
@@ -241,13 +256,17 @@ pub(super) fn apply(
         Action::Resolve { resolution, .. } => {
             if let Some(c) = ctx.state.borrow_mut().coordinator.as_mut() {
                 let resolution = *resolution;
-                let open: Vec<ConflictId> = c
+                let open: Vec<(ConflictId, Option<serde_json::Value>)> = c
                     .conflicts()
                     .filter(|c| c.open)
-                    .map(|c| c.conflict_id.clone())
+                    .map(|conflict| {
+                        let entity = (resolution == Resolution::Custom)
+                            .then(|| custom_entity(c, conflict.entity_type, &conflict.entity_id));
+                        (conflict.conflict_id.clone(), entity)
+                    })
                     .collect();
-                for conflict_id in open {
-                    if let Err(error) = c.resolve_conflict(&conflict_id, resolution, None) {
+                for (conflict_id, entity) in open {
+                    if let Err(error) = c.resolve_conflict(&conflict_id, resolution, entity) {
                         assert!(
                             matches!(error, ActionError::Store(_)),
                             "an open conflict resolves: {error}"
@@ -261,8 +280,35 @@ pub(super) fn apply(
         Action::Duplicate { .. } => ctx.state.borrow_mut().link.duplicate_next = true,
         Action::Forge { victim_device, .. } => {
             let victim = &devices.by_name[victim_device];
-            let forged = forgeries(ctx, victim, now);
-            ctx.state.borrow_mut().pending_forgeries.extend(forged);
+            let forged = hostile::forgeries(ctx, victim, now);
+            ctx.state.borrow_mut().pending_hostile.extend(forged);
+        }
+        Action::Hostile { probe, .. } => {
+            let count = {
+                let mut state = ctx.state.borrow_mut();
+                state.hostile_count += 1;
+                state.hostile_count
+            };
+            let requests = hostile::requests(ctx, *probe, count, now);
+            ctx.state.borrow_mut().pending_hostile.push(requests);
+        }
+        Action::Discard { .. } => {
+            if let Some(c) = ctx.state.borrow_mut().coordinator.as_mut() {
+                let failed: Vec<_> = c
+                    .queue()
+                    .filter(|e| e.status.is_failed() || e.status == Status::Blocked)
+                    .map(|e| e.op.op_id.clone())
+                    .collect();
+                for op_id in failed {
+                    // As with a retry, a disk fault may refuse the record: the op stays.
+                    if let Err(error) = c.discard(&op_id) {
+                        assert!(
+                            matches!(error, ActionError::Store(_)),
+                            "a failed op can be discarded: {error}"
+                        );
+                    }
+                }
+            }
         }
         Action::Disk {
             fail_sync,
@@ -280,65 +326,37 @@ pub(super) fn apply(
                 store.capacity_bytes = capacity_bytes.map(|extra| store_len(store) + extra);
             }
         }
-        Action::CrashServer | Action::RestartServer => unreachable!("handled above"),
+        Action::CrashServer
+        | Action::RestartServer
+        | Action::CleanupServer
+        | Action::ServerRoom { .. } => unreachable!("handled above"),
     }
     ctx.state.borrow().notify.notify_one();
     ctx.flush(now);
 }
 
-pub(super) fn store_len(store: &SimStore) -> usize {
-    store.durable_bytes()
+/// The entity a person writes by hand to settle a conflict (`custom`): the device's own
+/// copy with a note, or only the id when the device holds no live copy (the server then
+/// judges it like any custom entity, and may refuse it).
+fn custom_entity(
+    c: &Coordinator<SimStore>,
+    entity_type: EntityType,
+    entity_id: &EntityId,
+) -> serde_json::Value {
+    let mut entity = c
+        .replica()
+        .get(entity_type, entity_id)
+        .filter(|copy| !copy.deleted)
+        .map_or_else(|| serde_json::json!({}), |copy| copy.entity.clone());
+    if let Some(fields) = entity.as_object_mut() {
+        fields.insert("id".into(), entity_id.0.clone().into());
+        fields.insert("resolved_by_hand".into(), true.into());
+    }
+    entity
 }
 
-/// Two forged requests from `ctx` with its own token: a batch claiming the victim's device,
-/// and a batch from its own device updating an entity of the victim's user.
-pub(super) fn forgeries(ctx: &DeviceCtx, victim: &DeviceCtx, now: Millis) -> Vec<Vec<u8>> {
-    let (victim_device, target) = {
-        let state = victim.state.borrow();
-        let target = state.coordinator.as_ref().and_then(|c| {
-            c.replica()
-                .entities()
-                .iter()
-                .find(|(_, e)| !e.deleted)
-                .map(|(key, e)| (key.clone(), e.version))
-        });
-        (state.name.clone(), target)
-    };
-    let own = ctx.state.borrow().name.clone();
-    let ((entity_type, entity_id), version) = target.unwrap_or((
-        (
-            EntityType::FieldSession,
-            EntityId(format!("{victim_device}-session-1")),
-        ),
-        1,
-    ));
-    let op = Op {
-        op_id: rockhound_engine::OpId(format!("{own}:forged:{}", now.0)),
-        idempotency_key: rockhound_engine::IdempotencyKey(format!("{own}:forged:{}:key", now.0)),
-        entity_type,
-        entity_id,
-        kind: OpKind::Update,
-        base_version: version,
-        payload: json!({"note": "forged"}),
-        client_timestamp_ms: now,
-        priority: entity_type.default_priority(),
-        depends_on: vec![],
-        created_at_ms: now,
-        checksum: String::new(),
-    }
-    .sealed();
-    [victim_device, own]
-        .into_iter()
-        .enumerate()
-        .map(|(n, device)| {
-            let batch = Batch::new(
-                BatchId(format!("forged-{n}-{}", now.0)),
-                DeviceId(device),
-                vec![op.clone()],
-            );
-            serde_json::to_vec(&batch).expect("batches serialize")
-        })
-        .collect()
+pub(super) fn store_len(store: &SimStore) -> usize {
+    store.durable_bytes()
 }
 
 pub(super) fn crash(ctx: &DeviceCtx, now: Millis, torn_bytes: usize) {
@@ -419,11 +437,13 @@ pub(super) fn heal(
     now: Millis,
     server_up: &mut bool,
     config: &SyncConfig,
+    server: &parking_lot::Mutex<Server>,
 ) {
     if !*server_up {
         sim.bounce("server");
         *server_up = true;
     }
+    server.lock().set_capacity(Capacity::default());
     for ctx in devices.by_name.values() {
         {
             let mut state = ctx.state.borrow_mut();

@@ -15,6 +15,7 @@
 mod actions;
 mod build;
 mod finish;
+mod hostile;
 mod step;
 
 use crate::checkers::{self, Verdict};

@@ -44,6 +44,7 @@ impl World<'_> {
                     now,
                     &mut self.server_up,
                     &self.config,
+                    &self.server,
                 );
             }
             if let Some(started) = liveness_started_ms {
@@ -92,6 +93,7 @@ impl World<'_> {
                         now,
                         &mut self.server_up,
                         &self.config,
+                        &self.server,
                     );
                 }
                 Planned::UserAction { device } => self.user_edit(&device, t_ms, now),

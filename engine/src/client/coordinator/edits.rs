@@ -257,6 +257,10 @@ impl<S: QueueStore> Coordinator<S> {
         self.append(&Record::Discarded { seq })?;
         let entry = self.queue.discard(seq);
         crate::coverage::hit("client.discarded");
+        self.events.push(Event::Discarded {
+            op_id: entry.op.op_id.clone(),
+            status: entry.status,
+        });
         self.events.push(Event::EntityChanged {
             entity_type: entry.op.entity_type,
             entity_id: entry.op.entity_id,
