@@ -126,3 +126,31 @@ fn the_shape_check_finds_a_long_function_and_accepts_a_reason() {
         "a test module is not counted"
     );
 }
+
+/// The independent oracle shares no code with what it checks: the reference model's code
+/// (its comments aside) uses neither the engine's conflict functions, nor its replay, nor
+/// its server, nor its strategy table (only the wire's types).
+#[test]
+fn the_reference_model_does_not_use_the_code_it_checks() {
+    let text = std::fs::read_to_string(repo().join("sim/src/checkers/reference.rs")).unwrap();
+    let model: String = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for forbidden in [
+        "rockhound_engine::conflict",
+        "server::replay",
+        "replay_rows",
+        "server::Server",
+        "handle_batch",
+        "decision_code",
+        "default_strategy()",
+        ".rules(",
+    ] {
+        assert!(
+            !model.contains(forbidden),
+            "sim/src/checkers/reference.rs uses {forbidden}"
+        );
+    }
+}

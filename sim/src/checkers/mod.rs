@@ -15,6 +15,7 @@ pub mod isolation;
 pub mod liveness;
 pub mod no_loss;
 pub mod priority_order;
+pub mod reference;
 pub mod server_health;
 
 use crate::spec::RunSpec;
