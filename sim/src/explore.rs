@@ -97,7 +97,7 @@ fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
     let mut batch_size = [5, 25, 50][rng.random_range(0..3)];
     let mut strategies = BTreeMap::new();
     for entity_type in EntityType::ALL {
-        if rng.random_bool(0.3) {
+        if rng.random_bool(0.5) {
             let choices = [
                 Strategy::ServerWins,
                 Strategy::ClientWins,
@@ -108,6 +108,11 @@ fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
             ];
             strategies.insert(entity_type, choices[rng.random_range(0..choices.len())]);
         }
+    }
+    // Manual conflicts need a person: make them common on the most edited type, so
+    // every resolution kind is reached by a few seeds of a range, not by luck.
+    if rng.random_bool(0.15) {
+        strategies.insert(EntityType::FieldSession, Strategy::Manual);
     }
     let max_retries = rng
         .random_bool(0.3)

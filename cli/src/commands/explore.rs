@@ -3,6 +3,7 @@
 
 use super::{Exit, ExploreArgs, Job, code_of, report, report_coverage, worst};
 use indicatif::{ProgressBar, ProgressStyle};
+use rockhound_engine::planted::Planted;
 use rockhound_sim::checkers::Checker;
 use rockhound_sim::coverage::{self, Table};
 use rockhound_sim::explore::swarm_spec;
@@ -81,9 +82,13 @@ pub fn explore(args: &ExploreArgs) -> Exit {
         recheck,
         ref coverage,
         coverage_gate,
+        ref plant,
+        stop_on_failure,
     } = *args;
+    let planted = plant
+        .iter()
+        .fold(Planted::default(), |all, one| merge(all, *one));
     let out = out.as_path();
-    let (k, n) = shard;
     let seed_at = shard_seeds(seeds, shard);
     let total = shard_len(seeds, shard);
     let progress = progress_bar(total);
@@ -104,7 +109,7 @@ pub fn explore(args: &ExploreArgs) -> Exit {
                     let Some(seed) = seed_at(next.fetch_add(1, Ordering::Relaxed)) else {
                         return;
                     };
-                    let (reached, failure) = explore_seed(seed, out, recheck);
+                    let (reached, failure) = explore_seed(seed, out, recheck, planted);
                     table
                         .lock()
                         .expect("coverage table")
@@ -114,6 +119,9 @@ pub fn explore(args: &ExploreArgs) -> Exit {
                     let Some(mut failure) = failure else {
                         continue;
                     };
+                    if stop_on_failure {
+                        stop.store(true, Ordering::Relaxed);
+                    }
                     let mut failures = failures.lock().expect("failure list");
                     if failures.len() >= FAILURE_REPORTS_MAX {
                         failure.run = None;
@@ -124,42 +132,88 @@ pub fn explore(args: &ExploreArgs) -> Exit {
         }
     });
     progress.finish_and_clear();
-    let mut failures = failures.into_inner().expect("failure list");
+    let summary = Summary {
+        ran: ran.load(Ordering::Relaxed),
+        total,
+        shard,
+        seconds: started.elapsed().as_secs_f64(),
+        interrupted: stop.load(Ordering::Relaxed) && !stop_on_failure,
+    };
+    summarize(
+        failures.into_inner().expect("failure list"),
+        table.into_inner().expect("coverage table"),
+        &summary,
+        (coverage.as_deref(), out, coverage_gate),
+    )
+}
+
+/// How far an `explore` got.
+struct Summary {
+    ran: u64,
+    total: u64,
+    shard: (u64, u64),
+    seconds: f64,
+    interrupted: bool,
+}
+
+/// Prints the failures, the summary line, the first failing seed per checker and the
+/// coverage table; returns the exit code.
+fn summarize(
+    mut failures: Vec<Failure>,
+    table: Table,
+    summary: &Summary,
+    (coverage, out, coverage_gate): (Option<&Path>, &Path, bool),
+) -> Exit {
     failures.sort_by_key(|f| f.seed);
     let mut codes = print_failures(&failures, out);
-    let interrupted = if stop.load(Ordering::Relaxed) {
+    let interrupted = if summary.interrupted {
         " (interrupted)"
     } else {
         ""
     };
+    let (k, n) = summary.shard;
     println!(
-        "explored {} of {total} seeds (shard {k}/{n}) in {:.1} s{interrupted}: {} failed",
-        ran.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64(),
+        "explored {} of {} seeds (shard {k}/{n}) in {:.1} s{interrupted}: {} failed",
+        summary.ran,
+        summary.total,
+        summary.seconds,
         failures.len()
     );
     print_first_failures(&failures);
-    let table = table.into_inner().expect("coverage table");
-    codes.push(coverage_verdict(
-        &table,
-        coverage.as_deref(),
-        out,
-        coverage_gate,
-    ));
+    codes.push(coverage_verdict(&table, coverage, out, coverage_gate));
     worst(codes)
+}
+
+/// Both sets of planted bugs at once (the flat table's flags, or-ed).
+fn merge(a: Planted, b: Planted) -> Planted {
+    let mut table = serde_json::to_value(a).expect("planted bugs serialize");
+    if let (Some(all), serde_json::Value::Object(more)) = (
+        table.as_object_mut(),
+        serde_json::to_value(b).expect("planted bugs serialize"),
+    ) {
+        all.extend(more);
+    }
+    serde_json::from_value(table).expect("a union of planted flags is a planted table")
 }
 
 /// Runs one swarm seed; a failure comes back with what its report needs (its file is
 /// already saved), a pass as `None`.
 #[allow(clippy::disallowed_methods)]
-fn explore_seed(seed: u64, out: &Path, recheck: bool) -> (Vec<String>, Option<Failure>) {
+fn explore_seed(
+    seed: u64,
+    out: &Path,
+    recheck: bool,
+    planted: Planted,
+) -> (Vec<String>, Option<Failure>) {
+    let mut spec = swarm_spec(seed);
+    spec.planted = planted;
     let job = Job {
         label: format!("swarm-{seed}"),
         reproduce: format!(
             "rockhound replay {}",
             out.join(format!("swarm-{seed}.toml")).display()
         ),
-        spec: swarm_spec(seed),
+        spec,
         seed,
     };
     let run_started = std::time::Instant::now();

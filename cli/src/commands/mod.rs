@@ -20,6 +20,7 @@ use print::report;
 pub use run::{compare, run};
 
 use indicatif::ProgressBar;
+use rockhound_engine::planted::Planted;
 use rockhound_sim::coverage::{self, Table};
 use rockhound_sim::runner::{self, Checked};
 use rockhound_sim::scenario::{self, ScenarioError};
@@ -201,6 +202,20 @@ pub struct ExploreArgs {
     /// range (after every other check passed).
     #[arg(long)]
     pub coverage_gate: bool,
+    /// Plant this bug in every swarm run (a `[planted]` flag of docs/scenarios.md, say
+    /// `client_ignores_priority`; repeatable): how many seeds the swarm needs to catch it.
+    #[arg(long, value_name = "NAME", value_parser = parse_plant)]
+    pub plant: Vec<Planted>,
+    /// Start no new seed after the first failing one (with `--plant`: the seeds and time
+    /// the swarm needs to catch the bug).
+    #[arg(long)]
+    pub stop_on_failure: bool,
+}
+
+/// One `--plant` name as the planted bug it switches on.
+fn parse_plant(name: &str) -> Result<Planted, String> {
+    serde_json::from_value(serde_json::json!({ name: true }))
+        .map_err(|e| format!("not a planted bug: {e}"))
 }
 
 /// A scenario to run: where it came from and the spec.

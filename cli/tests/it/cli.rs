@@ -327,6 +327,44 @@ fn the_summary_counts_the_edits_the_client_refused() {
 }
 
 #[test]
+fn explore_with_a_planted_bug_stops_at_the_first_seed_that_catches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("caught");
+    let output = rockhound(&[
+        "explore",
+        "--seeds",
+        "0..99",
+        "--plant",
+        "client_ignores_priority",
+        "--stop-on-failure",
+        "--jobs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let first: u64 = text
+        .split("first failing seed of priority_order: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| panic!("priority_order caught it: {text}"));
+    assert!(
+        text.contains(&format!("explored {} of 100 seeds", first + 1)),
+        "no seed after the first failure: {text}"
+    );
+    // The saved failure carries the bug, so it replays as caught.
+    let saved = std::fs::read_to_string(out.join(format!("swarm-{first}.toml"))).unwrap();
+    assert!(saved.contains("client_ignores_priority = true"), "{saved}");
+    let unknown = rockhound(&["explore", "--plant", "server_forgets_everything"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&unknown.stderr).into_owned();
+    assert!(error.contains("not a planted bug"), "{error}");
+    assert!(error.contains("client_ignores_priority"), "{error}");
+}
+
+#[test]
 fn explore_over_the_largest_range_starts_at_once_and_stops_on_its_budget() {
     let dir = tempfile::tempdir().unwrap();
     let output = rockhound(&[
