@@ -54,6 +54,14 @@ pub const SIM_POINTS: &[Point] = &[
     ("sim.step.discard", "a user discarded failed ops"),
     ("sim.step.cleanup_server", "the server ran its cleanup"),
     ("sim.step.server_room", "the server's disk filled up"),
+    (
+        "sim.step.crash_server_mid_batch",
+        "a crash was armed inside the server's next batch",
+    ),
+    (
+        "sim.crash.server_between_ops",
+        "the server died between two commits of one batch",
+    ),
     ("sim.net.request_lost", "a request was lost"),
     ("sim.net.answer_lost", "an answer was lost"),
     ("sim.net.duplicated", "a request arrived twice"),

@@ -191,6 +191,9 @@ fn swarm_steps(
                 entities: Some(rng.random_range(0..=3)),
             },
             9 => Action::CleanupServer,
+            10 if rng.random_bool(0.5) => Action::CrashServerMidBatch {
+                after_ops: rng.random_range(1..=3),
+            },
             _ => Action::Duplicate { device },
         };
         steps.push(Step {

@@ -160,6 +160,12 @@ pub enum TraceEvent {
         /// The body's error code.
         code: String,
     },
+    /// The server process was killed inside a batch (`crash_server_mid_batch`), after the
+    /// commits the step asked for and before its answer.
+    ServerCrashed {
+        /// Always true (a scheduled `crash_server` is a step).
+        mid_batch: bool,
+    },
     /// A batch answer, op by op.
     Answered {
         /// `(op, status, reason)`.

@@ -61,7 +61,15 @@ pub struct AppState {
     /// The simulated server does not: a yield would spread one batch over several
     /// simulated ticks, a slowness no real server has.
     pub yield_between_ops: bool,
+    /// A fault-injection point for the simulation: called after each op of a batch is
+    /// committed with (ops committed, ops in the batch); when it says `true`, the handler
+    /// never answers, as a process killed at that instant would not, and the simulation
+    /// kills the host. `None` (`rockhound serve`): never.
+    pub crash_point: Option<CrashPoint>,
 }
+
+/// See [`AppState::crash_point`].
+pub type CrashPoint = Arc<dyn Fn(usize, usize) -> bool + Send + Sync>;
 
 impl AppState {
     /// State over `server`, with `tokens` mapping bearer tokens to users.
@@ -72,6 +80,7 @@ impl AppState {
             clock,
             body_read_timeout: None,
             yield_between_ops: false,
+            crash_point: None,
         }
     }
 
@@ -336,6 +345,13 @@ async fn post_batch(
     let mut results = Vec::with_capacity(batch.ops.len());
     for op in &batch.ops {
         results.push(state.with_server(|server| Ok(server.handle_op(&user, &batch, op, now)))?);
+        if let Some(crash) = &state.crash_point
+            && crash(results.len(), batch.ops.len())
+        {
+            // Killed between this op's commit and the next (or the answer): nothing more
+            // happens here, and nothing is answered.
+            std::future::pending::<()>().await;
+        }
         // Let the other requests on this worker thread run between two ops, so that a
         // long batch cannot hold a thread (or, with one thread, the whole server).
         if state.yield_between_ops {

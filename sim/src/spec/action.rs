@@ -68,6 +68,14 @@ pub enum Action {
     CrashServer,
     /// The server process starts again.
     RestartServer,
+    /// The server process dies inside its next batch: right after it committed
+    /// `after_ops` of the batch's ops (all of them when the batch has fewer), before the
+    /// rest and before the answer. Its database keeps what was committed; it starts again
+    /// two seconds later.
+    CrashServerMidBatch {
+        /// Ops committed before the crash.
+        after_ops: usize,
+    },
     /// The server runs its cleanup now (expired idempotency keys; old history, conflicts,
     /// batches and metrics), as `rockhound serve` does on its interval.
     CleanupServer,
@@ -191,6 +199,7 @@ impl Action {
         match self {
             Action::CrashServer
             | Action::RestartServer
+            | Action::CrashServerMidBatch { .. }
             | Action::CleanupServer
             | Action::ServerRoom { .. } => None,
             Action::Offline { device }
@@ -231,6 +240,7 @@ impl Action {
             Action::Restart { .. } => "restart",
             Action::CrashServer => "crash_server",
             Action::RestartServer => "restart_server",
+            Action::CrashServerMidBatch { .. } => "crash_server_mid_batch",
             Action::CleanupServer => "cleanup_server",
             Action::ServerRoom { .. } => "server_room",
             Action::Skew { .. } => "skew",

@@ -6,6 +6,7 @@ use super::{
     FIELD_TRIPS_PER_DEVICE_MAX, LATENCY_MS_MAX, RUN_MS_MAX, RunSpec, SKEW_MS_MAX, STEP_COUNT_MAX,
     Step, TORN_BYTES_MAX, WORKLOAD_ACTION_COUNT_MAX,
 };
+use rockhound_engine::op::BATCH_OP_COUNT_MAX;
 use rockhound_engine::{EntityType, SyncConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -13,6 +14,9 @@ use std::collections::BTreeMap;
 /// The limits of one step's own values, and the edits the client would refuse whatever
 /// the state (a create missing its parent reference, an empty update, an out-of-range
 /// number): refused here, so a scripted step never vanishes at run time.
+/// The most room a `server_room` step may leave (the server's own limit is far above).
+const SERVER_ROOM_MAX: usize = 1_000_000;
+
 fn check_step_values(action: &Action) -> Result<(), String> {
     use rockhound_engine::op::OpKind;
     match action {
@@ -27,6 +31,18 @@ fn check_step_values(action: &Action) -> Result<(), String> {
             ..
         } if *bytes > DISK_BYTES_MAX => Err(format!(
             "capacity_bytes = {bytes} is more than the limit of {DISK_BYTES_MAX}"
+        )),
+        Action::CrashServerMidBatch { after_ops }
+            if !(1..=BATCH_OP_COUNT_MAX).contains(after_ops) =>
+        {
+            Err(format!(
+                "after_ops = {after_ops} is not between 1 and the batch limit of {BATCH_OP_COUNT_MAX}"
+            ))
+        }
+        Action::ServerRoom {
+            entities: Some(room),
+        } if *room > SERVER_ROOM_MAX => Err(format!(
+            "entities = {room} is more than the limit of {SERVER_ROOM_MAX}"
         )),
         Action::Create {
             entity_type,
@@ -326,7 +342,7 @@ impl RunSpec {
                 return fail(
                     "expect.covered",
                     format!(
-                        "{point:?} is not a declared coverage point (`rockhound explore --coverage` lists them)"
+                        "{point:?} is not a declared coverage point (docs/coverage.md lists them)"
                     ),
                 );
             }

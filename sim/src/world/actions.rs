@@ -328,6 +328,7 @@ pub(super) fn apply(
         }
         Action::CrashServer
         | Action::RestartServer
+        | Action::CrashServerMidBatch { .. }
         | Action::CleanupServer
         | Action::ServerRoom { .. } => unreachable!("handled above"),
     }

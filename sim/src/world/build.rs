@@ -58,7 +58,8 @@ impl<'s> World<'s> {
         );
 
         let mut sim = turmoil_sim(spec, turmoil_seed);
-        let server = serve(&mut sim, spec, &config);
+        let mid_batch = Arc::new(parking_lot::Mutex::new(MidBatch::default()));
+        let server = serve(&mut sim, spec, &config, &mid_batch);
         let devices = devices(spec, &config, &mut master, &link, &trace);
         place(&mut sim, spec, &devices);
         let schedule = workload::schedule(spec, &mut schedule_rng, &mut fault_rng);
@@ -70,6 +71,8 @@ impl<'s> World<'s> {
             devices,
             server,
             server_up: true,
+            mid_batch,
+            server_restart_at_ms: None,
             trace,
             schedule,
             choice_rng,
@@ -99,6 +102,7 @@ fn serve(
     sim: &mut turmoil::Sim<'static>,
     spec: &RunSpec,
     config: &SyncConfig,
+    mid_batch: &Arc<parking_lot::Mutex<MidBatch>>,
 ) -> Arc<parking_lot::Mutex<Server>> {
     let epoch_ms = spec.sim.epoch_ms;
     let server = Server::new(config.clone());
@@ -108,7 +112,22 @@ fn serve(
         .map(|u| (format!("token-{}", u.name), UserId(u.name.clone())))
         .collect();
     let clock: Clock = Arc::new(move || sim_now(epoch_ms));
-    let app = AppState::new(server, tokens, clock);
+    let mut app = AppState::new(server, tokens, clock);
+    let armed = mid_batch.clone();
+    app.crash_point = Some(Arc::new(move |committed, ops| {
+        let mut armed = armed.lock();
+        let due = armed
+            .after_ops
+            .is_some_and(|k| committed == k.max(1).min(ops));
+        if due {
+            armed.after_ops = None;
+            armed.crashed = true;
+            if committed < ops {
+                rockhound_engine::coverage::hit("sim.crash.server_between_ops");
+            }
+        }
+        due
+    }));
     let server_state = app.server.clone();
     sim.host("server", move || {
         let app = app.clone();
@@ -205,4 +224,14 @@ fn place(sim: &mut turmoil::Sim<'static>, spec: &RunSpec, devices: &Devices) {
             }
         });
     }
+}
+
+/// A crash armed inside the server's next batch (`crash_server_mid_batch`): the batch
+/// handler checks it after each commit; the world kills the host once it fired.
+#[derive(Debug, Default)]
+pub(super) struct MidBatch {
+    /// Ops to commit before the crash (0 counts as 1: the first op's commit).
+    pub after_ops: Option<usize>,
+    /// Whether it fired and the host is still to be killed.
+    pub crashed: bool,
 }

@@ -84,6 +84,10 @@ struct World<'s> {
     /// The server's database (the sans-IO server), which outlives crashes of its process.
     server: Arc<parking_lot::Mutex<Server>>,
     server_up: bool,
+    /// A crash armed inside the server's next batch.
+    mid_batch: Arc<parking_lot::Mutex<build::MidBatch>>,
+    /// When the server killed mid-batch starts again.
+    server_restart_at_ms: Option<u64>,
     trace: Rc<RefCell<Trace>>,
     /// (at ms, order, what), sorted.
     schedule: Vec<(u64, usize, Planned)>,

@@ -5,10 +5,13 @@
 use super::actions::{apply, edit_action, enqueue, heal, visible_entities};
 use super::finish::{Settled, converged};
 use super::{CONVERGENCE_CHECK_MS, World};
-use crate::spec::SpecError;
+use crate::spec::{Action, SpecError};
 use crate::trace::{Phase, TraceEvent};
 use crate::workload::{self, Planned};
 use rockhound_engine::Millis;
+
+/// How long a server killed inside a batch stays down.
+pub const MID_BATCH_RESTART_MS: u64 = 2_000;
 
 impl World<'_> {
     /// Steps until converged after the heal, or until the run's bound.
@@ -69,6 +72,7 @@ impl World<'_> {
                     "the simulation failed at {t_ms} ms: {error}"
                 )));
             }
+            self.crash_or_restart_mid_batch(self.elapsed_ms());
             self.trace_coverage(self.elapsed_ms());
         }
     }
@@ -86,6 +90,10 @@ impl World<'_> {
                             action: action.clone(),
                         },
                     );
+                    if let Action::CrashServerMidBatch { after_ops } = action {
+                        self.mid_batch.lock().after_ops = Some(after_ops);
+                        continue;
+                    }
                     apply(
                         &mut self.sim,
                         &self.devices,
@@ -124,6 +132,26 @@ impl World<'_> {
         let action = edit_action(device, &edit);
         self.record(t_ms, TraceEvent::Step { action });
         enqueue(ctx, now, edit);
+    }
+
+    /// Kills the server host once an armed mid-batch crash fired inside a batch, and
+    /// starts it again [`MID_BATCH_RESTART_MS`] later (unless something restarted it
+    /// before).
+    fn crash_or_restart_mid_batch(&mut self, t_ms: u64) {
+        let fired = std::mem::take(&mut self.mid_batch.lock().crashed);
+        if fired && self.server_up {
+            self.sim.crash("server");
+            self.server_up = false;
+            self.server_restart_at_ms = Some(t_ms + MID_BATCH_RESTART_MS);
+            self.record(t_ms, TraceEvent::ServerCrashed { mid_batch: true });
+        }
+        if self.server_restart_at_ms.is_some_and(|at| t_ms >= at) {
+            self.server_restart_at_ms = None;
+            if !self.server_up {
+                self.sim.bounce("server");
+                self.server_up = true;
+            }
+        }
     }
 
     /// Traces each coverage point reached for the first time since the last call.
