@@ -29,6 +29,9 @@ pub struct ServerBugs {
     /// An op that reuses another op's idempotency key panics the request instead of being
     /// refused (caught by `server_health`, as the 500 the HTTP layer answers).
     pub panics_on_reused_key: bool,
+    /// A parent's delete is not refused while live children reference it (caught by
+    /// `referential`).
+    pub orphans_children: bool,
 }
 
 /// Bugs of the client coordinator.
@@ -102,6 +105,8 @@ struct PlantedTable {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     server_panics_on_reused_key: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    server_orphans_children: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_sends_child_before_parent: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_ignores_priority: bool,
@@ -128,6 +133,7 @@ impl From<PlantedTable> for Planted {
                 skips_checksums: t.server_skips_checksums,
                 lww_uses_server_clock: t.server_lww_uses_server_clock,
                 panics_on_reused_key: t.server_panics_on_reused_key,
+                orphans_children: t.server_orphans_children,
             },
             client: ClientBugs {
                 sends_child_before_parent: t.client_sends_child_before_parent,
@@ -155,6 +161,7 @@ impl From<Planted> for PlantedTable {
             server_skips_checksums: p.server.skips_checksums,
             server_lww_uses_server_clock: p.server.lww_uses_server_clock,
             server_panics_on_reused_key: p.server.panics_on_reused_key,
+            server_orphans_children: p.server.orphans_children,
             client_sends_child_before_parent: p.client.sends_child_before_parent,
             client_ignores_priority: p.client.ignores_priority,
             client_retries_immediately: p.client.retries_immediately,

@@ -140,7 +140,10 @@ impl<S: ServerStore> Server<S> {
         }
         // Deleting a parent is refused while live children reference it: the server never
         // orphans a child (see docs/api.md).
-        if op.kind == OpKind::Delete && tables.live_children.contains_key(&key) {
+        if op.kind == OpKind::Delete
+            && tables.live_children.contains_key(&key)
+            && !self.config.planted.server.orphans_children
+        {
             return reject(Refusal::HasChildren);
         }
         let full = (op.kind == OpKind::Create && tables.entities.len() >= self.capacity.entities)

@@ -1,4 +1,4 @@
-//! The thirteen checkers (docs/simulation.md), one module each. Each reads the run's trace (through the
+//! The fourteen checkers (docs/simulation.md), one module each. Each reads the run's trace (through the
 //! [`Facts`] index built once) and reports violations naming the seed, the simulated time
 //! and the trace lines involved. `determinism` compares two runs and lives in
 //! [`crate::runner`]'s re-run; its module holds the comparison.
@@ -16,6 +16,7 @@ pub mod liveness;
 pub mod no_loss;
 pub mod priority_order;
 pub mod reference;
+pub mod referential;
 pub mod server_health;
 
 use crate::spec::RunSpec;
@@ -289,7 +290,7 @@ pub fn check(facts: &Facts<'_>, spec: &RunSpec) -> Vec<Verdict> {
     let selected = |checker: Checker| {
         spec.expect.checkers.is_empty() || spec.expect.checkers.contains(&checker)
     };
-    let run: [(Checker, CheckFn); 12] = [
+    let run: [(Checker, CheckFn); 13] = [
         (Checker::NoLoss, no_loss::check),
         (Checker::ExactlyOnce, exactly_once::check),
         (Checker::DependencyOrder, dependency_order::check),
@@ -302,6 +303,7 @@ pub fn check(facts: &Facts<'_>, spec: &RunSpec) -> Vec<Verdict> {
         (Checker::Liveness, liveness::check),
         (Checker::Durability, durability::check),
         (Checker::ServerHealth, server_health::check),
+        (Checker::Referential, referential::check),
     ];
     run.into_iter()
         .map(|(checker, check)| {

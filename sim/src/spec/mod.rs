@@ -345,13 +345,15 @@ pub enum Checker {
     Durability,
     /// `server_health` (docs/simulation.md).
     ServerHealth,
+    /// `referential` (docs/simulation.md).
+    Referential,
     /// `determinism` (docs/simulation.md).
     Determinism,
 }
 
 impl Checker {
     /// Every checker, in the order verdicts list them.
-    pub const ALL: [Checker; 13] = [
+    pub const ALL: [Checker; 14] = [
         Checker::NoLoss,
         Checker::ExactlyOnce,
         Checker::DependencyOrder,
@@ -364,6 +366,7 @@ impl Checker {
         Checker::Liveness,
         Checker::Durability,
         Checker::ServerHealth,
+        Checker::Referential,
         Checker::Determinism,
     ];
 
@@ -382,6 +385,7 @@ impl Checker {
             Checker::Liveness => "liveness",
             Checker::Durability => "durability",
             Checker::ServerHealth => "server_health",
+            Checker::Referential => "referential",
             Checker::Determinism => "determinism",
         }
     }
