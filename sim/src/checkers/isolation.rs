@@ -1,5 +1,8 @@
 //! Isolation: no user reads or changes another user's data — no pull delivers, no replica
-//! holds and no commit of one user touches an entity another user owns.
+//! holds and no commit of one user touches an entity another user owns, and no batch
+//! answer carries an op the device's user did not send (its own devices' ops, or the
+//! hand-built ops of its hostile and forged requests, `<device>-x…` and
+//! `<device>:forged:…`).
 
 use super::{Checker, Facts, Violation};
 use crate::trace::TraceEvent;
@@ -17,6 +20,10 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             .map(|(line, owner, _)| (*line, *owner))
     };
     for (index, line) in facts.lines.iter().enumerate() {
+        if let TraceEvent::Answered { results } = &line.event {
+            violations.extend(foreign_answers(facts, index, results));
+            continue;
+        }
         let TraceEvent::Pulled { keys } = &line.event else {
             continue;
         };
@@ -67,4 +74,116 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
         }
     }
     violations
+}
+
+/// The ops of a batch answer to `facts.lines[index]`'s device that its user never sent.
+fn foreign_answers(
+    facts: &Facts<'_>,
+    index: usize,
+    results: &[(
+        rockhound_engine::ids::OpId,
+        rockhound_engine::server::wire::OpStatus,
+        Option<rockhound_engine::server::wire::Reason>,
+    )],
+) -> Vec<Violation> {
+    let host = &facts.lines[index].host;
+    let user = facts.users.get(host).map_or("", String::as_str);
+    let hand_built = |op: &str| {
+        facts.users.iter().any(|(device, owner)| {
+            owner == user
+                && (op.starts_with(&format!("{device}-x"))
+                    || op.starts_with(&format!("{device}:forged:")))
+        })
+    };
+    results
+        .iter()
+        .filter(|(op_id, _, _)| match facts.ops.get(op_id) {
+            Some(op) => op.user != user,
+            None => !hand_built(op_id.as_str()),
+        })
+        .map(|(op_id, _, _)| {
+            let lines: Vec<usize> = std::iter::once(index)
+                .chain(facts.ops.get(op_id).map(|op| op.line))
+                .collect();
+            facts.violation(
+                Checker::Isolation,
+                index,
+                format!(
+                    "{host} (user {user}) was answered about op {op_id}, which its user never sent"
+                ),
+                &lines,
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::TraceLine;
+    use rockhound_engine::client::observe::Event;
+    use rockhound_engine::server::wire::OpStatus;
+    use rockhound_engine::{EntityType, OpId, OpKind, SyncConfig};
+
+    fn line(host: &str, event: TraceEvent) -> TraceLine {
+        TraceLine {
+            t_ms: 1_000,
+            host: host.into(),
+            event,
+        }
+    }
+
+    fn answered(host: &str, op: &str) -> TraceLine {
+        line(
+            host,
+            TraceEvent::Answered {
+                results: vec![(OpId(op.into()), OpStatus::Applied, None)],
+            },
+        )
+    }
+
+    #[test]
+    fn an_answer_about_another_users_op_is_caught_and_own_hand_built_ops_are_not() {
+        let run = line(
+            "world",
+            TraceEvent::Run {
+                seed: 0,
+                scenario: "t".into(),
+                devices: vec![
+                    ("ann".into(), "phone".into()),
+                    ("bob".into(), "laptop".into()),
+                ],
+                config: Box::new(SyncConfig::default()),
+                epoch_ms: 0,
+                planted: Default::default(),
+                link_rates: (0.0, 0.0, 0.0),
+            },
+        );
+        let bobs = line(
+            "laptop",
+            TraceEvent::Client {
+                event: Event::Enqueued {
+                    op_id: OpId("laptop:0".into()),
+                    seq: 0,
+                    entity_type: EntityType::Tag,
+                    entity_id: "t".into(),
+                    kind: OpKind::Create,
+                    priority: 3,
+                    blockers: vec![],
+                },
+            },
+        );
+        let leak = [run.clone(), bobs.clone(), answered("phone", "laptop:0")];
+        let violations = check(&Facts::new(&leak));
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].message.contains("op laptop:0"));
+        let own = [
+            run,
+            bobs,
+            answered("laptop", "laptop:0"),
+            answered("phone", "phone-x1-op1"),
+            answered("phone", "phone:forged:5"),
+        ];
+        assert!(check(&Facts::new(&own)).is_empty());
+    }
 }
