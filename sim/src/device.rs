@@ -483,30 +483,32 @@ pub async fn replay(ctx: DeviceCtx) {
     )
     .await;
     if let Ok(Ok(response)) = result {
-        let now = sim_now(ctx.epoch_ms);
-        if response.status == 200 {
-            if let Ok(answer) = serde_json::from_slice::<BatchResponse>(&response.body) {
-                ctx.record(
-                    now,
-                    TraceEvent::Answered {
-                        results: answer
-                            .results
-                            .iter()
-                            .map(|r| (r.op_id.clone(), r.status, r.reason))
-                            .collect(),
-                    },
-                );
-            }
-        } else {
-            ctx.record(
-                now,
-                TraceEvent::HttpError {
-                    request: RequestKind::Batch,
-                    status: response.status,
-                    code: error_code(&response),
-                },
-            );
-        }
+        record_answer(&ctx, RequestKind::Batch, &response);
+    }
+}
+
+/// Records the answer to a request sent beside the coordinator: a batch answer as
+/// `answered`, an error status as `http_error` (other successes carry nothing to check).
+fn record_answer(ctx: &DeviceCtx, request: RequestKind, response: &Response) {
+    let now = sim_now(ctx.epoch_ms);
+    if response.status != 200 {
+        let code = error_code(response);
+        let status = response.status;
+        ctx.record(
+            now,
+            TraceEvent::HttpError {
+                request,
+                status,
+                code,
+            },
+        );
+    } else if let Ok(answer) = serde_json::from_slice::<BatchResponse>(&response.body) {
+        let results = answer
+            .results
+            .iter()
+            .map(|r| (r.op_id.clone(), r.status, r.reason))
+            .collect();
+        ctx.record(now, TraceEvent::Answered { results });
     }
 }
 
@@ -536,32 +538,10 @@ pub async fn send_raw(ctx: DeviceCtx, requests: Vec<RawRequest>) {
             exchange(request.method.clone(), &request.path, &token, request.body),
         )
         .await;
-        let now = sim_now(ctx.epoch_ms);
         match result {
-            Ok(Ok(response)) if response.status == 200 => {
-                if let Ok(answer) = serde_json::from_slice::<BatchResponse>(&response.body) {
-                    ctx.record(
-                        now,
-                        TraceEvent::Answered {
-                            results: answer
-                                .results
-                                .iter()
-                                .map(|r| (r.op_id.clone(), r.status, r.reason))
-                                .collect(),
-                        },
-                    );
-                }
-            }
-            Ok(Ok(response)) => ctx.record(
-                now,
-                TraceEvent::HttpError {
-                    request: request.kind,
-                    status: response.status,
-                    code: error_code(&response),
-                },
-            ),
+            Ok(Ok(response)) => record_answer(&ctx, request.kind, &response),
             _ => ctx.record(
-                now,
+                sim_now(ctx.epoch_ms),
                 TraceEvent::Net {
                     what: NetFault::RequestLost,
                     request: request.kind,
