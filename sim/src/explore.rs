@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rockhound_engine::EntityType;
 use rockhound_engine::conflict::Strategy;
+use rockhound_engine::entity::Priority;
 use rockhound_engine::server::wire::Resolution;
 use rockhound_engine::time::HOUR_MS;
 use std::collections::BTreeMap;
@@ -113,6 +114,15 @@ fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
             strategies.insert(entity_type, choices[rng.random_range(0..choices.len())]);
         }
     }
+    // Priorities are configuration: now and then a type is made more (or less) urgent
+    // than the catalogue says, so a child can outrank its parent.
+    let mut priorities = BTreeMap::new();
+    for entity_type in EntityType::ALL {
+        if rng.random_bool(0.15) {
+            let priority = Priority::new(rng.random_range(1..=4)).expect("1 to 4 are priorities");
+            priorities.insert(entity_type, priority);
+        }
+    }
     // Manual conflicts need a person: make them common on the most edited type, so
     // every resolution kind is reached by a few seeds of a range, not by luck.
     if rng.random_bool(0.15) {
@@ -135,6 +145,7 @@ fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
         max_queue_size,
         pull_page_len,
         strategies,
+        priorities,
         ..ConfigSpec::default()
     }
 }

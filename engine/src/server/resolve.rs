@@ -29,6 +29,7 @@ impl<S: ServerStore> Server<S> {
         let (deleted, fields) = self.resolved_fields(user, record, current, request)?;
         let key = (record.entity_type, record.entity_id.clone());
         let tables = self.store.tables();
+        self.check_resolved_write(user, record, current, request, (deleted, fields.as_ref()))?;
         let resolution = ResolvedBy::from(request.resolution);
         crate::coverage::hit_with(|| format!("server.resolve.{resolution}"));
         let mut resolved = record.clone();
@@ -85,6 +86,35 @@ impl<S: ServerStore> Server<S> {
     }
 
     /// The open conflict `conflict_id` of `user` and the entity it is about.
+    /// A resolution is a write like any other: it may not orphan a live child (a
+    /// `keep_client` of a delete) nor bring back an entity under a parent that is gone (a
+    /// `keep_client` of an update that met a tombstone).
+    fn check_resolved_write(
+        &self,
+        user: &UserId,
+        record: &ConflictRecord,
+        current: &ServerEntity,
+        request: &ResolveRequest,
+        (deleted, fields): (bool, Option<&Map<String, Value>>),
+    ) -> Result<(), RequestError> {
+        if request.resolution == Resolution::KeepServer {
+            return Ok(());
+        }
+        let key = (record.entity_type, record.entity_id.clone());
+        if deleted && !current.deleted && self.store.tables().live_children.contains_key(&key) {
+            return Err(RequestError::invalid(format!(
+                "resolving {} that way would delete {} {} while live children reference it; \
+                 delete them first, or keep the server's entity",
+                record.conflict_id, record.entity_type, record.entity_id
+            )));
+        }
+        if !deleted {
+            self.check_parents(user, record.entity_type, fields.unwrap_or(&current.fields))
+                .map_err(|refusal| parent_request_error(refusal, record.entity_type))?;
+        }
+        Ok(())
+    }
+
     fn open_conflict(
         &self,
         user: &UserId,

@@ -870,3 +870,57 @@ fn a_full_server_answers_retry_storage_full_and_applies_the_resent_create_once_r
     let resent = send(&mut server, "ann", "phone", vec![session(2, "s2")]);
     assert_eq!(statuses(&resent), [(OpStatus::Applied, None)]);
 }
+
+/// Found by the `referential` checker (`rockhound explore`, seed 511): a `keep_client`
+/// resolution of a delete that met an update deleted a field session while a live find
+/// log referenced it. A resolution is a write: it may not orphan a live child.
+#[test]
+fn a_resolution_that_would_orphan_a_live_child_is_refused_and_changes_nothing() {
+    let (mut server, _) = stale_update_under(Strategy::Manual);
+    let delete = op(
+        4,
+        EntityType::FieldSession,
+        "fs",
+        OpKind::Delete,
+        1,
+        Value::Null,
+    );
+    let conflict = send(&mut server, "ann", "tablet", vec![delete]).remove(0);
+    assert_eq!(conflict.reason.map(|r| r.as_str()), Some("manual"));
+    let child = op(
+        5,
+        EntityType::FindLog,
+        "find",
+        OpKind::Create,
+        0,
+        json!({"id": "find", "field_session_id": "fs", "mineral": "agate"}),
+    );
+    assert_eq!(
+        statuses(&send(&mut server, "ann", "phone", vec![child])),
+        [(OpStatus::Applied, None)]
+    );
+    let keep_client = ResolveRequest {
+        resolution: Resolution::KeepClient,
+        entity: None,
+    };
+    let id = conflict.conflict_id.unwrap();
+    let error = server
+        .resolve_conflict(&user("ann"), &id, &keep_client, NOW)
+        .unwrap_err();
+    assert_eq!(error.code().as_str(), "invalid_value");
+    assert!(error.to_string().contains("live children"), "{error}");
+    let key = (EntityType::FieldSession, EntityId("fs".into()));
+    assert!(
+        !server.tables().entities[&key].state.deleted,
+        "nothing changed"
+    );
+    // Keeping the server's entity still settles it.
+    let keep_server = ResolveRequest {
+        resolution: Resolution::KeepServer,
+        entity: None,
+    };
+    server
+        .resolve_conflict(&user("ann"), &id, &keep_server, NOW)
+        .unwrap();
+    replay::verify(server.tables()).unwrap();
+}

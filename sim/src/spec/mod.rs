@@ -10,6 +10,7 @@ pub use action::{Action, Probe, Step};
 pub use validate::SpecError;
 
 use rockhound_engine::conflict::Strategy;
+use rockhound_engine::entity::Priority;
 use rockhound_engine::planted::Planted;
 use rockhound_engine::{EntityType, SyncConfig};
 use serde::{Deserialize, Serialize};
@@ -144,6 +145,10 @@ pub struct ConfigSpec {
     /// Per-type conflict strategies.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub strategies: BTreeMap<EntityType, Strategy>,
+    /// Per-type upload priorities, 0 to 4 (a child may be made more urgent than its
+    /// parent: the dependency order still sends the parent first).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub priorities: BTreeMap<EntityType, Priority>,
 }
 
 impl ConfigSpec {
@@ -177,6 +182,9 @@ impl ConfigSpec {
         }
         for (entity_type, strategy) in &self.strategies {
             config.entities.set_strategy(*entity_type, *strategy);
+        }
+        for (entity_type, priority) in &self.priorities {
+            config.entities.set_priority(*entity_type, *priority);
         }
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
