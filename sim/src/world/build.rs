@@ -116,9 +116,7 @@ fn serve(
     let armed = mid_batch.clone();
     app.crash_point = Some(Arc::new(move |committed, ops| {
         let mut armed = armed.lock();
-        let due = armed
-            .after_ops
-            .is_some_and(|k| committed == k.max(1).min(ops));
+        let due = armed.after_ops.is_some_and(|k| committed == k.min(ops));
         if due {
             armed.after_ops = None;
             armed.crashed = true;
@@ -230,7 +228,7 @@ fn place(sim: &mut turmoil::Sim<'static>, spec: &RunSpec, devices: &Devices) {
 /// handler checks it after each commit; the world kills the host once it fired.
 #[derive(Debug, Default)]
 pub(super) struct MidBatch {
-    /// Ops to commit before the crash (0 counts as 1: the first op's commit).
+    /// Ops to commit before the crash (1 or more: the scenario check refuses 0).
     pub after_ops: Option<usize>,
     /// Whether it fired and the host is still to be killed.
     pub crashed: bool,

@@ -196,7 +196,7 @@ fn orphans(ctx: &DeviceCtx, f: &mut Forger, now: Millis) -> Vec<RawRequest> {
         .as_ref()
         .map(|c| c.config().clone());
     let retention = config.map_or(30 * 86_400_000, |c| c.idempotency_retention_ms());
-    old.created_at_ms = Millis(now.0 - retention - 3_600_000);
+    old.created_at_ms = Millis(now.0.saturating_sub(retention + 3_600_000));
     old.client_timestamp_ms = old.created_at_ms;
     vec![f.batch(vec![orphan.sealed()]), f.batch(vec![old.sealed()])]
 }
