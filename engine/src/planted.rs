@@ -32,6 +32,9 @@ pub struct ServerBugs {
     /// A parent's delete is not refused while live children reference it (caught by
     /// `referential`).
     pub orphans_children: bool,
+    /// A create is stored with a field nobody wrote (`reviewed = false`, a default the
+    /// server fills in; caught by `provenance`).
+    pub invents_fields: bool,
 }
 
 /// Bugs of the client coordinator.
@@ -52,6 +55,12 @@ pub struct ClientBugs {
     /// dead-letter, and the coordinator reports it consistently (caught by `backoff`, which
     /// counts the failures itself).
     pub resets_backoff: bool,
+    /// A batch is filled with the oldest ready ops, then put in priority order: a newer,
+    /// more urgent op waits for a later batch (caught by `priority_order`, across batches).
+    pub fills_batches_by_age: bool,
+    /// A duplicate answer settles the op without its `sync_operation_success` (caught by
+    /// `telemetry`).
+    pub telemetry_skips_duplicates: bool,
 }
 
 /// Bugs of the simulated queue store.
@@ -107,6 +116,8 @@ struct PlantedTable {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     server_orphans_children: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    server_invents_fields: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_sends_child_before_parent: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_ignores_priority: bool,
@@ -118,6 +129,10 @@ struct PlantedTable {
     client_strands_in_flight_offline: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_resets_backoff: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    client_fills_batches_by_age: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    client_telemetry_skips_duplicates: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     store_acks_before_fsync: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -134,6 +149,7 @@ impl From<PlantedTable> for Planted {
                 lww_uses_server_clock: t.server_lww_uses_server_clock,
                 panics_on_reused_key: t.server_panics_on_reused_key,
                 orphans_children: t.server_orphans_children,
+                invents_fields: t.server_invents_fields,
             },
             client: ClientBugs {
                 sends_child_before_parent: t.client_sends_child_before_parent,
@@ -142,6 +158,8 @@ impl From<PlantedTable> for Planted {
                 ignores_pulled_deletes: t.client_ignores_pulled_deletes,
                 strands_in_flight_offline: t.client_strands_in_flight_offline,
                 resets_backoff: t.client_resets_backoff,
+                fills_batches_by_age: t.client_fills_batches_by_age,
+                telemetry_skips_duplicates: t.client_telemetry_skips_duplicates,
             },
             store: StoreBugs {
                 acks_before_fsync: t.store_acks_before_fsync,
@@ -162,12 +180,15 @@ impl From<Planted> for PlantedTable {
             server_lww_uses_server_clock: p.server.lww_uses_server_clock,
             server_panics_on_reused_key: p.server.panics_on_reused_key,
             server_orphans_children: p.server.orphans_children,
+            server_invents_fields: p.server.invents_fields,
             client_sends_child_before_parent: p.client.sends_child_before_parent,
             client_ignores_priority: p.client.ignores_priority,
             client_retries_immediately: p.client.retries_immediately,
             client_ignores_pulled_deletes: p.client.ignores_pulled_deletes,
             client_strands_in_flight_offline: p.client.strands_in_flight_offline,
             client_resets_backoff: p.client.resets_backoff,
+            client_fills_batches_by_age: p.client.fills_batches_by_age,
+            client_telemetry_skips_duplicates: p.client.telemetry_skips_duplicates,
             store_acks_before_fsync: p.store.acks_before_fsync,
             sim_nondeterministic_ids: p.sim.nondeterministic_ids,
         }

@@ -11,10 +11,11 @@ use hyper::Method;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rockhound_engine::client::{Coordinator, Request};
+use rockhound_engine::ids::EntityId;
 use rockhound_engine::planted::Planted;
 use rockhound_engine::server::wire::{BatchResponse, ChangesPage};
 use rockhound_engine::testing::sim_store::SimStore;
-use rockhound_engine::{Batch, Millis};
+use rockhound_engine::{Batch, EntityType, Millis, OpKind};
 use rockhound_io::http::client::{self, Response};
 use serde_json::Value;
 use std::cell::RefCell;
@@ -113,7 +114,8 @@ pub struct DeviceCtx {
 }
 
 impl DeviceCtx {
-    fn record(&self, now: Millis, event: TraceEvent) {
+    /// Appends an event to the trace, as this device at simulated `now`.
+    pub(crate) fn record(&self, now: Millis, event: TraceEvent) {
         let host = self.state.borrow().name.clone();
         self.trace
             .borrow_mut()
@@ -222,6 +224,7 @@ fn deliver(ctx: &DeviceCtx, incarnation: u64, request: &Request, outcome: Outcom
                     match serde_json::from_slice::<BatchResponse>(&response.body) {
                         Ok(answer) => {
                             events.push(TraceEvent::Answered {
+                                batch_id: Some(answer.batch_id.clone()),
                                 results: answer
                                     .results
                                     .iter()
@@ -508,7 +511,13 @@ fn record_answer(ctx: &DeviceCtx, request: RequestKind, response: &Response) {
             .iter()
             .map(|r| (r.op_id.clone(), r.status, r.reason))
             .collect();
-        ctx.record(now, TraceEvent::Answered { results });
+        ctx.record(
+            now,
+            TraceEvent::Answered {
+                batch_id: None,
+                results,
+            },
+        );
     }
 }
 
@@ -526,12 +535,49 @@ pub struct RawRequest {
     pub body: Option<Vec<u8>>,
 }
 
+/// What a hand-built request would write if the server took it: a batch's creates and
+/// updates, or a custom resolution's entity (named through the device's own conflict).
+fn raw_writes(ctx: &DeviceCtx, request: &RawRequest) -> Vec<(EntityType, EntityId, Value)> {
+    let Some(body) = &request.body else {
+        return Vec::new();
+    };
+    if let Ok(batch) = serde_json::from_slice::<Batch>(body) {
+        return batch
+            .ops
+            .into_iter()
+            .filter(|op| op.kind != OpKind::Delete)
+            .map(|op| (op.entity_type, op.entity_id, op.payload))
+            .collect();
+    }
+    let conflict = request
+        .path
+        .strip_prefix("/api/sync/conflicts/")
+        .and_then(|rest| rest.strip_suffix("/resolve"));
+    let entity = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|body| body.get("entity").cloned());
+    let (Some(conflict), Some(entity)) = (conflict, entity) else {
+        return Vec::new();
+    };
+    let state = ctx.state.borrow();
+    state
+        .coordinator
+        .as_ref()
+        .and_then(|c| c.conflicts().find(|k| k.conflict_id.0 == conflict))
+        .map(|k| vec![(k.entity_type, k.entity_id.clone(), entity)])
+        .unwrap_or_default()
+}
+
 /// Sends hand-built requests one after the other (each waits for the answer before it,
 /// so a probe's later requests meet what its earlier ones did) and records every answer:
 /// a batch answer as `answered`, anything else but success as `http_error`, no answer as a
 /// lost request.
 pub async fn send_raw(ctx: DeviceCtx, requests: Vec<RawRequest>) {
     for request in requests {
+        let writes = raw_writes(&ctx, &request);
+        if !writes.is_empty() {
+            ctx.record(sim_now(ctx.epoch_ms), TraceEvent::Wrote { writes });
+        }
         let token = ctx.state.borrow().token.clone();
         let result = tokio::time::timeout(
             Duration::from_secs(10),

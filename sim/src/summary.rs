@@ -76,7 +76,7 @@ pub fn summarize(trace: &Trace, devices: usize) -> Summary {
                 _ => {}
             },
             TraceEvent::Refused { .. } => summary.refused += 1,
-            TraceEvent::Answered { results } => {
+            TraceEvent::Answered { results, .. } => {
                 for (_, status, reason) in results {
                     summary.duplicates += u64::from(*status == OpStatus::Duplicate);
                     summary.forbidden += u64::from(*reason == Some(Refusal::Forbidden.into()));

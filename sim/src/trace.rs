@@ -6,7 +6,7 @@
 use crate::spec::Action;
 use rockhound_engine::client::Status;
 use rockhound_engine::client::observe::Event;
-use rockhound_engine::ids::{EntityId, OpId};
+use rockhound_engine::ids::{BatchId, EntityId, OpId};
 use rockhound_engine::planted::Planted;
 use rockhound_engine::server::wire::{HistoryRow, OpStatus, Reason};
 use rockhound_engine::{EntityType, SyncConfig};
@@ -168,8 +168,19 @@ pub enum TraceEvent {
     },
     /// A batch answer, op by op.
     Answered {
+        /// The batch it answers, when it went to the device's coordinator (absent for
+        /// replayed, forged and hostile requests, whose answers nobody takes).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        batch_id: Option<BatchId>,
         /// `(op, status, reason)`.
         results: Vec<(OpId, OpStatus, Option<Reason>)>,
+    },
+    /// Values a hand-built request or a person writes outside the workload's steps (a
+    /// custom resolution, a hostile or forged batch): the `provenance` checker's record
+    /// of writes beside the steps' fields.
+    Wrote {
+        /// `(type, id, fields)` of each write.
+        writes: Vec<(EntityType, EntityId, Value)>,
     },
     /// The entities a pull page delivered.
     Pulled {

@@ -191,7 +191,12 @@ impl<S: ServerStore> Server<S> {
             None => {}
         }
         let manual = decision == Decision::Manual;
-        let next = conflict::commit_owned(server, decision, &write);
+        let mut next = conflict::commit_owned(server, decision, &write);
+        if self.config.planted.server.invents_fields && op.kind == OpKind::Create {
+            if let Some(next) = next.as_mut() {
+                next.fields.entry("reviewed").or_insert(false.into());
+            }
+        }
         if next
             .as_ref()
             .is_some_and(|n| !n.deleted && entity_bytes(n) > ENTITY_BYTES_MAX)

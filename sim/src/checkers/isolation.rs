@@ -20,7 +20,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             .map(|(line, owner, _)| (*line, *owner))
     };
     for (index, line) in facts.lines.iter().enumerate() {
-        if let TraceEvent::Answered { results } = &line.event {
+        if let TraceEvent::Answered { results, .. } = &line.event {
             violations.extend(foreign_answers(facts, index, results));
             continue;
         }
@@ -137,6 +137,7 @@ mod tests {
         line(
             host,
             TraceEvent::Answered {
+                batch_id: None,
                 results: vec![(OpId(op.into()), OpStatus::Applied, None)],
             },
         )

@@ -1,4 +1,4 @@
-//! The fourteen checkers (docs/simulation.md), one module each. Each reads the run's trace (through the
+//! The sixteen checkers (docs/simulation.md), one module each. Each reads the run's trace (through the
 //! [`Facts`] index built once) and reports violations naming the seed, the simulated time
 //! and the trace lines involved. `determinism` compares two runs and lives in
 //! [`crate::runner`]'s re-run; its module holds the comparison.
@@ -15,9 +15,11 @@ pub mod isolation;
 pub mod liveness;
 pub mod no_loss;
 pub mod priority_order;
+pub mod provenance;
 pub mod reference;
 pub mod referential;
 pub mod server_health;
+pub mod telemetry;
 
 use crate::spec::RunSpec;
 use crate::summary::Summary;
@@ -290,7 +292,7 @@ pub fn check(facts: &Facts<'_>, spec: &RunSpec) -> Vec<Verdict> {
     let selected = |checker: Checker| {
         spec.expect.checkers.is_empty() || spec.expect.checkers.contains(&checker)
     };
-    let run: [(Checker, CheckFn); 13] = [
+    let run: [(Checker, CheckFn); 15] = [
         (Checker::NoLoss, no_loss::check),
         (Checker::ExactlyOnce, exactly_once::check),
         (Checker::DependencyOrder, dependency_order::check),
@@ -304,6 +306,8 @@ pub fn check(facts: &Facts<'_>, spec: &RunSpec) -> Vec<Verdict> {
         (Checker::Durability, durability::check),
         (Checker::ServerHealth, server_health::check),
         (Checker::Referential, referential::check),
+        (Checker::Provenance, provenance::check),
+        (Checker::Telemetry, telemetry::check),
     ];
     run.into_iter()
         .map(|(checker, check)| {

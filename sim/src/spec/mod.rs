@@ -355,13 +355,17 @@ pub enum Checker {
     ServerHealth,
     /// `referential` (docs/simulation.md).
     Referential,
+    /// `provenance` (docs/simulation.md).
+    Provenance,
+    /// `telemetry` (docs/simulation.md).
+    Telemetry,
     /// `determinism` (docs/simulation.md).
     Determinism,
 }
 
 impl Checker {
     /// Every checker, in the order verdicts list them.
-    pub const ALL: [Checker; 14] = [
+    pub const ALL: [Checker; 16] = [
         Checker::NoLoss,
         Checker::ExactlyOnce,
         Checker::DependencyOrder,
@@ -375,6 +379,8 @@ impl Checker {
         Checker::Durability,
         Checker::ServerHealth,
         Checker::Referential,
+        Checker::Provenance,
+        Checker::Telemetry,
         Checker::Determinism,
     ];
 
@@ -394,6 +400,8 @@ impl Checker {
             Checker::Durability => "durability",
             Checker::ServerHealth => "server_health",
             Checker::Referential => "referential",
+            Checker::Provenance => "provenance",
+            Checker::Telemetry => "telemetry",
             Checker::Determinism => "determinism",
         }
     }

@@ -254,14 +254,20 @@ pub(super) fn apply(
             }
         }
         Action::Resolve { resolution, .. } => {
+            let mut writes = Vec::new();
             if let Some(c) = ctx.state.borrow_mut().coordinator.as_mut() {
                 let resolution = *resolution;
                 let open: Vec<(ConflictId, Option<serde_json::Value>)> = c
                     .conflicts()
                     .filter(|c| c.open)
                     .map(|conflict| {
-                        let entity = (resolution == Resolution::Custom)
-                            .then(|| custom_entity(c, conflict.entity_type, &conflict.entity_id));
+                        let entity = (resolution == Resolution::Custom).then(|| {
+                            let entity =
+                                custom_entity(c, conflict.entity_type, &conflict.entity_id);
+                            let key = (conflict.entity_type, conflict.entity_id.clone());
+                            writes.push((key.0, key.1, entity.clone()));
+                            entity
+                        });
                         (conflict.conflict_id.clone(), entity)
                     })
                     .collect();
@@ -273,6 +279,9 @@ pub(super) fn apply(
                         );
                     }
                 }
+            }
+            if !writes.is_empty() {
+                ctx.record(now, TraceEvent::Wrote { writes });
             }
         }
         Action::Replay { .. } => ctx.state.borrow_mut().pending_replays += 1,

@@ -162,12 +162,16 @@ impl<S: QueueStore> Coordinator<S> {
         if let (Status::Conflict, Some(conflict_id)) = (status, &result.conflict_id) {
             self.record_conflict(&entry, conflict_id, result.reason);
         }
-        self.telemetry(
-            TelemetryKind::SyncOperationSuccess,
-            Some(op_id.clone()),
-            None,
-            None,
-        );
+        let skipped = self.config.planted.client.telemetry_skips_duplicates
+            && result.status == OpStatus::Duplicate;
+        if !skipped {
+            self.telemetry(
+                TelemetryKind::SyncOperationSuccess,
+                Some(op_id.clone()),
+                None,
+                None,
+            );
+        }
         let mut update = OpUpdate::new(op_id, status, entry.attempts);
         update.reason = result.reason.map(|r| r.as_str().to_owned());
         update.version = result.version;

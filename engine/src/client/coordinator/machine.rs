@@ -105,7 +105,11 @@ impl<S: QueueStore> Coordinator<S> {
                 request,
             });
         }
-        let mut seqs = self.queue.select(self.config.batch_size);
+        let mut seqs = if self.config.planted.client.fills_batches_by_age {
+            self.oldest_ready_batch()
+        } else {
+            self.queue.select(self.config.batch_size)
+        };
         if self.config.planted.client.ignores_priority {
             seqs.sort_unstable();
         }
@@ -123,6 +127,17 @@ impl<S: QueueStore> Coordinator<S> {
             });
         }
         None
+    }
+
+    /// The planted `fills_batches_by_age` selection: the batch's ops are the oldest of
+    /// what a batch could carry, kept in the order `select` gives them.
+    fn oldest_ready_batch(&self) -> Vec<u64> {
+        let mut all = self.queue.select(self.queue.len());
+        let mut by_age = all.clone();
+        by_age.sort_unstable();
+        by_age.truncate(self.config.batch_size);
+        all.retain(|seq| by_age.binary_search(seq).is_ok());
+        all
     }
 
     pub(super) fn send_batch(&mut self, seqs: Vec<u64>, deadline: Millis) -> Request {
