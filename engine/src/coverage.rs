@@ -226,6 +226,10 @@ pub const POINTS: &[Point] = &[
     ),
     ("client.full_batch", "a batch of batch_size ops sent"),
     (
+        "client.retry_after_honoured",
+        "a request refused as overloaded waited out the server's Retry-After",
+    ),
+    (
         "client.dead_lettered",
         "an op dead-lettered after max_retries failed attempts",
     ),

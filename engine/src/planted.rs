@@ -61,6 +61,10 @@ pub struct ClientBugs {
     /// A duplicate answer settles the op without its `sync_operation_success` (caught by
     /// `telemetry`).
     pub telemetry_skips_duplicates: bool,
+    /// An overloaded server's `Retry-After` is taken as a plain failure: the batch's ops
+    /// count an attempt and go again after their backoff, however long the server asked
+    /// to be left alone (caught by `backoff`).
+    pub ignores_retry_after: bool,
 }
 
 /// Bugs of the simulated queue store.
@@ -134,6 +138,8 @@ struct PlantedTable {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_telemetry_skips_duplicates: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    client_ignores_retry_after: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     store_acks_before_fsync: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     sim_nondeterministic_ids: bool,
@@ -160,6 +166,7 @@ impl From<PlantedTable> for Planted {
                 resets_backoff: t.client_resets_backoff,
                 fills_batches_by_age: t.client_fills_batches_by_age,
                 telemetry_skips_duplicates: t.client_telemetry_skips_duplicates,
+                ignores_retry_after: t.client_ignores_retry_after,
             },
             store: StoreBugs {
                 acks_before_fsync: t.store_acks_before_fsync,
@@ -189,6 +196,7 @@ impl From<Planted> for PlantedTable {
             client_resets_backoff: p.client.resets_backoff,
             client_fills_batches_by_age: p.client.fills_batches_by_age,
             client_telemetry_skips_duplicates: p.client.telemetry_skips_duplicates,
+            client_ignores_retry_after: p.client.ignores_retry_after,
             store_acks_before_fsync: p.store.acks_before_fsync,
             sim_nondeterministic_ids: p.sim.nondeterministic_ids,
         }

@@ -55,6 +55,10 @@ pub const SIM_POINTS: &[Point] = &[
     ("sim.step.cleanup_server", "the server ran its cleanup"),
     ("sim.step.server_room", "the server's disk filled up"),
     (
+        "sim.step.overload",
+        "the server shed load: 503 with Retry-After",
+    ),
+    (
         "sim.step.crash_server_mid_batch",
         "a crash was armed inside the server's next batch",
     ),

@@ -258,9 +258,12 @@ fn deliver(ctx: &DeviceCtx, incarnation: u64, request: &Request, outcome: Outcom
                     request: kind,
                     status: response.status,
                     code: code.clone(),
+                    retry_after_ms: response.retry_after_ms,
                 });
-                match request {
-                    Request::Resolve { .. } => coordinator.on_resolve_response(now, Err(code)),
+                let overloaded = matches!(response.status, 429 | 503);
+                match (request, response.retry_after_ms) {
+                    (_, Some(wait_ms)) if overloaded => coordinator.on_overloaded(now, wait_ms),
+                    (Request::Resolve { .. }, _) => coordinator.on_resolve_response(now, Err(code)),
                     _ => coordinator
                         .on_request_failed(now, &format!("http {} {code}", response.status)),
                 }
@@ -503,6 +506,8 @@ fn record_answer(ctx: &DeviceCtx, request: RequestKind, response: &Response) {
                 request,
                 status,
                 code,
+                // Only the coordinator's own requests wait out a `Retry-After`.
+                retry_after_ms: None,
             },
         );
     } else if let Ok(answer) = serde_json::from_slice::<BatchResponse>(&response.body) {

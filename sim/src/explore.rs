@@ -184,33 +184,7 @@ fn swarm_steps(
             .filter(|(u, _)| *u != user)
             .map(|(_, d)| *d)
             .collect();
-        let action = match rng.random_range(0..12) {
-            0 => Action::Resolve {
-                device,
-                resolution: resolution(rng),
-            },
-            1 => Action::RetryDead { device },
-            2 => Action::Replay { device },
-            3 => Action::Corrupt { device },
-            4 if rng.random_bool(0.3) => Action::Sync { device },
-            4 if !victims.is_empty() => Action::Forge {
-                device,
-                victim_device: victims[rng.random_range(0..victims.len())].to_owned(),
-            },
-            5..=7 => Action::Hostile {
-                device,
-                probe: Probe::ALL[rng.random_range(0..Probe::ALL.len())],
-            },
-            8 => Action::Discard { device },
-            9 if rng.random_bool(0.5) => Action::ServerRoom {
-                entities: Some(rng.random_range(0..=3)),
-            },
-            9 => Action::CleanupServer,
-            10 if rng.random_bool(0.5) => Action::CrashServerMidBatch {
-                after_ops: rng.random_range(1..=3),
-            },
-            _ => Action::Duplicate { device },
-        };
+        let action = swarm_action(rng, device, &victims, resolution);
         steps.push(Step {
             at_ms: rng.random_range(1_000..safety_ms),
             action,
@@ -235,4 +209,44 @@ fn swarm_steps(
     }
     steps.sort_by_key(|s| s.at_ms);
     steps
+}
+
+/// One drawn step of the swarm for `device` (its user's `victims` are the other users'
+/// devices).
+fn swarm_action(
+    rng: &mut ChaCha8Rng,
+    device: String,
+    victims: &[&str],
+    resolution: impl Fn(&mut ChaCha8Rng) -> Resolution,
+) -> Action {
+    match rng.random_range(0..12) {
+        0 => Action::Resolve {
+            device,
+            resolution: resolution(rng),
+        },
+        1 => Action::RetryDead { device },
+        2 => Action::Replay { device },
+        3 => Action::Corrupt { device },
+        4 if rng.random_bool(0.3) => Action::Sync { device },
+        4 if !victims.is_empty() => Action::Forge {
+            device,
+            victim_device: victims[rng.random_range(0..victims.len())].to_owned(),
+        },
+        5..=7 => Action::Hostile {
+            device,
+            probe: Probe::ALL[rng.random_range(0..Probe::ALL.len())],
+        },
+        8 => Action::Discard { device },
+        9 if rng.random_bool(0.5) => Action::ServerRoom {
+            entities: Some(rng.random_range(0..=3)),
+        },
+        9 => Action::CleanupServer,
+        10 if rng.random_bool(0.5) => Action::CrashServerMidBatch {
+            after_ops: rng.random_range(1..=3),
+        },
+        10 => Action::Overload {
+            ms: rng.random_range(500..=20_000),
+        },
+        _ => Action::Duplicate { device },
+    }
 }

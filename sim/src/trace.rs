@@ -159,6 +159,10 @@ pub enum TraceEvent {
         status: u16,
         /// The body's error code.
         code: String,
+        /// The `Retry-After` the answer carried, in ms (an overloaded server's 503), when
+        /// the answer went to the coordinator (which must wait it out).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// The server process was killed inside a batch (`crash_server_mid_batch`), after the
     /// commits the step asked for and before its answer.

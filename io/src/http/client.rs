@@ -15,6 +15,8 @@ pub struct Response {
     pub status: u16,
     /// The body.
     pub body: Vec<u8>,
+    /// The `Retry-After` header in ms, when it gives a number of seconds.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Response {
@@ -65,6 +67,16 @@ where
     let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
+    let retry_after_ms = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|seconds| seconds.saturating_mul(1000));
     let body = response.into_body().collect().await?.to_bytes().to_vec();
-    Ok(Response { status, body })
+    Ok(Response {
+        status,
+        body,
+        retry_after_ms,
+    })
 }

@@ -66,10 +66,18 @@ pub struct AppState {
     /// never answers, as a process killed at that instant would not, and the simulation
     /// kills the host. `None` (`rockhound serve`): never.
     pub crash_point: Option<CrashPoint>,
+    /// Load shedding: while it gives a wait in ms, every request is answered 503 `busy`
+    /// with `Retry-After` (whole seconds, rounded up) and changes nothing. The simulation's
+    /// `overload` step sets it; `None` (`rockhound serve`, which sheds connections over
+    /// its cap instead): never.
+    pub shed: Option<Shed>,
 }
 
 /// See [`AppState::crash_point`].
 pub type CrashPoint = Arc<dyn Fn(usize, usize) -> bool + Send + Sync>;
+
+/// See [`AppState::shed`].
+pub type Shed = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 impl AppState {
     /// State over `server`, with `tokens` mapping bearer tokens to users.
@@ -81,6 +89,7 @@ impl AppState {
             body_read_timeout: None,
             yield_between_ops: false,
             crash_point: None,
+            shed: None,
         }
     }
 
@@ -197,8 +206,27 @@ pub fn router(state: AppState) -> Router {
                 "this endpoint does not answer that method",
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), shed_load))
         .layer(middleware::from_fn(check_head))
         .with_state(state)
+}
+
+/// Answers 503 `busy` with `Retry-After` while the server sheds load ([`AppState::shed`]).
+async fn shed_load(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(wait_ms) = state.shed.as_ref().and_then(|shed| shed()) else {
+        return next.run(request).await;
+    };
+    let seconds = wait_ms.div_ceil(1000).max(1);
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Busy,
+        format!("the server is overloaded; try again in {seconds} s"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    response
 }
 
 /// Refuses a request whose target or headers are over their limits, with the error body
@@ -488,6 +516,40 @@ mod tests {
             BTreeMap::new(),
             Arc::new(|| Millis(1_760_000_000_000)),
         )
+    }
+
+    #[test]
+    fn a_server_shedding_load_answers_503_busy_with_retry_after_and_changes_nothing() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut state = state();
+        state.shed = Some(Arc::new(|| Some(2_400)));
+        let before = state.server.lock().tables().clone();
+        let answer = runtime.block_on(async {
+            let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+            let service = hyper_util::service::TowerToHyperService::new(router(state.clone()));
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(server_end);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+            client::request(
+                client_end,
+                hyper::Method::POST,
+                "/api/sync/batch",
+                Some("token"),
+                Some(b"{}".to_vec()),
+            )
+            .await
+            .unwrap()
+        });
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.json().unwrap()["error"], "busy");
+        assert_eq!(answer.retry_after_ms, Some(3_000), "2.4 s rounds up to 3 s");
+        assert_eq!(&before, state.server.lock().tables(), "nothing changed");
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! coordinator reports (its attempt count, delay and retry time) is only checked against
 //! the envelope, never trusted for the bound.
 //!
+//! An overloaded server's `Retry-After` is honoured: after an answer carrying one (to the
+//! coordinator's own request), the device sends no batch until it has passed, unless its
+//! process restarted (a new process has not seen it).
+//!
 //! One exception, by design (ARCHITECTURE.md): when the record of a failed attempt could
 //! not be stored (a full disk, a failing fsync) and the device then restarts, the op comes
 //! back with its last durable attempt count, which may be lower. After such a restart the
@@ -15,7 +19,7 @@ use crate::trace::TraceEvent;
 use rockhound_engine::Millis;
 use rockhound_engine::client::Status;
 use rockhound_engine::client::observe::{Event, OpUpdate};
-use rockhound_engine::ids::OpId;
+use rockhound_engine::ids::{BatchId, OpId};
 use std::collections::BTreeMap;
 
 /// What the checker knows of one failing op.
@@ -36,10 +40,19 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
     // host → the line of its last `store_failed` since its last op status change.
     let mut unstored: BTreeMap<&str, usize> = BTreeMap::new();
     let mut violations = Vec::new();
+    // host → (the end of its `Retry-After`, the line that set it).
+    let mut quiet: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
     for (index, line) in facts.lines.iter().enumerate() {
         let now = Millis(facts.epoch_ms + line.t_ms);
         match &line.event {
+            TraceEvent::HttpError {
+                retry_after_ms: Some(wait_ms),
+                ..
+            } => {
+                quiet.insert(&line.host, (line.t_ms.saturating_add(*wait_ms), index));
+            }
             TraceEvent::Restarted { error: None, .. } => {
+                quiet.remove(line.host.as_str());
                 for (op_id, op) in failing.iter_mut() {
                     let here = facts.ops.get(*op_id).is_some_and(|o| o.device == line.host);
                     if here && !op.stored {
@@ -64,6 +77,9 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             TraceEvent::Client {
                 event: Event::BatchSent { batch_id, op_ids },
             } => {
+                if let Some(&quiet) = quiet.get(line.host.as_str()) {
+                    violations.extend(too_early(facts, index, batch_id, quiet));
+                }
                 for op_id in op_ids {
                     let Some(op) = failing.get_mut(op_id) else {
                         continue;
@@ -90,6 +106,30 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
         }
     }
     violations
+}
+
+/// A batch sent at line `index` while the server's `Retry-After` (its end and the line
+/// that said it) still ran.
+fn too_early(
+    facts: &Facts<'_>,
+    index: usize,
+    batch_id: &BatchId,
+    (until_ms, said): (u64, usize),
+) -> Option<Violation> {
+    let line = &facts.lines[index];
+    (line.t_ms < until_ms).then(|| {
+        facts.violation(
+            Checker::Backoff,
+            index,
+            format!(
+                "{} sends batch {batch_id} at {} ms, {} ms before the server's Retry-After ends",
+                line.host,
+                line.t_ms,
+                until_ms - line.t_ms
+            ),
+            &[said, index],
+        )
+    })
 }
 
 /// One status report of an op: a failure (rescheduled or dead-lettered), a manual retry,

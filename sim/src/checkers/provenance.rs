@@ -178,7 +178,10 @@ mod tests {
         ]);
         let written: Writes<'_> = maps.iter().enumerate().collect();
         // A union of two writes' arrays, and an object merged from two patches.
-        assert_eq!(unwritten(&json!(["hammer", "chisel", "loupe"]), &["tools"], &written), None);
+        assert_eq!(
+            unwritten(&json!(["hammer", "chisel", "loupe"]), &["tools"], &written),
+            None
+        );
         assert_eq!(
             unwritten(&json!({"name": "ridge", "depth_m": 3}), &["site"], &written),
             None
@@ -193,7 +196,13 @@ mod tests {
             unwritten(&json!({"name": "ridge", "depth_m": 4}), &["site"], &written),
             Some(json!(4))
         );
-        assert_eq!(unwritten(&json!("y"), &["note"], &written), Some(json!("y")));
-        assert_eq!(unwritten(&json!([]), &["reviewed"], &written), Some(json!([])));
+        assert_eq!(
+            unwritten(&json!("y"), &["note"], &written),
+            Some(json!("y"))
+        );
+        assert_eq!(
+            unwritten(&json!([]), &["reviewed"], &written),
+            Some(json!([]))
+        );
     }
 }

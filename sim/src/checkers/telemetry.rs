@@ -12,11 +12,12 @@
 //!   `sync_conflict_detected`, and one `sync_conflict_resolved` unless it waits for a
 //!   person; rejected, retry and a missing result give one `sync_operation_error` (blocked
 //!   gives one or none: behind a failed dependency the op is parked, not failed). A failed
-//!   batch gives one `sync_operation_error` per op. Nothing else emits them.
+//!   batch gives one `sync_operation_error` per op, except a batch an overloaded server
+//!   refused with `Retry-After` (abandoned, no op failed: none). Nothing else emits them.
 //! - Telemetry switched off emits nothing.
 
 use super::{Checker, Facts, Violation};
-use crate::trace::TraceEvent;
+use crate::trace::{RequestKind, TraceEvent};
 use rockhound_engine::client::observe::{Event, TelemetryKind};
 use rockhound_engine::ids::{BatchId, OpId};
 use rockhound_engine::server::wire::{DecisionCode, OpStatus, Reason, Refusal};
@@ -43,6 +44,8 @@ struct BatchFacts<'a> {
     ops: Option<&'a [OpId]>,
     answer: Option<(usize, &'a [Answer])>,
     ended: Vec<(TelemetryKind, usize)>,
+    /// Refused by an overloaded server with `Retry-After`: abandoned, not failed.
+    shed: bool,
 }
 
 /// Runs the checker.
@@ -55,12 +58,23 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut batches: BTreeMap<(&str, &BatchId), BatchFacts<'_>> = BTreeMap::new();
     let mut tally: Tally<'_> = BTreeMap::new();
+    let mut latest: BTreeMap<&str, &BatchId> = BTreeMap::new();
     for (index, line) in facts.lines.iter().enumerate() {
         let host = line.host.as_str();
         match &line.event {
+            TraceEvent::HttpError {
+                request: RequestKind::Batch,
+                retry_after_ms: Some(_),
+                ..
+            } => {
+                if let Some(batch_id) = latest.get(host) {
+                    batches.entry((host, batch_id)).or_default().shed = true;
+                }
+            }
             TraceEvent::Client {
                 event: Event::BatchSent { batch_id, op_ids },
             } => {
+                latest.insert(host, batch_id);
                 batches.entry((host, batch_id)).or_default().ops = Some(op_ids);
                 for op_id in op_ids {
                     expect(
@@ -97,13 +111,14 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
                     if *kind == TelemetryKind::SyncBatchSuccess {
                         violations.extend(take_answer(facts, &mut tally, host, b, batch, index));
                     } else {
+                        let errors = if batch.shed { (0, 0) } else { (1, 1) };
                         for op_id in batch.ops.unwrap_or_default() {
                             expect(
                                 &mut tally,
                                 host,
                                 op_id,
                                 TelemetryKind::SyncOperationError,
-                                (1, 1),
+                                errors,
                                 index,
                             );
                         }

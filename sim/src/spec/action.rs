@@ -76,6 +76,13 @@ pub enum Action {
         /// Ops committed before the crash.
         after_ops: usize,
     },
+    /// The server sheds load for `ms`: every request is answered 503 `busy` with
+    /// `Retry-After` (the rest of the window, whole seconds rounded up), and changes
+    /// nothing. Devices must wait that long before they send again.
+    Overload {
+        /// How long, 1 ms to 10 minutes.
+        ms: u64,
+    },
     /// The server runs its cleanup now (expired idempotency keys; old history, conflicts,
     /// batches and metrics), as `rockhound serve` does on its interval.
     CleanupServer,
@@ -200,6 +207,7 @@ impl Action {
             Action::CrashServer
             | Action::RestartServer
             | Action::CrashServerMidBatch { .. }
+            | Action::Overload { .. }
             | Action::CleanupServer
             | Action::ServerRoom { .. } => None,
             Action::Offline { device }
@@ -241,6 +249,7 @@ impl Action {
             Action::CrashServer => "crash_server",
             Action::RestartServer => "restart_server",
             Action::CrashServerMidBatch { .. } => "crash_server_mid_batch",
+            Action::Overload { .. } => "overload",
             Action::CleanupServer => "cleanup_server",
             Action::ServerRoom { .. } => "server_room",
             Action::Skew { .. } => "skew",

@@ -11,12 +11,14 @@ use rockhound_engine::{EntityType, SyncConfig};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// The most room a `server_room` step may leave (the server's own limit is far above).
+const SERVER_ROOM_MAX: usize = 1_000_000;
+/// The longest `overload` window.
+const OVERLOAD_MS_MAX: u64 = 600_000;
+
 /// The limits of one step's own values, and the edits the client would refuse whatever
 /// the state (a create missing its parent reference, an empty update, an out-of-range
 /// number): refused here, so a scripted step never vanishes at run time.
-/// The most room a `server_room` step may leave (the server's own limit is far above).
-const SERVER_ROOM_MAX: usize = 1_000_000;
-
 fn check_step_values(action: &Action) -> Result<(), String> {
     use rockhound_engine::op::OpKind;
     match action {
@@ -39,6 +41,9 @@ fn check_step_values(action: &Action) -> Result<(), String> {
                 "after_ops = {after_ops} is not between 1 and the batch limit of {BATCH_OP_COUNT_MAX}"
             ))
         }
+        Action::Overload { ms } if !(1..=OVERLOAD_MS_MAX).contains(ms) => Err(format!(
+            "ms = {ms} is not between 1 and the limit of {OVERLOAD_MS_MAX} (10 minutes)"
+        )),
         Action::ServerRoom {
             entities: Some(room),
         } if *room > SERVER_ROOM_MAX => Err(format!(

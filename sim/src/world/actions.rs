@@ -338,6 +338,7 @@ pub(super) fn apply(
         Action::CrashServer
         | Action::RestartServer
         | Action::CrashServerMidBatch { .. }
+        | Action::Overload { .. }
         | Action::CleanupServer
         | Action::ServerRoom { .. } => unreachable!("handled above"),
     }

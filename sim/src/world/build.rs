@@ -58,8 +58,8 @@ impl<'s> World<'s> {
         );
 
         let mut sim = turmoil_sim(spec, turmoil_seed);
-        let mid_batch = Arc::new(parking_lot::Mutex::new(MidBatch::default()));
-        let server = serve(&mut sim, spec, &config, &mid_batch);
+        let server_faults = Arc::new(parking_lot::Mutex::new(ServerFaults::default()));
+        let server = serve(&mut sim, spec, &config, &server_faults);
         let devices = devices(spec, &config, &mut master, &link, &trace);
         place(&mut sim, spec, &devices);
         let schedule = workload::schedule(spec, &mut schedule_rng, &mut fault_rng);
@@ -71,7 +71,7 @@ impl<'s> World<'s> {
             devices,
             server,
             server_up: true,
-            mid_batch,
+            server_faults,
             server_restart_at_ms: None,
             trace,
             schedule,
@@ -102,7 +102,7 @@ fn serve(
     sim: &mut turmoil::Sim<'static>,
     spec: &RunSpec,
     config: &SyncConfig,
-    mid_batch: &Arc<parking_lot::Mutex<MidBatch>>,
+    faults: &Arc<parking_lot::Mutex<ServerFaults>>,
 ) -> Arc<parking_lot::Mutex<Server>> {
     let epoch_ms = spec.sim.epoch_ms;
     let server = Server::new(config.clone());
@@ -113,7 +113,7 @@ fn serve(
         .collect();
     let clock: Clock = Arc::new(move || sim_now(epoch_ms));
     let mut app = AppState::new(server, tokens, clock);
-    let armed = mid_batch.clone();
+    let armed = faults.clone();
     app.crash_point = Some(Arc::new(move |committed, ops| {
         let mut armed = armed.lock();
         let due = armed.after_ops.is_some_and(|k| committed == k.min(ops));
@@ -125,6 +125,12 @@ fn serve(
             }
         }
         due
+    }));
+    let shedding = faults.clone();
+    app.shed = Some(Arc::new(move || {
+        let now = sim_now(epoch_ms);
+        let until = shedding.lock().shed_until?;
+        (now < until).then(|| until.since_ms(now))
     }));
     let server_state = app.server.clone();
     sim.host("server", move || {
@@ -224,10 +230,13 @@ fn place(sim: &mut turmoil::Sim<'static>, spec: &RunSpec, devices: &Devices) {
     }
 }
 
-/// A crash armed inside the server's next batch (`crash_server_mid_batch`): the batch
-/// handler checks it after each commit; the world kills the host once it fired.
+/// The faults the server's handlers consult: a crash armed inside the next batch
+/// (`crash_server_mid_batch`: the batch handler checks it after each commit; the world
+/// kills the host once it fired), and load shedding (`overload`).
 #[derive(Debug, Default)]
-pub(super) struct MidBatch {
+pub(super) struct ServerFaults {
+    /// Until when every request is answered 503 with `Retry-After`.
+    pub shed_until: Option<Millis>,
     /// Ops to commit before the crash (1 or more: the scenario check refuses 0).
     pub after_ops: Option<usize>,
     /// Whether it fired and the host is still to be killed.

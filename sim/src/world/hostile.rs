@@ -247,7 +247,7 @@ fn parent_abuse(f: &mut Forger) -> Vec<RawRequest> {
 /// `custom` resolutions of the device's open conflicts with an entity that is not an
 /// object, a resolution of a conflict that does not exist, and a body that is not JSON.
 fn bad_resolutions(ctx: &DeviceCtx, f: &Forger) -> Vec<RawRequest> {
-    let open: Vec<ConflictId> = ctx
+    let open: Vec<(ConflictId, EntityType, EntityId)> = ctx
         .state
         .borrow()
         .coordinator
@@ -255,23 +255,37 @@ fn bad_resolutions(ctx: &DeviceCtx, f: &Forger) -> Vec<RawRequest> {
         .map(|c| {
             c.conflicts()
                 .filter(|c| c.open)
-                .map(|c| c.conflict_id.clone())
+                .map(|c| (c.conflict_id.clone(), c.entity_type, c.entity_id.clone()))
                 .collect()
         })
         .unwrap_or_default();
     let path = |id: &str| format!("/api/sync/conflicts/{id}/resolve");
     let not_an_object = json!({"resolution": "custom", "entity": [1, 2, 3]});
-    let mut requests: Vec<RawRequest> = open
-        .iter()
-        .map(|id| {
-            raw(
+    let mut requests = Vec::new();
+    for (id, entity_type, entity_id) in &open {
+        requests.push(raw(
+            RequestKind::Hostile,
+            Method::POST,
+            path(&id.0),
+            not_an_object.to_string().into_bytes(),
+        ));
+        // An entity under a parent that does not exist.
+        if let Some(parent) = entity_type.parents().first() {
+            let mut entity = serde_json::Map::new();
+            entity.insert("id".into(), entity_id.0.clone().into());
+            entity.insert(
+                parent.reference_field(),
+                format!("{}-nowhere", f.tag).into(),
+            );
+            let orphan = json!({"resolution": "custom", "entity": entity});
+            requests.push(raw(
                 RequestKind::Hostile,
                 Method::POST,
                 path(&id.0),
-                not_an_object.to_string().into_bytes(),
-            )
-        })
-        .collect();
+                orphan.to_string().into_bytes(),
+            ));
+        }
+    }
     requests.push(raw(
         RequestKind::Hostile,
         Method::POST,
@@ -283,7 +297,7 @@ fn bad_resolutions(ctx: &DeviceCtx, f: &Forger) -> Vec<RawRequest> {
     requests.push(raw(
         RequestKind::Hostile,
         Method::POST,
-        path(open.first().map_or("none", |id| id.0.as_str())),
+        path(open.first().map_or("none", |(id, _, _)| id.0.as_str())),
         b"{\"resolution\": ".to_vec(),
     ));
     requests

@@ -85,7 +85,7 @@ struct World<'s> {
     server: Arc<parking_lot::Mutex<Server>>,
     server_up: bool,
     /// A crash armed inside the server's next batch.
-    mid_batch: Arc<parking_lot::Mutex<build::MidBatch>>,
+    server_faults: Arc<parking_lot::Mutex<build::ServerFaults>>,
     /// When the server killed mid-batch starts again.
     server_restart_at_ms: Option<u64>,
     trace: Rc<RefCell<Trace>>,

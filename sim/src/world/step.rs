@@ -41,6 +41,7 @@ impl World<'_> {
                         phase: Phase::Liveness,
                     },
                 );
+                self.server_faults.lock().shed_until = None;
                 heal(
                     &mut self.sim,
                     &self.devices,
@@ -91,7 +92,11 @@ impl World<'_> {
                         },
                     );
                     if let Action::CrashServerMidBatch { after_ops } = action {
-                        self.mid_batch.lock().after_ops = Some(after_ops);
+                        self.server_faults.lock().after_ops = Some(after_ops);
+                        continue;
+                    }
+                    if let Action::Overload { ms } = action {
+                        self.server_faults.lock().shed_until = Some(now.plus_ms(ms));
                         continue;
                     }
                     apply(
@@ -138,7 +143,7 @@ impl World<'_> {
     /// starts it again [`MID_BATCH_RESTART_MS`] later (unless something restarted it
     /// before).
     fn crash_or_restart_mid_batch(&mut self, t_ms: u64) {
-        let fired = std::mem::take(&mut self.mid_batch.lock().crashed);
+        let fired = std::mem::take(&mut self.server_faults.lock().crashed);
         if fired && self.server_up {
             self.sim.crash("server");
             self.server_up = false;

@@ -25,6 +25,13 @@ impl<S: QueueStore> Coordinator<S> {
             self.sync_now(now);
             return;
         }
+        self.abandon_in_flight("offline");
+        self.queue.promote(now);
+    }
+
+    /// Ends the request in flight without failing anything: a batch's ops go back to
+    /// pending without counting an attempt, a resolution is asked again.
+    fn abandon_in_flight(&mut self, why: &str) {
         match self.in_flight.take() {
             Some((InFlight::Batch { .. }, _))
                 if self.config.planted.client.strands_in_flight_offline => {}
@@ -38,7 +45,7 @@ impl<S: QueueStore> Coordinator<S> {
                         entry.attempts,
                     )));
                 }
-                self.request_failed("batch", "offline".to_owned());
+                self.request_failed("batch", why.to_owned());
             }
             Some((
                 InFlight::Resolve {
@@ -50,11 +57,32 @@ impl<S: QueueStore> Coordinator<S> {
                 // Asked again once online; a resolution that did reach the server comes
                 // back as `already_resolved`, which counts as done.
                 self.resolves.push_front((conflict_id, request));
-                self.request_failed("resolve", "offline".to_owned());
+                self.request_failed("resolve", why.to_owned());
             }
-            Some((InFlight::Pull, _)) => self.request_failed("pull", "offline".to_owned()),
+            Some((InFlight::Pull, _)) => self.request_failed("pull", why.to_owned()),
             None => {}
         }
+    }
+
+    /// The server refused the request in flight as overloaded (503 or 429) and said when to
+    /// come back (`Retry-After`). Nothing failed: the request is abandoned as if the device
+    /// had gone offline (no attempt counted), and no request goes before `retry_after_ms`
+    /// has passed.
+    pub fn on_overloaded(&mut self, now: Millis, retry_after_ms: u64) {
+        if self.in_flight.is_none() {
+            return;
+        }
+        if self.config.planted.client.ignores_retry_after {
+            self.fail_request(now, "overloaded".to_owned());
+            return;
+        }
+        crate::coverage::hit("client.retry_after_honoured");
+        if let Some((InFlight::Batch { batch_id, .. }, _)) = &self.in_flight {
+            let batch_id = batch_id.clone();
+            self.telemetry(TelemetryKind::SyncBatchError, None, Some(batch_id), None);
+        }
+        self.abandon_in_flight(&format!("overloaded, retry after {retry_after_ms} ms"));
+        self.quiet_until = self.quiet_until.max(now.plus_ms(retry_after_ms));
         self.queue.promote(now);
     }
 
@@ -88,7 +116,7 @@ impl<S: QueueStore> Coordinator<S> {
     /// The next request to send, if any. Call after every event until it returns `None`.
     pub fn poll(&mut self, now: Millis) -> Option<Request> {
         self.tick(now);
-        if !self.online || self.in_flight.is_some() {
+        if !self.online || self.in_flight.is_some() || now < self.quiet_until {
             return None;
         }
         let deadline = now.plus_ms(self.config.batch_timeout_ms);
@@ -185,6 +213,9 @@ impl<S: QueueStore> Coordinator<S> {
         if let Some((_, deadline)) = &self.in_flight {
             consider(*deadline);
         } else if self.online {
+            // Nothing goes before the server's `Retry-After`.
+            let quiet_until = self.quiet_until;
+            let mut consider = |at: Millis| consider(at.max(quiet_until));
             if let Some(at) = self.queue.next_due_at() {
                 consider(at);
             }

@@ -240,6 +240,8 @@ pub struct Coordinator<S: QueueStore> {
     pull_due: bool,
     pull_failures: u32,
     pull_not_before: Millis,
+    /// No request goes before this: the server's last `Retry-After`.
+    quiet_until: Millis,
     next_auto_sync_at: Millis,
     resolves: VecDeque<(ConflictId, ResolveRequest)>,
     conflicts: BTreeMap<ConflictId, LocalConflict>,
@@ -309,6 +311,7 @@ impl<S: QueueStore> Coordinator<S> {
             pull_due: true,
             pull_failures: 0,
             pull_not_before: now,
+            quiet_until: now,
             next_auto_sync_at: now.plus_ms(config.auto_sync_interval_ms),
             resolves: VecDeque::new(),
             conflicts: BTreeMap::new(),
