@@ -55,6 +55,10 @@ pub const SIM_POINTS: &[Point] = &[
     ("sim.step.cleanup_server", "the server ran its cleanup"),
     ("sim.step.server_room", "the server's disk filled up"),
     (
+        "sim.step.cut_answer",
+        "a device's next answer was cut short",
+    ),
+    (
         "sim.step.overload",
         "the server shed load: 503 with Retry-After",
     ),
@@ -70,6 +74,7 @@ pub const SIM_POINTS: &[Point] = &[
     ("sim.net.answer_lost", "an answer was lost"),
     ("sim.net.duplicated", "a request arrived twice"),
     ("sim.net.corrupted", "a request was damaged on the way"),
+    ("sim.net.answer_cut", "an answer arrived cut short"),
     ("sim.net.replayed", "an old batch was sent again"),
     ("sim.net.partitioned", "a request met a partition"),
     (

@@ -53,6 +53,8 @@ pub struct Link {
     pub corrupt_next: bool,
     /// Deliver the next request twice.
     pub duplicate_next: bool,
+    /// Cut the next answer short (the connection broke while it arrived).
+    pub cut_answer_next: bool,
 }
 
 /// Everything the step loop and the device task share about one device.
@@ -431,6 +433,22 @@ async fn send(ctx: &DeviceCtx, request: &Request, deadline: Millis) -> Outcome {
         Ok(Ok(response)) => Outcome::Answer(response),
     };
     let partitioned_since = ctx.state.borrow().link.partitioned;
+    let outcome = match outcome {
+        Outcome::Answer(mut response) if ctx.state.borrow().link.cut_answer_next => {
+            ctx.state.borrow_mut().link.cut_answer_next = false;
+            // Half the body arrived: whatever it says, it is not a whole answer.
+            response.body.truncate(response.body.len() / 2);
+            ctx.record(
+                sim_now(ctx.epoch_ms),
+                TraceEvent::Net {
+                    what: NetFault::AnswerCut,
+                    request: kind,
+                },
+            );
+            Outcome::Answer(response)
+        }
+        other => other,
+    };
     if matches!(outcome, Outcome::Answer(_)) && (answer_lost || partitioned_since) {
         ctx.record(
             sim_now(ctx.epoch_ms),

@@ -152,8 +152,9 @@ fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
 
 /// A few scripted steps in the safety phase: users resolving conflicts (every resolution
 /// kind), retrying and discarding failed ops; the request faults a scenario can script (a
-/// replayed batch, a damaged one, a duplicated request, a request forged as another user);
-/// hostile clients' probes; the server's disk filling up and its cleanup. A long run also
+/// replayed batch, a damaged one, an answer cut short, a duplicated request, a request
+/// forged as another user); hostile clients' probes; the server's disk filling up, its
+/// cleanup, a crash inside a batch, and load shedding with `Retry-After`. A long run also
 /// cleans up once the idempotency keys' retention has passed.
 /// With a `manual` strategy, every device also resolves what is open near the end of the
 /// safety phase, one way or another.
@@ -226,6 +227,7 @@ fn swarm_action(
         },
         1 => Action::RetryDead { device },
         2 => Action::Replay { device },
+        3 if rng.random_bool(0.5) => Action::CutAnswer { device },
         3 => Action::Corrupt { device },
         4 if rng.random_bool(0.3) => Action::Sync { device },
         4 if !victims.is_empty() => Action::Forge {

@@ -40,6 +40,8 @@ pub enum NetFault {
     Duplicated,
     /// The request's body was damaged on the way.
     Corrupted,
+    /// The answer arrived cut short (half its body).
+    AnswerCut,
     /// An earlier batch was sent again, verbatim.
     Replayed,
     /// The device could not reach the server.

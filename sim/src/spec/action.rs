@@ -161,6 +161,12 @@ pub enum Action {
         /// The device.
         device: String,
     },
+    /// The device's next answer arrives cut short (half its body): the device must take
+    /// it as no answer, and what the server did stays done (a resend is a duplicate).
+    CutAnswer {
+        /// The device.
+        device: String,
+    },
     /// The device's next request is delivered twice.
     Duplicate {
         /// The device.
@@ -227,6 +233,7 @@ impl Action {
             | Action::Resolve { device, .. }
             | Action::Replay { device }
             | Action::Corrupt { device }
+            | Action::CutAnswer { device }
             | Action::Duplicate { device }
             | Action::Forge { device, .. }
             | Action::Hostile { device, .. }
@@ -260,6 +267,7 @@ impl Action {
             Action::RetryDead { .. } => "retry_dead",
             Action::Resolve { .. } => "resolve",
             Action::Replay { .. } => "replay",
+            Action::CutAnswer { .. } => "cut_answer",
             Action::Corrupt { .. } => "corrupt",
             Action::Duplicate { .. } => "duplicate",
             Action::Forge { .. } => "forge",
