@@ -121,6 +121,10 @@ pub const SIM_POINTS: &[Point] = &[
         "an analytics cache entry enqueued",
     ),
     (
+        "sim.enqueue.priority.0",
+        "an op enqueued at priority 0 (critical: a delete or a blocking edit)",
+    ),
+    (
         "sim.enqueue.priority.1",
         "an op enqueued at priority 1 (high)",
     ),

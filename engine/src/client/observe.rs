@@ -4,7 +4,7 @@
 //!
 //! | Seed hook               | Coordinator API                                            |
 //! |-------------------------|------------------------------------------------------------|
-//! | `useSync`               | `enqueue`, `sync_now`                                      |
+//! | `useSync`               | `enqueue`, `enqueue_blocking`, `sync_now`                  |
 //! | `useSyncState`          | `state()` → [`SyncState`]                                  |
 //! | `useSyncQueue`          | `queue()` (entries) and `stats()` → [`QueueStats`]         |
 //! | `useSyncConflicts`      | `conflicts()` → [`LocalConflict`]s                         |

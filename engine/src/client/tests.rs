@@ -977,3 +977,68 @@ fn queued_finds_an_enqueued_op_by_id_and_nothing_for_an_unknown_one() {
     assert_eq!(device.queued(&first).unwrap().op.entity_id.as_str(), "fs-1");
     assert!(device.queued(&OpId("op-unknown".into())).is_none());
 }
+
+#[test]
+fn deletes_and_blocking_edits_go_at_priority_0_but_never_overtake_what_they_wait_for() {
+    let mut device = open(SyncConfig::default());
+    // Applied first: a session, a tag and a storage location the later ops touch.
+    let base = vec![
+        session("s1"),
+        create(EntityType::Tag, "t1", json!({"label": "quartz"})),
+        create(
+            EntityType::StorageLocation,
+            "shelf",
+            json!({"name": "shelf"}),
+        ),
+    ];
+    device.enqueue_all(T0, T0, base).unwrap();
+    device.set_online(T0, true);
+    let sent = batch(device.poll(T0));
+    device.on_batch_response(T0, &answer(&sent, OpStatus::Applied, None));
+    device.set_online(T0, false);
+    // Offline: a find under the session, a tag update, then the session's delete, the
+    // tag's delete and a blocking rename of the shelf.
+    let find = device.enqueue(T0, T0, find_log("f1", "s1")).unwrap();
+    let tag_update = device
+        .enqueue(
+            T0,
+            T0,
+            update(EntityType::Tag, "t1", json!({"label": "agate"})),
+        )
+        .unwrap();
+    let delete = |id: &str, t| Edit {
+        entity_type: t,
+        entity_id: EntityId(id.to_owned()),
+        action: EditAction::Delete,
+    };
+    let session_delete = device
+        .enqueue(T0, T0, delete("s1", EntityType::FieldSession))
+        .unwrap();
+    let tag_delete = device
+        .enqueue(T0, T0, delete("t1", EntityType::Tag))
+        .unwrap();
+    let rename = update(EntityType::StorageLocation, "shelf", json!({"name": "top"}));
+    let blocking = device.enqueue_blocking(T0, T0, rename).unwrap();
+    let priority = |id: &OpId| {
+        let entry = device.queue().find(|e| &e.op.op_id == id).unwrap();
+        entry.op.priority.get()
+    };
+    assert_eq!(priority(&session_delete), 0);
+    assert_eq!(priority(&tag_delete), 0);
+    assert_eq!(priority(&blocking), 0);
+    assert_eq!(priority(&find), 1);
+    assert_eq!(priority(&tag_update), 3);
+    device.set_online(T0, true);
+    let order: Vec<OpId> = batch(device.poll(T0))
+        .ops
+        .into_iter()
+        .map(|op| op.op_id)
+        .collect();
+    // The blocking rename waits for nothing and goes first; each delete still goes after
+    // what it must not overtake: the session's after the find that names it as parent,
+    // the tag's after the earlier update of the same tag.
+    let at = |id: &OpId| order.iter().position(|o| o == id).unwrap();
+    assert_eq!(at(&blocking), 0, "{order:?}");
+    assert!(at(&find) < at(&session_delete), "{order:?}");
+    assert!(at(&tag_update) < at(&tag_delete), "{order:?}");
+}

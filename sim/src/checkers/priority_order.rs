@@ -14,6 +14,7 @@
 use super::{Checker, Facts, Violation};
 use crate::spec::Action;
 use crate::trace::TraceEvent;
+use rockhound_engine::OpKind;
 use rockhound_engine::client::observe::Event;
 use rockhound_engine::ids::{BatchId, OpId};
 use rockhound_engine::server::wire::OpStatus;
@@ -132,16 +133,27 @@ fn left_behind(
     ))
 }
 
-/// Whether every op `op_id` waits on is done, as far as the trace shows.
+/// Whether every op `op_id` waits on is done, as far as the trace shows. A delete also
+/// waits for earlier ops naming its entity as a parent; the trace does not say which those
+/// are, so a delete counts as ready only once every earlier op of its device is done.
 fn ready(facts: &Facts<'_>, view: &DeviceView<'_>, op_id: &OpId) -> bool {
     let Some(op) = facts.ops.get(op_id) else {
         return false;
     };
+    let delete = matches!(
+        &facts.lines[op.line].event,
+        TraceEvent::Client {
+            event: Event::Enqueued {
+                kind: OpKind::Delete,
+                ..
+            }
+        }
+    );
     let same_entity = view
         .by_seq
         .range(..op.seq)
         .map(|(_, id)| *id)
-        .filter(|id| facts.ops.get(*id).is_some_and(|o| o.entity == op.entity));
+        .filter(|id| delete || facts.ops.get(*id).is_some_and(|o| o.entity == op.entity));
     same_entity
         .chain(op.depends_on.iter())
         .all(|blocker| view.done.contains(blocker))

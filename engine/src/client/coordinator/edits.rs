@@ -6,7 +6,7 @@ use crate::client::observe::{Event, OpUpdate};
 use crate::client::queue::{Entry, Status};
 use crate::client::record::{Enqueued, Record};
 use crate::client::store::QueueStore;
-use crate::entity::EntityType;
+use crate::entity::{EntityType, Priority};
 use crate::ids::{ConflictId, EntityId, IdempotencyKey, OpId};
 use crate::op::{Op, OpKind};
 use crate::server::wire::{Resolution, ResolveRequest};
@@ -34,6 +34,30 @@ impl<S: QueueStore> Coordinator<S> {
         wall_ms: Millis,
         edits: Vec<Edit>,
     ) -> Result<Vec<OpId>, EnqueueError> {
+        self.enqueue_edits(now, wall_ms, edits, false)
+    }
+
+    /// `useSync` with its blocking flag: an edit the user waits on (a save that must reach
+    /// the server before the app moves on) goes at priority 0, ahead of every ready op of
+    /// a higher number. Priority never overrides causality: it still waits for what it
+    /// blocks on (docs/client.md).
+    pub fn enqueue_blocking(
+        &mut self,
+        now: Millis,
+        wall_ms: Millis,
+        edit: Edit,
+    ) -> Result<OpId, EnqueueError> {
+        let mut ids = self.enqueue_edits(now, wall_ms, vec![edit], true)?;
+        Ok(ids.pop().expect("one edit, one op"))
+    }
+
+    fn enqueue_edits(
+        &mut self,
+        now: Millis,
+        wall_ms: Millis,
+        edits: Vec<Edit>,
+        blocking: bool,
+    ) -> Result<Vec<OpId>, EnqueueError> {
         if edits.len() > ENQUEUE_ALL_LEN_MAX {
             return Err(EnqueueError::TooMany { count: edits.len() });
         }
@@ -48,7 +72,7 @@ impl<S: QueueStore> Coordinator<S> {
         let mut added: Vec<Enqueued> = Vec::with_capacity(edits.len());
         let mut result = Ok(());
         for edit in edits {
-            match self.build(now, wall_ms, edit) {
+            match self.build(now, wall_ms, edit, blocking) {
                 Ok(enqueued) => {
                     self.queue.insert(Entry::new(
                         enqueued.seq,
@@ -84,12 +108,14 @@ impl<S: QueueStore> Coordinator<S> {
         Ok(ids)
     }
 
-    /// Turns an edit into a sealed op against the current queue and replica.
+    /// Turns an edit into a sealed op against the current queue and replica. Deletes and
+    /// blocking edits go at priority 0; every other op at its type's priority.
     pub(super) fn build(
         &self,
         now: Millis,
         wall_ms: Millis,
         edit: Edit,
+        blocking: bool,
     ) -> Result<Enqueued, EnqueueError> {
         let key = (edit.entity_type, edit.entity_id.clone());
         let replica = self.replica.get(edit.entity_type, &edit.entity_id);
@@ -126,6 +152,9 @@ impl<S: QueueStore> Coordinator<S> {
         };
         let mut blockers: Vec<u64> = previous.map(|p| p.seq).into_iter().collect();
         let depends_on = self.parent_dependencies(edit.entity_type, &payload, &mut blockers)?;
+        if kind == OpKind::Delete {
+            self.referencing_ops(&key, &mut blockers);
+        }
         let seq = self.next_seq;
         let op = Op {
             op_id: OpId(format!("{}:{seq}", self.device_id)),
@@ -136,7 +165,11 @@ impl<S: QueueStore> Coordinator<S> {
             base_version,
             payload,
             client_timestamp_ms: wall_ms,
-            priority: self.config.entities.rules(edit.entity_type).priority,
+            priority: if kind == OpKind::Delete || blocking {
+                Priority::CRITICAL
+            } else {
+                self.config.entities.rules(edit.entity_type).priority
+            },
             depends_on,
             created_at_ms: wall_ms,
             checksum: String::new(),
@@ -189,6 +222,26 @@ impl<S: QueueStore> Coordinator<S> {
 
     /// The open creates of the parents `payload` references, which the op depends on (each
     /// also added to `blockers`); a reference to a parent this device cannot see is refused.
+    /// A delete goes at priority 0, but it must not overtake an earlier open op that names
+    /// the entity as its parent (a child's create or update): the server would refuse the
+    /// child under a deleted parent. Such ops join the delete's blockers.
+    fn referencing_ops(&self, key: &(EntityType, EntityId), blockers: &mut Vec<u64>) {
+        let children = self.queue.entries().filter(|e| {
+            !matches!(e.status, Status::Rejected | Status::Expired)
+                && e.op.entity_type.parents().contains(&key.0)
+                && e.op
+                    .payload
+                    .get(key.0.reference_field())
+                    .and_then(Value::as_str)
+                    == Some(key.1.as_str())
+        });
+        for child in children {
+            if !blockers.contains(&child.seq) {
+                blockers.push(child.seq);
+            }
+        }
+    }
+
     fn parent_dependencies(
         &self,
         entity_type: EntityType,
