@@ -22,14 +22,14 @@ const SWARM_SALT: u64 = 0x005e_ed0f_5a4d;
 /// The swarm's safety phase.
 const SAFETY_MS: u64 = 60_000;
 
-/// The share of seeds that are long runs: a day and more of simulated time in one-second
+/// The share of seeds that are long runs: a day and more of simulated time in five-second
 /// ticks, with a one-hour queue TTL, field trips longer than it, and a server cleanup after
 /// the idempotency keys' retention, so expiry and key retention are reached.
 const LONG_RUN_SHARE: f64 = 0.04;
 
-/// A long run's tick: idle simulated time costs ticks, so long runs take the largest a
-/// scenario may have.
-const LONG_TICK_MS: u64 = 1_000;
+/// A long run's tick: idle simulated time costs ticks (every host is stepped each tick),
+/// so a long run takes coarse ones; its timeouts and sync interval are scaled to it.
+const LONG_TICK_MS: u64 = 5_000;
 
 /// The swarm scenario of one seed.
 pub fn swarm_spec(seed: u64) -> RunSpec {
@@ -59,7 +59,7 @@ pub fn swarm_spec(seed: u64) -> RunSpec {
         let sim = SimSpec {
             tick_ms: LONG_TICK_MS,
             safety_ms,
-            liveness_ms: 600_000,
+            liveness_ms: 240 * LONG_TICK_MS,
             ..SimSpec::default()
         };
         (sim, 2 * HOUR_MS)

@@ -16,7 +16,7 @@ use rockhound_engine::server::wire::{
 use rockhound_engine::strategy::Strategy;
 use rockhound_engine::{OpKind, SyncConfig};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// When and by whom something was last written: (version, device clock ms, device id).
 type Stamp = (u64, u64, String);
@@ -355,9 +355,12 @@ fn by_field(
             stamp.is_none_or(|(_, clock, device)| write.is_later_than(*clock, device));
         let taken = match (fields.get(field), value) {
             (Some(Value::Array(ours)), Value::Array(theirs)) if merge && server_changed => {
+                // Elements compared by their JSON text, through a set (merge arrays run
+                // to thousands of elements; a scan per element was quadratic).
+                let mut seen: BTreeSet<String> = ours.iter().map(Value::to_string).collect();
                 let mut union = ours.clone();
                 for element in theirs {
-                    if !union.contains(element) {
+                    if seen.insert(element.to_string()) {
                         union.push(element.clone());
                     }
                 }

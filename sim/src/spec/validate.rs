@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 /// The most room a `server_room` step may leave (the server's own limit is far above).
 const SERVER_ROOM_MAX: usize = 1_000_000;
+/// The longest tick: ten seconds (coarser ticks would blur every timeout).
+const TICK_MS_MAX: u64 = 10_000;
 /// The longest `overload` window.
 const OVERLOAD_MS_MAX: u64 = 600_000;
 
@@ -203,11 +205,11 @@ impl RunSpec {
     fn check_sim(&self) -> Result<(), SpecError> {
         let fail = |path: &str, message: String| Err(SpecError::at(path, message));
         let sim = &self.sim;
-        if sim.tick_ms == 0 || sim.tick_ms > 1_000 {
+        if sim.tick_ms == 0 || sim.tick_ms > TICK_MS_MAX {
             return fail(
                 "sim.tick_ms",
                 format!(
-                    "sim.tick_ms = {} is out of range: use 1 to 1000",
+                    "sim.tick_ms = {} is out of range: use 1 to {TICK_MS_MAX}",
                     sim.tick_ms
                 ),
             );
