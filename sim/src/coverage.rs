@@ -24,6 +24,10 @@ pub const SIM_POINTS: &[Point] = &[
     ("sim.step.heal", "a partition healed"),
     ("sim.step.release", "held requests released"),
     ("sim.step.restart", "a crashed device restarted"),
+    (
+        "sim.restart.clock_reset",
+        "a device rebooted with its clock reset far behind",
+    ),
     ("sim.step.restart_server", "the server restarted"),
     ("sim.step.sync", "a user asked for a sync now"),
     (

@@ -31,6 +31,9 @@ const LONG_RUN_SHARE: f64 = 0.04;
 /// so a long run takes coarse ones; its timeouts and sync interval are scaled to it.
 const LONG_TICK_MS: u64 = 5_000;
 
+/// How far behind a rebooted device's clock may come back.
+const REBOOT_CLOCK_BEHIND_MS_MAX: i64 = 2 * 24 * 60 * 60 * 1000;
+
 /// The swarm scenario of one seed.
 pub fn swarm_spec(seed: u64) -> RunSpec {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ SWARM_SALT);
@@ -186,10 +189,21 @@ fn swarm_steps(
             .map(|(_, d)| *d)
             .collect();
         let action = swarm_action(rng, device, &victims, resolution);
-        steps.push(Step {
-            at_ms: rng.random_range(1_000..safety_ms),
-            action,
-        });
+        let at_ms = rng.random_range(1_000..safety_ms);
+        // A crash drawn here is a reboot: the device comes back two seconds later with
+        // its clock reset up to two days behind (a real-time clock that lost its time).
+        let reboot = match &action {
+            Action::Crash { device, .. } => Some(Step {
+                at_ms: (at_ms + 2_000).min(safety_ms - 1),
+                action: Action::Restart {
+                    device: device.clone(),
+                    clock_offset_ms: Some(-rng.random_range(0..=REBOOT_CLOCK_BEHIND_MS_MAX)),
+                },
+            }),
+            _ => None,
+        };
+        steps.push(Step { at_ms, action });
+        steps.extend(reboot);
     }
     if long {
         steps.push(Step {
@@ -248,6 +262,10 @@ fn swarm_action(
         },
         10 => Action::Overload {
             ms: rng.random_range(500..=20_000),
+        },
+        11 if rng.random_bool(0.3) => Action::Crash {
+            device,
+            torn_bytes: 0,
         },
         _ => Action::Duplicate { device },
     }

@@ -147,7 +147,7 @@ fn windows(spec: &RunSpec) -> Vec<(usize, usize)> {
         (Action::Offline { device: x }, Action::Online { device: y })
         | (Action::Partition { device: x }, Action::Heal { device: y })
         | (Action::Hold { device: x }, Action::Release { device: y })
-        | (Action::Crash { device: x, .. }, Action::Restart { device: y }) => x == y,
+        | (Action::Crash { device: x, .. }, Action::Restart { device: y, .. }) => x == y,
         (Action::CrashServer, Action::RestartServer) => true,
         _ => false,
     };

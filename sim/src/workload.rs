@@ -149,7 +149,13 @@ fn add_faults(
                 torn_bytes,
             }),
         ));
-        slots.push((end, Planned::Step(Action::Restart { device })));
+        slots.push((
+            end,
+            Planned::Step(Action::Restart {
+                device,
+                clock_offset_ms: None,
+            }),
+        ));
     }
     for _ in 0..server_crashes {
         let (start, end) = window(rng);

@@ -63,6 +63,10 @@ pub enum Action {
     Restart {
         /// The device.
         device: String,
+        /// The device's clock after the reboot, as an offset from true time: a device
+        /// whose real-time clock lost its time boots far behind (absent: unchanged).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clock_offset_ms: Option<i64>,
     },
     /// The server process dies (its database survives; answers in transit are lost).
     CrashServer,
@@ -223,7 +227,7 @@ impl Action {
             | Action::Hold { device }
             | Action::Release { device }
             | Action::Crash { device, .. }
-            | Action::Restart { device }
+            | Action::Restart { device, .. }
             | Action::Skew { device, .. }
             | Action::Create { device, .. }
             | Action::Update { device, .. }

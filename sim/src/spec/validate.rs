@@ -27,7 +27,11 @@ fn check_step_values(action: &Action) -> Result<(), String> {
         Action::Crash { torn_bytes, .. } if *torn_bytes > TORN_BYTES_MAX => Err(format!(
             "torn_bytes = {torn_bytes} is more than the limit of {TORN_BYTES_MAX}"
         )),
-        Action::Skew { offset_ms, .. } if offset_ms.unsigned_abs() > SKEW_MS_MAX => Err(format!(
+        Action::Skew { offset_ms, .. }
+        | Action::Restart {
+            clock_offset_ms: Some(offset_ms),
+            ..
+        } if offset_ms.unsigned_abs() > SKEW_MS_MAX => Err(format!(
             "offset_ms = {offset_ms} is beyond the limit of ±{SKEW_MS_MAX} ms"
         )),
         Action::Disk {
@@ -499,7 +503,7 @@ impl RunSpec {
                 Action::Crash { device, .. } => {
                     crashed.insert(device);
                 }
-                Action::Restart { device } if !crashed.contains(device) => {
+                Action::Restart { device, .. } if !crashed.contains(device) => {
                     return fail(format!("{device} restarts but never crashed before"));
                 }
                 Action::Partition { device } => {

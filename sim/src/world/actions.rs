@@ -223,7 +223,16 @@ pub(super) fn apply(
         Action::Hold { .. } => ctx.state.borrow_mut().link.held = true,
         Action::Release { .. } => ctx.state.borrow_mut().link.held = false,
         Action::Crash { torn_bytes, .. } => crash(ctx, now, *torn_bytes),
-        Action::Restart { .. } => restart(ctx, now, config),
+        Action::Restart {
+            clock_offset_ms, ..
+        } => {
+            let down = ctx.state.borrow().parked_store.is_some();
+            if let (true, Some(offset_ms)) = (down, clock_offset_ms) {
+                rockhound_engine::coverage::hit("sim.restart.clock_reset");
+                ctx.state.borrow_mut().wall_offset_ms = *offset_ms;
+            }
+            restart(ctx, now, config);
+        }
         Action::Skew { offset_ms, .. } => ctx.state.borrow_mut().wall_offset_ms = *offset_ms,
         Action::Create { .. } | Action::Update { .. } | Action::Delete { .. } => {
             enqueue(ctx, now, step_edit(action).expect("an edit step"));
