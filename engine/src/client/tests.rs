@@ -1042,3 +1042,33 @@ fn deletes_and_blocking_edits_go_at_priority_0_but_never_overtake_what_they_wait
     assert!(at(&find) < at(&session_delete), "{order:?}");
     assert!(at(&tag_update) < at(&tag_delete), "{order:?}");
 }
+
+#[test]
+fn a_retry_after_binds_even_when_the_request_had_already_ended() {
+    let mut device = open(SyncConfig::default());
+    device.set_online(T0, true);
+    let op = device.enqueue(T0, T0, session("s1")).unwrap();
+    let sent = batch(device.poll(T0));
+    assert_eq!(sent.ops[0].op_id, op);
+    // Offline with the batch in flight: the request is abandoned, then the server's
+    // 503 with a ten-second Retry-After arrives anyway.
+    device.set_online(T0, false);
+    device.on_overloaded(T0, 10_000);
+    device.set_online(T0, true);
+    assert!(
+        device.poll(T0.plus_ms(9_999)).is_none(),
+        "nothing before the wait ends"
+    );
+    assert!(
+        device
+            .next_wake_at()
+            .is_some_and(|at| at >= T0.plus_ms(10_000))
+    );
+    let again = batch(device.poll(T0.plus_ms(10_000)));
+    assert_eq!(again.ops[0].op_id, op);
+    assert_eq!(
+        device.queue().next().unwrap().attempts,
+        0,
+        "no attempt counted"
+    );
+}

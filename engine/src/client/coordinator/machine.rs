@@ -67,13 +67,17 @@ impl<S: QueueStore> Coordinator<S> {
     /// The server refused the request in flight as overloaded (503 or 429) and said when to
     /// come back (`Retry-After`). Nothing failed: the request is abandoned as if the device
     /// had gone offline (no attempt counted), and no request goes before `retry_after_ms`
-    /// has passed.
+    /// has passed. The wait binds even when the request already ended (the device went offline with it
+    /// in flight and the answer came anyway): the server asked to be left alone.
     pub fn on_overloaded(&mut self, now: Millis, retry_after_ms: u64) {
-        if self.in_flight.is_none() {
+        if self.config.planted.client.ignores_retry_after {
+            if self.in_flight.is_some() {
+                self.fail_request(now, "overloaded".to_owned());
+            }
             return;
         }
-        if self.config.planted.client.ignores_retry_after {
-            self.fail_request(now, "overloaded".to_owned());
+        self.quiet_until = self.quiet_until.max(now.plus_ms(retry_after_ms));
+        if self.in_flight.is_none() {
             return;
         }
         crate::coverage::hit("client.retry_after_honoured");
@@ -82,7 +86,6 @@ impl<S: QueueStore> Coordinator<S> {
             self.telemetry(TelemetryKind::SyncBatchError, None, Some(batch_id), None);
         }
         self.abandon_in_flight(&format!("overloaded, retry after {retry_after_ms} ms"));
-        self.quiet_until = self.quiet_until.max(now.plus_ms(retry_after_ms));
         self.queue.promote(now);
     }
 
