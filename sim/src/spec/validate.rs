@@ -27,12 +27,14 @@ fn check_step_values(action: &Action) -> Result<(), String> {
         Action::Crash { torn_bytes, .. } if *torn_bytes > TORN_BYTES_MAX => Err(format!(
             "torn_bytes = {torn_bytes} is more than the limit of {TORN_BYTES_MAX}"
         )),
-        Action::Skew { offset_ms, .. }
-        | Action::Restart {
+        Action::Skew { offset_ms, .. } if offset_ms.unsigned_abs() > SKEW_MS_MAX => Err(format!(
+            "offset_ms = {offset_ms} is beyond the limit of ±{SKEW_MS_MAX} ms"
+        )),
+        Action::Restart {
             clock_offset_ms: Some(offset_ms),
             ..
         } if offset_ms.unsigned_abs() > SKEW_MS_MAX => Err(format!(
-            "offset_ms = {offset_ms} is beyond the limit of ±{SKEW_MS_MAX} ms"
+            "clock_offset_ms = {offset_ms} is beyond the limit of ±{SKEW_MS_MAX} ms"
         )),
         Action::Disk {
             capacity_bytes: Some(bytes),

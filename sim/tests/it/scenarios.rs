@@ -287,6 +287,21 @@ fn scenario_values_beyond_their_limits_are_refused_at_their_line() {
             "bad_digest",
             format!("{HEAD}[expect]\ndigest = \"not-a-digest\"\n"),
         ),
+        ("tick_max", format!("{HEAD}[sim]\ntick_ms = 10001\n")),
+        (
+            "overload_zero",
+            format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"overload\"\nms = 0\n"),
+        ),
+        (
+            "overload_huge",
+            format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"overload\"\nms = 18446744073709551615\n"),
+        ),
+        (
+            "reboot_clock",
+            format!(
+                "{HEAD}[[steps]]\nat_ms = 0\ndo = \"crash\"\ndevice = \"phone\"\n\n[[steps]]\nat_ms = 1\ndo = \"restart\"\ndevice = \"phone\"\nclock_offset_ms = -9223372036854775808\n"
+            ),
+        ),
     ];
     let mut report = String::new();
     for (name, text) in cases {
