@@ -9,6 +9,10 @@
 //! the server applies a batch in order and answers `blocked` for an op whose predecessor in
 //! the same batch failed. [`batch_order`] is Kahn's topological sort with `(priority, seq)`
 //! as the tie-break, so it sends a field session and its find logs in one round trip.
+//! A delete is the exception: it also blocks on the open ops that name its entity as their
+//! parent (a child's create or update), never rides in their batch, and goes only once they
+//! are answered, since the server cannot know that the delete waits for them (its
+//! `depends_on` lists parents only).
 //!
 //! These functions are the reference definition, O(n log n) per call; the client keeps an
 //! incremental index with the same answers for large queues.
@@ -31,6 +35,9 @@ pub struct Pending {
     pub seq: u64,
     /// Ops it depends on; those no longer pending count as done.
     pub depends_on: Vec<OpId>,
+    /// Whether it is a delete (which waits for the answers of the child ops that name its
+    /// entity, not just for their place earlier in the batch).
+    pub delete: bool,
 }
 
 /// For each op (by index), the indices of the pending ops it blocks on.
@@ -95,7 +102,14 @@ pub fn batch_order(pending: &[Pending], limit: usize) -> Vec<usize> {
             break;
         };
         order.push(index);
+        // A delete placed after a child's op that names its entity waits for its answer.
+        let held_back = |dependant: usize| {
+            pending[dependant].delete && pending[dependant].entity != pending[index].entity
+        };
         for &dependant in &dependants[index] {
+            if held_back(dependant) {
+                continue;
+            }
             waiting[dependant] -= 1;
             if waiting[dependant] == 0 {
                 available.push(key(dependant));
@@ -118,6 +132,7 @@ mod tests {
             priority: Priority::new(priority).unwrap(),
             seq,
             depends_on: depends_on.iter().map(|d| OpId(format!("op-{d}"))).collect(),
+            delete: false,
         }
     }
 
@@ -147,6 +162,21 @@ mod tests {
     fn a_dependency_that_is_no_longer_pending_is_done() {
         let pending = [op(5, "child", 2, &[4])];
         assert_eq!(ids(&pending, &ready(&pending)), [5]);
+    }
+
+    #[test]
+    fn a_delete_never_rides_with_a_child_op_it_waits_on() {
+        // The parent's delete waits on the child's create (which names the parent) and on
+        // the parent's earlier update; it may ride after the update, not after the child.
+        let mut pending = vec![
+            op(1, "parent", 3, &[]),
+            op(2, "child", 2, &[]),
+            op(3, "parent", 0, &[2]),
+        ];
+        pending[2].delete = true;
+        assert_eq!(ids(&pending, &batch_order(&pending, 10)), [2, 1]);
+        pending.remove(1);
+        assert_eq!(ids(&pending, &batch_order(&pending, 10)), [1, 3]);
     }
 
     #[test]

@@ -293,9 +293,13 @@ fn a_parent_dead_lettered_in_the_same_batch_blocks_a_younger_child() {
     let entry = device.queue().find(|e| e.op.op_id == child).unwrap();
     assert_eq!(entry.status, Status::Blocked);
     assert_eq!(entry.blocked_by.as_ref(), Some(&parent));
+    let child_due = entry.next_attempt_at_ms;
     let events = device.take_events();
+    // The child's own attempt failed too: its report says so with the wait it keeps.
     assert!(events.iter().any(|e| matches!(e,
-        Event::Op(update) if update.op_id == child && update.status == Status::Blocked)));
+        Event::Op(update) if update.op_id == child && update.status == Status::Blocked
+            && update.attempts == 1 && update.delay_ms.is_some()
+            && update.next_attempt_at_ms == Some(child_due))));
     // A manual retry of the parent frees the child, which goes once its own backoff ends.
     device.retry(due, &parent).unwrap();
     assert_eq!(status_of(&device, &child), Some(Status::Pending));
@@ -335,6 +339,73 @@ fn a_rejected_parent_blocks_its_children_and_they_are_never_sent() {
     // After a restart the child is still blocked, still by the session.
     let device = crash(device, 0);
     assert_eq!(status_of(&device, &child), Some(Status::Blocked));
+}
+
+#[test]
+fn a_retried_op_whose_parent_was_rejected_waits_blocked_not_pending_forever() {
+    // Found by explore seed 1971: a dead-lettered child's parent was rejected, and the
+    // user's retry of the child left it pending behind a parent that never settles.
+    let config = SyncConfig {
+        max_retries: Some(1),
+        ..SyncConfig::default()
+    };
+    let mut device = open(config);
+    let ids = device
+        .enqueue_all(T0, T0, vec![session("s1"), find_log("f1", "s1")])
+        .unwrap();
+    device.set_online(T0, true);
+    let sent = batch(device.poll(T0));
+    assert_eq!(sent.ops.len(), 2);
+    device.on_batch_response(T0, &answer(&sent, OpStatus::Retry, Some("storage_full")));
+    assert_eq!(status_of(&device, &ids[1]), Some(Status::Error));
+    device.retry(T0, &ids[0]).unwrap();
+    let sent = batch(device.poll(T0));
+    assert_eq!(sent.ops.len(), 1, "the dead-lettered child stays behind");
+    device.on_batch_response(
+        T0,
+        &answer(&sent, OpStatus::Rejected, Some("parent_deleted")),
+    );
+    assert_eq!(status_of(&device, &ids[0]), Some(Status::Rejected));
+    assert_eq!(status_of(&device, &ids[1]), Some(Status::Error));
+    device.take_events();
+    device.retry(T0, &ids[1]).unwrap();
+    let child = device.queue().find(|e| e.op.op_id == ids[1]).unwrap();
+    assert_eq!(
+        (child.status, child.blocked_by.as_ref(), child.attempts),
+        (Status::Blocked, Some(&ids[0]), 0)
+    );
+    assert!(device.take_events().iter().any(|e| matches!(
+        e,
+        Event::Op(u) if u.op_id == ids[1] && u.status == Status::Blocked
+    )));
+    // A restart rebuilds the same state from the log.
+    let device = crash(device, 0);
+    assert_eq!(status_of(&device, &ids[1]), Some(Status::Blocked));
+}
+
+#[test]
+fn a_child_answered_blocked_beside_its_rejected_parent_is_blocked_without_an_attempt() {
+    let config = SyncConfig {
+        max_retries: Some(1),
+        ..SyncConfig::default()
+    };
+    let mut device = open(config);
+    let ids = device
+        .enqueue_all(T0, T0, vec![session("s1"), find_log("f1", "s1")])
+        .unwrap();
+    device.set_online(T0, true);
+    let sent = batch(device.poll(T0));
+    let mut response = answer(&sent, OpStatus::Rejected, Some("parent_deleted"));
+    response.results[1].status = OpStatus::Blocked;
+    response.results[1].reason = Some(serde_json::from_value("dependency_failed".into()).unwrap());
+    device.on_batch_response(T0, &response);
+    // The parent is rejected after the child's result is read, yet the child waits on it
+    // (it used to count a failed attempt and, at one retry, was dead-lettered).
+    let child = device.queue().find(|e| e.op.op_id == ids[1]).unwrap();
+    assert_eq!(
+        (child.status, child.blocked_by.as_ref(), child.attempts),
+        (Status::Blocked, Some(&ids[0]), 0)
+    );
 }
 
 #[test]
@@ -736,6 +807,7 @@ mod model {
                                     priority: op.priority,
                                     seq: i as u64,
                                     depends_on: op.depends_on.clone(),
+                                    delete: op.kind == crate::op::OpKind::Delete,
                                 })
                                 .collect();
                             let order = ordering::batch_order(&pending, pending.len());
@@ -1029,18 +1101,27 @@ fn deletes_and_blocking_edits_go_at_priority_0_but_never_overtake_what_they_wait
     assert_eq!(priority(&find), 1);
     assert_eq!(priority(&tag_update), 3);
     device.set_online(T0, true);
-    let order: Vec<OpId> = batch(device.poll(T0))
-        .ops
-        .into_iter()
-        .map(|op| op.op_id)
-        .collect();
+    let ids = |batch: &crate::op::Batch| -> Vec<OpId> {
+        batch.ops.iter().map(|op| op.op_id.clone()).collect()
+    };
+    let first = batch(device.poll(T0));
+    let order = ids(&first);
     // The blocking rename waits for nothing and goes first; each delete still goes after
-    // what it must not overtake: the session's after the find that names it as parent,
-    // the tag's after the earlier update of the same tag.
-    let at = |id: &OpId| order.iter().position(|o| o == id).unwrap();
-    assert_eq!(at(&blocking), 0, "{order:?}");
-    assert!(at(&find) < at(&session_delete), "{order:?}");
+    // what it must not overtake: the tag's after the earlier update of the same tag (in
+    // the same batch: the server checks its version), the session's after the find that
+    // names it as parent, and never in the find's batch: the server could not tell that
+    // the delete waits for the find, and would apply it even if the find were answered
+    // `retry` (explore seed 1399).
+    let at = |id: &OpId| order.iter().position(|o| o == id);
+    assert_eq!(at(&blocking), Some(0), "{order:?}");
     assert!(at(&tag_update) < at(&tag_delete), "{order:?}");
+    assert!(
+        at(&find).is_some() && at(&session_delete).is_none(),
+        "{order:?}"
+    );
+    device.on_batch_response(T0, &answer(&first, OpStatus::Applied, None));
+    let second = ids(&batch(device.poll(T0)));
+    assert_eq!(second, [session_delete]);
 }
 
 #[test]

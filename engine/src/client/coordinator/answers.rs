@@ -12,7 +12,7 @@ use crate::server::wire::{
 };
 use crate::time::Millis;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 impl<S: QueueStore> Coordinator<S> {
     /// The server answered the batch in flight. An answer for another batch (one that timed
@@ -37,6 +37,14 @@ impl<S: QueueStore> Coordinator<S> {
         for result in &response.results {
             answered.insert(result.op_id.clone(), result);
         }
+        // The ops this answer rejects: a dependant answered `blocked` in the same batch
+        // waits on them, though they are failed only once every result is taken.
+        let rejected: BTreeSet<&OpId> = response
+            .results
+            .iter()
+            .filter(|result| result.status == OpStatus::Rejected)
+            .map(|result| &result.op_id)
+            .collect();
         let mut failures = Vec::new();
         for &seq in &seqs {
             let op_id = &self
@@ -47,7 +55,7 @@ impl<S: QueueStore> Coordinator<S> {
                 .op_id;
             match answered.get(op_id) {
                 Some(result) => {
-                    if let Some(reason) = self.take_result(now, seq, result) {
+                    if let Some(reason) = self.take_result(now, seq, result, &rejected) {
                         failures.push((seq, reason));
                     }
                 }
@@ -86,7 +94,13 @@ impl<S: QueueStore> Coordinator<S> {
     /// Takes one op's result: settles it, blocks it behind a failed dependency, or schedules
     /// its next attempt. A rejection is returned with its reason, to be failed once the
     /// whole batch is taken.
-    fn take_result(&mut self, now: Millis, seq: u64, result: &OpResult) -> Option<String> {
+    fn take_result(
+        &mut self,
+        now: Millis,
+        seq: u64,
+        result: &OpResult,
+        rejected: &BTreeSet<&OpId>,
+    ) -> Option<String> {
         self.queue
             .note_result(seq, result.version, result.conflict_id.clone());
         match result.status {
@@ -96,7 +110,10 @@ impl<S: QueueStore> Coordinator<S> {
             OpStatus::Rejected => {
                 return Some(result.reason.map_or("rejected", Reason::as_str).to_owned());
             }
-            OpStatus::Blocked => match self.failed_dependency(seq) {
+            OpStatus::Blocked => match self
+                .failed_dependency(seq)
+                .or_else(|| self.rejected_dependency(seq, rejected))
+            {
                 Some(cause) if result.reason == Some(Refusal::DependencyFailed.into()) => {
                     let blocked = self.queue.block(seq, cause);
                     self.report_blocked(&blocked);
@@ -112,6 +129,17 @@ impl<S: QueueStore> Coordinator<S> {
             }
         }
         None
+    }
+
+    /// A dependency of `seq` that the same answer rejects.
+    fn rejected_dependency(&self, seq: u64, rejected: &BTreeSet<&OpId>) -> Option<OpId> {
+        let entry = self.queue.get(seq)?;
+        entry
+            .op
+            .depends_on
+            .iter()
+            .find(|dependency| rejected.contains(dependency))
+            .cloned()
     }
 
     pub(super) fn failed_dependency(&self, seq: u64) -> Option<OpId> {

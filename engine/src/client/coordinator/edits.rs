@@ -281,8 +281,13 @@ impl<S: QueueStore> Coordinator<S> {
         if !unblocked.is_empty() {
             crate::coverage::hit("client.released");
         }
-        self.events
-            .push(Event::Op(OpUpdate::new(op_id.clone(), Status::Pending, 0)));
+        let entry = self.queue.get(seq).expect("retried ops stay queued");
+        if entry.status == Status::Blocked {
+            self.report_blocked(&[seq]);
+        } else {
+            self.events
+                .push(Event::Op(OpUpdate::new(op_id.clone(), Status::Pending, 0)));
+        }
         for seq in unblocked {
             let entry = self.queue.get(seq).expect("unblocked ops are queued");
             self.events.push(Event::Op(OpUpdate::new(

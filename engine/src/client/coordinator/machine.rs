@@ -340,8 +340,19 @@ impl<S: QueueStore> Coordinator<S> {
             self.events.push(Event::Op(update));
             self.report_blocked(&blocked);
         } else if !blocked.is_empty() {
-            // A blocker died in the same batch: this op is blocked, not retried.
+            // A blocker died in the same batch: this op is blocked, not retried. The
+            // attempt still counts, so its report carries the wait it will keep once a
+            // retry of the blocker frees it.
+            let first = self.events.len();
             self.report_blocked(&blocked);
+            for event in &mut self.events[first..] {
+                if let Event::Op(update) = event
+                    && update.op_id == op_id
+                {
+                    update.delay_ms = Some(delay_ms);
+                    update.next_attempt_at_ms = Some(next_attempt_at_ms);
+                }
+            }
         } else {
             let mut update = OpUpdate::new(op_id, Status::Pending, attempts);
             update.reason = Some(reason.to_owned());

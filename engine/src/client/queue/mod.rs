@@ -231,7 +231,8 @@ impl Queue {
 
     /// Up to `limit` ops for one batch, each after every op it blocks on: at each position
     /// the lowest `(priority, seq)` op that is ready, or whose blockers all sit earlier in
-    /// this batch and that is due. Costs O(limit · (degree + log n)), whatever the queue size.
+    /// this batch and that is due (a delete never after a child's op that names its entity:
+    /// it waits until that op is answered). Costs O(limit · (degree + log n)), whatever the queue size.
     pub fn select(&self, limit: usize) -> Vec<u64> {
         let mut batch = Vec::with_capacity(limit);
         let mut ready = self.ready.iter().copied().peekable();
@@ -247,12 +248,17 @@ impl Queue {
                 (None, None) => break,
             };
             batch.push(seq);
-            for &dependant_seq in &self.entries[&seq].dependants {
+            let placed = &self.entries[&seq];
+            for &dependant_seq in &placed.dependants {
                 // A dependant may have settled first (the server answers each op on its own).
                 let Some(dependant) = self.entries.get(&dependant_seq) else {
                     continue;
                 };
-                if dependant.status != Status::Pending {
+                // A delete never rides with a child's op that names its entity: it goes
+                // once that op is answered (docs/client.md, "Priority 0").
+                let child_of_delete =
+                    dependant.op.kind == OpKind::Delete && dependant.entity() != placed.entity();
+                if dependant.status != Status::Pending || child_of_delete {
                     continue;
                 }
                 let waiting = still_waiting
@@ -426,15 +432,26 @@ impl Queue {
     }
 
     /// A user retry of a dead-lettered op: it is pending again with no attempts, due at
-    /// `now`, and the ops it blocked are pending again. Returns those ops.
+    /// `now`, and the ops it blocked are pending again. Returns those ops. An op that waits
+    /// on a failed op of its own is blocked behind it instead, and frees nothing.
     pub fn retry(&mut self, seq: u64, now: Millis) -> Vec<u64> {
         let entry = self.entries.get_mut(&seq).expect("retried ops are queued");
         assert_eq!(entry.status, Status::Error);
         let cause = entry.op.op_id.clone();
-        entry.status = Status::Pending;
         entry.attempts = 0;
         entry.reason = None;
         entry.next_attempt_at_ms = now;
+        if let Some(blocker) = self.failed_blocker(seq) {
+            // It waits on an op that failed for good (a rejected parent): blocked behind
+            // it, never pending forever; the ops it blocked stay blocked.
+            let entry = self.entries.get_mut(&seq).expect("present");
+            entry.status = Status::Blocked;
+            entry.blocked_by = Some(blocker);
+            entry.reason = Some("dependency_failed".to_owned());
+            return Vec::new();
+        }
+        let entry = self.entries.get_mut(&seq).expect("present");
+        entry.status = Status::Pending;
         self.index_pending(seq);
         self.promote(now);
         let mut unblocked = Vec::new();
