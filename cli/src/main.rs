@@ -6,14 +6,16 @@ mod commands;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use rockhound_engine::server::Server;
+use rockhound_engine::server::tables::ServerStore;
+use rockhound_engine::server::{AnyStore, Server};
 use rockhound_engine::{Millis, SyncConfig, UserId};
 use rockhound_io::http::serve::{ServeLimits, Stopped, serve_tcp};
 use rockhound_io::http::{self, AppState};
+use rockhound_io::sqlite_store::SqliteStore;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,6 +142,14 @@ struct ServeArgs {
     /// Milliseconds a connection may stay silent before it is closed.
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     idle_timeout_ms: u64,
+    /// The database: a SQLite file (created if missing), or :memory: to keep everything
+    /// in memory and lose it at exit (docs/database.md).
+    #[arg(long, value_name = "PATH", default_value = "rockhound.db")]
+    db: PathBuf,
+    /// Seconds between two cleanups (expired idempotency keys, old history, resolved
+    /// conflicts, batches and metrics; docs/database.md).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    cleanup_interval_s: u64,
     /// Milliseconds open requests may take to finish after SIGINT or SIGTERM.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     shutdown_grace_ms: u64,
@@ -299,6 +309,35 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'stati
     })
 }
 
+/// The server over the database `--db` names: SQLite at a path, or memory.
+fn open_server(config: SyncConfig, db: &Path) -> anyhow::Result<Server<AnyStore>> {
+    if db == Path::new(":memory:") {
+        tracing::info!("database: in memory (nothing survives a restart)");
+        return Ok(Server::new(config).into_any());
+    }
+    let store = SqliteStore::open(db)?;
+    let tables = store.tables();
+    tracing::info!(
+        db = %db.display(),
+        entities = tables.entities.len(),
+        commits = tables.seq,
+        "database: SQLite"
+    );
+    Ok(Server::with_store(config, Box::new(store) as AnyStore))
+}
+
+/// Runs the server's cleanup every `every` (the first one a full interval after start).
+async fn clean_up_every(server: Arc<parking_lot::Mutex<Server<AnyStore>>>, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        ticks.tick().await;
+        match server.lock().cleanup(wall_clock()) {
+            Ok(report) => tracing::info!(?report, "cleanup"),
+            Err(error) => tracing::warn!(%error, "cleanup failed; nothing was removed"),
+        }
+    }
+}
+
 /// Completes on Ctrl-C.
 #[cfg(not(unix))]
 fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
@@ -329,6 +368,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_millis(args.idle_timeout_ms),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
     };
+    let server = open_server(config, &args.db)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.threads))
         .enable_all()
@@ -345,7 +385,11 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         // Printed on stdout so scripts starting `--addr 127.0.0.1:0` learn the port.
         println!("listening on http://{local}");
         tracing::info!(%local, users = tokens.len(), preset, threads = args.threads, "rockhound serve started");
-        let mut state = AppState::new(Server::new(config), tokens, Arc::new(wall_clock));
+        let mut state = AppState::new(server, tokens, Arc::new(wall_clock));
+        tokio::spawn(clean_up_every(
+            state.server.clone(),
+            Duration::from_secs(args.cleanup_interval_s),
+        ));
         state.body_read_timeout = Some(limits.body_read_timeout);
         state.yield_between_ops = true;
         let stopped = serve_tcp(listener, http::router(state), limits, shutdown).await?;

@@ -8,3 +8,4 @@
 
 pub mod file_store;
 pub mod http;
+pub mod sqlite_store;

@@ -197,7 +197,7 @@ fn main() {
             (VICTIM.to_owned(), UserId::from("ann")),
         ]);
         let mut state = AppState::new(
-            Server::new(SyncConfig::default()),
+            Server::new(SyncConfig::default()).into_any(),
             tokens,
             Arc::new(|| Millis(wall_ms())),
         );

@@ -57,6 +57,10 @@ pub(crate) fn start_with(extra: &[&str]) -> Served {
         args.extend(["--strategy".to_owned(), format!("{entity_type}={strategy}")]);
     }
     args.extend(extra.iter().map(|a| (*a).to_owned()));
+    if !extra.contains(&"--db") {
+        // Each test its own server and nothing left in the working directory.
+        args.extend(["--db".to_owned(), ":memory:".to_owned()]);
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_rockhound"))
         .args(args)
         .stdout(Stdio::piped())

@@ -2,6 +2,7 @@
 //! commands' contract, `serve` over real sockets and its hardening, and the reports baseline.
 
 mod cli;
+mod database;
 mod hardening;
 mod http;
 mod layout;

@@ -6,6 +6,7 @@ use super::replay;
 use super::tables::{BatchRecord, Commit, IdempotencyRecord, QueueRow, ServerStore};
 use super::wire::{
     BatchResponse, DeviceState, HistoryRow, HistoryStatus, MetricsWindow, OpResult, OpStatus,
+    Refusal,
 };
 use super::{METRICS_WINDOW_MS, RequestError, Server};
 use crate::ids::{DeviceId, UserId};
@@ -30,7 +31,7 @@ impl<S: ServerStore> Server<S> {
         for op in &batch.ops {
             results.push(self.handle_op(user, batch, op, now));
         }
-        Ok(self.finish_batch(user, batch, results, now))
+        self.finish_batch(user, batch, results, now)
     }
 
     /// Processes one op of an admitted batch and commits everything it changes in one step.
@@ -84,7 +85,7 @@ impl<S: ServerStore> Server<S> {
             record.result = result.clone();
             (key, record)
         });
-        self.store.commit(Commit {
+        let committed = self.store.commit(Commit {
             user: user.clone(),
             seq,
             entity: outcome.entity,
@@ -96,7 +97,19 @@ impl<S: ServerStore> Server<S> {
             metrics: Some(metrics),
             batch: None,
         });
-        result
+        match committed {
+            Ok(()) => result,
+            // Nothing of the op was applied: the client resends it later.
+            Err(_) => OpResult {
+                op_id: op.op_id.clone(),
+                status: OpStatus::Retry,
+                version: None,
+                entity: None,
+                deleted: false,
+                conflict_id: None,
+                reason: Some(Refusal::StorageFull.into()),
+            },
+        }
     }
 
     /// Records an admitted batch whose ops were all handled, with their `results`, and
@@ -108,7 +121,7 @@ impl<S: ServerStore> Server<S> {
         batch: &Batch,
         results: Vec<OpResult>,
         now: Millis,
-    ) -> BatchResponse {
+    ) -> Result<BatchResponse, RequestError> {
         let mut statuses = BTreeMap::new();
         for result in &results {
             *statuses.entry(result.status).or_insert(0) += 1;
@@ -136,12 +149,12 @@ impl<S: ServerStore> Server<S> {
             device,
             metrics: Some(metrics),
             ..Commit::default()
-        });
-        BatchResponse {
+        })?;
+        Ok(BatchResponse {
             batch_id: batch.batch_id.clone(),
             server_time_ms: now,
             results,
-        }
+        })
     }
 
     pub(super) fn device_state(&self, user: &UserId, device_id: &DeviceId) -> DeviceState {

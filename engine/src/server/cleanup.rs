@@ -1,7 +1,7 @@
 //! Cleanup: what `cleanup_old_sync_data` removes (expired keys, old history, settled queue
 //! rows and conflicts) and how much.
 
-use super::tables::ServerStore;
+use super::tables::{ServerStore, StoreError};
 use super::wire::ConflictStatus;
 use super::{CleanupReport, HISTORY_RETENTION_MS, METRICS_WINDOW_MS, Server};
 use crate::time::Millis;
@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 impl<S: ServerStore> Server<S> {
     /// The seed's `cleanup_old_sync_data`: drops idempotency keys past their retention and
     /// history, resolved conflicts, batches and metrics past `HISTORY_RETENTION_MS`.
-    /// Entities and tombstones are kept.
-    pub fn cleanup(&mut self, now: Millis) -> CleanupReport {
+    /// Entities and tombstones are kept. On a store error nothing is removed.
+    pub fn cleanup(&mut self, now: Millis) -> Result<CleanupReport, StoreError> {
         let key_cutoff = now.0.saturating_sub(self.config.idempotency_retention_ms());
         let cutoff = now.0.saturating_sub(HISTORY_RETENTION_MS);
         let mut report = CleanupReport::default();
@@ -31,11 +31,11 @@ impl<S: ServerStore> Server<S> {
             report.metrics_windows = retain_counting(&mut tables.sync_metrics, |w| {
                 w.window_start_ms.0 + METRICS_WINDOW_MS >= cutoff
             });
-        });
+        })?;
         if report.idempotency_keys > 0 {
             crate::coverage::hit("server.cleanup.removed_keys");
         }
-        report
+        Ok(report)
     }
 }
 

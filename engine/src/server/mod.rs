@@ -20,6 +20,7 @@ pub use decide::decision_code;
 
 use crate::config::SyncConfig;
 use crate::time::{DAY_MS, HOUR_MS};
+pub use tables::{AnyStore, StoreError};
 use tables::{MemoryStore, ServerStore, Tables};
 use wire::ErrorCode;
 
@@ -83,6 +84,20 @@ pub enum RequestError {
         /// A sentence for a person.
         message: String,
     },
+    /// The store could not make the change durable; nothing of it was applied (HTTP 503).
+    #[error("{message}")]
+    Unavailable {
+        /// A sentence for a person.
+        message: String,
+    },
+}
+
+impl From<tables::StoreError> for RequestError {
+    fn from(error: tables::StoreError) -> RequestError {
+        RequestError::Unavailable {
+            message: format!("{error}; nothing of this request was applied, try again"),
+        }
+    }
 }
 
 impl RequestError {
@@ -95,6 +110,7 @@ impl RequestError {
             RequestError::AlreadyResolved { .. } => ErrorCode::AlreadyResolved,
             RequestError::TooLarge { .. } => ErrorCode::TooLarge,
             RequestError::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
+            RequestError::Unavailable { .. } => ErrorCode::StorageUnavailable,
         }
     }
 
@@ -180,6 +196,18 @@ impl<S: ServerStore> Server<S> {
     /// The tables, read-only.
     pub fn tables(&self) -> &Tables {
         self.store.tables()
+    }
+
+    /// The same server over its store chosen at run time.
+    pub fn into_any(self) -> Server<AnyStore>
+    where
+        S: Send + 'static,
+    {
+        Server {
+            config: self.config,
+            store: Box::new(self.store),
+            capacity: self.capacity,
+        }
     }
 
     /// Gives the store back (to "restart" the server over it).

@@ -79,7 +79,7 @@ impl<S: ServerStore> Server<S> {
                 seq,
                 device: Some(device),
                 ..Commit::default()
-            });
+            })?;
         }
         Ok(ChangesPage {
             changes,

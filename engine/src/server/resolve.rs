@@ -81,7 +81,7 @@ impl<S: ServerStore> Server<S> {
             history: Some(history),
             conflict: Some(resolved.clone()),
             ..Commit::default()
-        });
+        })?;
         Ok(resolved)
     }
 

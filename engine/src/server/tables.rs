@@ -192,9 +192,14 @@ impl Tables {
     /// Applies one commit. Every part lands, or (on a broken invariant) the commit panics
     /// before any does: every assertion runs before the first change, so a panic caught
     /// by the HTTP layer leaves the tables as they were.
-    // Long on purpose: every assertion runs before the first write, then the writes in table
-    // order; kept whole so that order is visible.
     pub fn apply(&mut self, commit: Commit) {
+        self.check(&commit);
+        self.apply_checked(commit);
+    }
+
+    /// The invariants a commit must keep, asserted (a panic means an engine bug); a
+    /// durable store checks before it writes, then applies with [`Tables::apply_checked`].
+    pub fn check(&self, commit: &Commit) {
         assert_eq!(
             commit.seq,
             self.next_seq(&commit.user),
@@ -216,6 +221,11 @@ impl Tables {
         if let Some(row) = &commit.history {
             assert_eq!(row.seq, commit.seq, "a history row sits at its commit");
         }
+    }
+
+    /// Applies a commit [`Tables::check`] passed.
+    // Long on purpose: the writes in table order, kept whole so that order is visible.
+    pub fn apply_checked(&mut self, commit: Commit) {
         self.seq += 1;
         self.user_seqs.insert(commit.user.clone(), commit.seq);
         self.count(&commit);
@@ -296,14 +306,37 @@ pub fn parent_keys(entity_type: EntityType, state: &ServerEntity) -> Vec<EntityK
         .collect()
 }
 
-/// Where the server keeps its tables. Implementations must apply each commit atomically.
+/// A store that could not make a change durable: nothing of the change was applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the server's store could not write: {0}")]
+pub struct StoreError(pub String);
+
+/// Where the server keeps its tables. Implementations must apply each commit atomically:
+/// on `Ok` it is durable and visible in [`ServerStore::tables`]; on `Err` nothing of it is.
 pub trait ServerStore {
     /// The current tables.
     fn tables(&self) -> &Tables;
     /// Applies one commit atomically.
-    fn commit(&mut self, commit: Commit);
+    fn commit(&mut self, commit: Commit) -> Result<(), StoreError>;
     /// Removes rows; see `Server::cleanup`. Atomic like a commit.
-    fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables));
+    fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) -> Result<(), StoreError>;
+}
+
+/// Any store, chosen at run time (`rockhound serve --db`).
+pub type AnyStore = Box<dyn ServerStore + Send>;
+
+impl ServerStore for AnyStore {
+    fn tables(&self) -> &Tables {
+        (**self).tables()
+    }
+
+    fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
+        (**self).commit(commit)
+    }
+
+    fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) -> Result<(), StoreError> {
+        (**self).retain(keep)
+    }
 }
 
 /// The in-memory store: the tables themselves. It survives a simulated server crash (the
@@ -318,12 +351,14 @@ impl ServerStore for MemoryStore {
         &self.tables
     }
 
-    fn commit(&mut self, commit: Commit) {
+    fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
         self.tables.apply(commit);
+        Ok(())
     }
 
-    fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) {
+    fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) -> Result<(), StoreError> {
         keep(&mut self.tables);
+        Ok(())
     }
 }
 

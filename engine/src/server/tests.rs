@@ -688,7 +688,7 @@ fn cleanup_drops_old_keys_and_history_but_keeps_entities() {
     let mut server = Server::new(SyncConfig::default());
     send(&mut server, "ann", "phone", vec![session(1, "fs")]);
     let later = Millis(NOW.0 + HISTORY_RETENTION_MS + DAY_MS);
-    let report = server.cleanup(later);
+    let report = server.cleanup(later).unwrap();
     assert_eq!(
         (report.idempotency_keys, report.history_rows, report.batches),
         (1, 1, 1)

@@ -200,8 +200,11 @@ wire_names! {
         HeadersTooLarge => "headers_too_large",
         /// An engine step failed; nothing of it was applied (500).
         Internal => "internal",
-        /// Too many open connections (503).
+        /// Too many open connections, or the server sheds load (503).
         Busy => "busy",
+        /// The server's database could not make the change durable; nothing of it was
+        /// applied (503).
+        StorageUnavailable => "storage_unavailable",
     }
 }
 

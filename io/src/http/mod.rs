@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use rockhound_engine::ids::{ConflictId, check_id};
 use rockhound_engine::server::wire::{ConflictStatus, ErrorCode, ResolveRequest};
-use rockhound_engine::server::{RequestError, Server};
+use rockhound_engine::server::{AnyStore, RequestError, Server};
 use rockhound_engine::{Batch, DeviceId, Millis, UserId};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -49,7 +49,7 @@ pub struct AppState {
     /// The sans-IO server. Handlers hold the lock only while it computes one step (a
     /// batch's admission, one op, the batch's record, one read), never across I/O, and
     /// hand it on fairly, so no request waits behind a whole batch of another user.
-    pub server: Arc<parking_lot::Mutex<Server>>,
+    pub server: Arc<parking_lot::Mutex<Server<AnyStore>>>,
     /// Bearer tokens and the users they authenticate.
     pub tokens: Arc<BTreeMap<String, UserId>>,
     /// The server's clock.
@@ -81,7 +81,11 @@ pub type Shed = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 impl AppState {
     /// State over `server`, with `tokens` mapping bearer tokens to users.
-    pub fn new(server: Server, tokens: BTreeMap<String, UserId>, clock: Clock) -> AppState {
+    pub fn new(
+        server: Server<AnyStore>,
+        tokens: BTreeMap<String, UserId>,
+        clock: Clock,
+    ) -> AppState {
         AppState {
             server: Arc::new(parking_lot::Mutex::new(server)),
             tokens: Arc::new(tokens),
@@ -101,7 +105,7 @@ impl AppState {
     /// changed nothing; the lock is not poisoned and the next request is served.
     fn with_server<T>(
         &self,
-        step: impl FnOnce(&mut Server) -> Result<T, RequestError>,
+        step: impl FnOnce(&mut Server<AnyStore>) -> Result<T, RequestError>,
     ) -> Result<T, ApiError> {
         let mut server = self.server.lock();
         let outcome = catch_unwind(AssertUnwindSafe(|| step(&mut server)));
@@ -158,6 +162,7 @@ impl From<RequestError> for ApiError {
             RequestError::AlreadyResolved { .. } => StatusCode::CONFLICT,
             RequestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::ChecksumMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            RequestError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, error.code(), error.to_string())
     }
@@ -386,8 +391,7 @@ async fn post_batch(
             tokio::task::yield_now().await;
         }
     }
-    let response =
-        state.with_server(|server| Ok(server.finish_batch(&user, &batch, results, now)))?;
+    let response = state.with_server(|server| server.finish_batch(&user, &batch, results, now))?;
     Ok(Json(response))
 }
 
@@ -512,7 +516,7 @@ mod tests {
 
     fn state() -> AppState {
         AppState::new(
-            Server::new(SyncConfig::default()),
+            Server::new(SyncConfig::default()).into_any(),
             BTreeMap::new(),
             Arc::new(|| Millis(1_760_000_000_000)),
         )

@@ -13,7 +13,7 @@ use rockhound_engine::client::record::Record;
 use rockhound_engine::client::store::{decode_log, encode_frame};
 use rockhound_engine::ids::{ConflictId, EntityId, OpId};
 use rockhound_engine::server::wire::Resolution;
-use rockhound_engine::server::{Capacity, Server};
+use rockhound_engine::server::{AnyStore, Capacity, Server};
 use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{DeviceId, EntityType, Millis, OpKind, SyncConfig};
 
@@ -175,7 +175,7 @@ pub(super) fn apply(
     now: Millis,
     server_up: &mut bool,
     config: &SyncConfig,
-    server: &parking_lot::Mutex<Server>,
+    server: &parking_lot::Mutex<Server<AnyStore>>,
 ) {
     let ctx = action.device().map(|d| &devices.by_name[d]);
     match action {
@@ -194,7 +194,10 @@ pub(super) fn apply(
             return;
         }
         Action::CleanupServer => {
-            server.lock().cleanup(now);
+            server
+                .lock()
+                .cleanup(now)
+                .expect("the simulated server's store never fails a write");
             return;
         }
         Action::ServerRoom { entities } => {
@@ -458,7 +461,7 @@ pub(super) fn heal(
     now: Millis,
     server_up: &mut bool,
     config: &SyncConfig,
-    server: &parking_lot::Mutex<Server>,
+    server: &parking_lot::Mutex<Server<AnyStore>>,
 ) {
     if !*server_up {
         sim.bounce("server");

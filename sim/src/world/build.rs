@@ -10,7 +10,7 @@ use crate::workload::{self};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rockhound_engine::client::Coordinator;
-use rockhound_engine::server::Server;
+use rockhound_engine::server::{AnyStore, Server};
 use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{DeviceId, Millis, SyncConfig, UserId};
 use rockhound_io::http::{self, AppState, Clock};
@@ -103,9 +103,9 @@ fn serve(
     spec: &RunSpec,
     config: &SyncConfig,
     faults: &Arc<parking_lot::Mutex<ServerFaults>>,
-) -> Arc<parking_lot::Mutex<Server>> {
+) -> Arc<parking_lot::Mutex<Server<AnyStore>>> {
     let epoch_ms = spec.sim.epoch_ms;
-    let server = Server::new(config.clone());
+    let server = Server::new(config.clone()).into_any();
     let tokens: BTreeMap<String, UserId> = spec
         .users
         .iter()

@@ -6,7 +6,7 @@ use crate::checkers::{self, Facts};
 use crate::spec::SpecError;
 use crate::trace::{EntitySnapshot, Trace, TraceEvent};
 use rockhound_engine::ids::EntityId;
-use rockhound_engine::server::Server;
+use rockhound_engine::server::{AnyStore, Server};
 use rockhound_engine::{EntityType, UserId};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -75,7 +75,10 @@ type Snapshot = (u64, bool, serde_json::Value);
 
 /// Whether every device is idle with nothing left to send and a replica equal to the
 /// server's state for its user.
-pub(super) fn converged(devices: &Devices, server: &Arc<parking_lot::Mutex<Server>>) -> bool {
+pub(super) fn converged(
+    devices: &Devices,
+    server: &Arc<parking_lot::Mutex<Server<AnyStore>>>,
+) -> bool {
     let server = server.lock();
     let mut by_user: BTreeMap<&UserId, BTreeMap<(EntityType, EntityId), Snapshot>> =
         BTreeMap::new();
@@ -115,7 +118,7 @@ pub(super) fn converged(devices: &Devices, server: &Arc<parking_lot::Mutex<Serve
 /// entities.
 pub(super) fn snapshot(
     devices: &Devices,
-    server: &Arc<parking_lot::Mutex<Server>>,
+    server: &Arc<parking_lot::Mutex<Server<AnyStore>>>,
     trace: &Rc<RefCell<Trace>>,
     t_ms: u64,
 ) {

@@ -26,7 +26,7 @@ use crate::trace::Trace;
 use crate::workload::Planned;
 use rand_chacha::ChaCha8Rng;
 use rockhound_engine::SyncConfig;
-use rockhound_engine::server::Server;
+use rockhound_engine::server::{AnyStore, Server};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -82,7 +82,7 @@ struct World<'s> {
     sim: turmoil::Sim<'static>,
     devices: Devices,
     /// The server's database (the sans-IO server), which outlives crashes of its process.
-    server: Arc<parking_lot::Mutex<Server>>,
+    server: Arc<parking_lot::Mutex<Server<AnyStore>>>,
     server_up: bool,
     /// A crash armed inside the server's next batch.
     server_faults: Arc<parking_lot::Mutex<build::ServerFaults>>,

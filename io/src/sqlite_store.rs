@@ -1,0 +1,463 @@
+//! The SQLite store: `rockhound serve`'s default database, embedded (SQLite is compiled
+//! into the binary, so a fresh machine needs nothing installed).
+//!
+//! Each of the server's tables is a table of the database file (docs/database.md lists
+//! them): key columns a person can query with `sqlite3`, and the row itself as JSON. The
+//! engine reads its tables in memory, so the store keeps them there too, as a cache of the
+//! file: a commit is checked, written in one SQLite transaction that is durable before it
+//! returns (WAL journal, `synchronous = FULL`), and only then applied in memory; the HTTP
+//! layer answers after that. A failed write changes neither, and the request is answered
+//! `retry` / 503. On open the tables are read back and the indexes derived from them (the
+//! change index, live children, per-user counts) rebuilt.
+//!
+//! The file carries its schema version (`PRAGMA user_version`); a file written by a newer
+//! rockhound, a file that is not SQLite, or a database holding other tables is refused with
+//! a message that says so, and nothing in it is changed.
+
+use rockhound_engine::entity::EntityType;
+use rockhound_engine::ids::{
+    BatchId, ConflictId, DeviceId, EntityId, IdempotencyKey, OpId, UserId,
+};
+use rockhound_engine::server::StoreError;
+use rockhound_engine::server::tables::{
+    Commit, ServerStore, StoredEntity, Tables, UserCounts, parent_keys,
+};
+use rockhound_engine::server::wire::ConflictStatus;
+use rockhound_engine::time::Millis;
+use rusqlite::{Connection, OpenFlags, Transaction, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The tables, version 1. Row payloads are JSON; keys are columns.
+const SCHEMA_V1: &str = "
+CREATE TABLE entities (
+    entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, user_id TEXT NOT NULL,
+    cursor INTEGER NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (entity_type, entity_id));
+CREATE INDEX entities_by_cursor ON entities (user_id, cursor);
+CREATE TABLE sync_queue (
+    user_id TEXT NOT NULL, op_id TEXT NOT NULL, row TEXT NOT NULL,
+    PRIMARY KEY (user_id, op_id));
+CREATE TABLE sync_idempotency_keys (
+    user_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (user_id, idempotency_key));
+CREATE TABLE sync_history (
+    user_id TEXT NOT NULL, seq INTEGER NOT NULL, row TEXT NOT NULL,
+    PRIMARY KEY (user_id, seq));
+CREATE TABLE sync_conflicts (
+    conflict_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, created_seq INTEGER NOT NULL,
+    record TEXT NOT NULL);
+CREATE TABLE sync_batches (
+    user_id TEXT NOT NULL, batch_id TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (user_id, batch_id));
+CREATE TABLE sync_state (
+    user_id TEXT NOT NULL, device_id TEXT NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id));
+CREATE TABLE sync_metrics (
+    user_id TEXT NOT NULL, window_start_ms INTEGER NOT NULL, window TEXT NOT NULL,
+    PRIMARY KEY (user_id, window_start_ms));
+CREATE TABLE user_seqs (user_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+/// The tables of version 1, to tell a rockhound database from another one.
+const TABLES_V1: &[&str] = &[
+    "counters",
+    "entities",
+    "sync_batches",
+    "sync_conflicts",
+    "sync_history",
+    "sync_idempotency_keys",
+    "sync_metrics",
+    "sync_queue",
+    "sync_state",
+    "user_seqs",
+];
+
+/// The server's tables in a SQLite database, kept in memory as well.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+    tables: Tables,
+}
+
+fn fail(what: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("{what}: {error}"))
+}
+
+fn int(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError(format!("{what} {value} is beyond SQLite's range")))
+}
+
+fn json<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| fail("cannot encode a row", e))
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path`; `:memory:` is a private in-memory
+    /// database (the simulation's, which lives as long as the store).
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let shown = path.display();
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| fail(&format!("cannot open the database {shown}"), e))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| fail(&format!("{shown} is not a readable SQLite database"), e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError(format!(
+                "{shown} was written by a newer rockhound (schema version {version}; this \
+                 build knows up to {SCHEMA_VERSION}); refusing to open it"
+            )));
+        }
+        let present = table_names(&conn).map_err(|e| fail(&format!("cannot read {shown}"), e))?;
+        if version == 0 && !present.is_empty() {
+            return Err(StoreError(format!(
+                "{shown} holds tables that are not rockhound's ({}); refusing to use it",
+                present.join(", ")
+            )));
+        }
+        if version == SCHEMA_VERSION && present != TABLES_V1 {
+            return Err(StoreError(format!(
+                "{shown} says schema version {version} but its tables are [{}]; refusing \
+                 to use it",
+                present.join(", ")
+            )));
+        }
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(|e| fail(&format!("cannot set up {shown}"), e))?;
+        if version == 0 {
+            // Migration 0 → 1: the whole schema, in one transaction.
+            let script = format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;");
+            conn.execute_batch(&script)
+                .map_err(|e| fail(&format!("cannot create the tables in {shown}"), e))?;
+        }
+        let tables = load(&conn).map_err(|e| StoreError(format!("{shown}: {}", e.0)))?;
+        Ok(SqliteStore { conn, tables })
+    }
+
+    /// Writes `commit` in the open transaction.
+    fn write(&self, tx: &Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
+        let user = &commit.user.0;
+        let seq = int(commit.seq, "commit sequence number")?;
+        let exec = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
+            tx.execute(sql, params)
+                .map(drop)
+                .map_err(|e| fail("cannot write", e))
+        };
+        if let Some(((entity_type, entity_id), state)) = &commit.entity {
+            exec(
+                "INSERT OR REPLACE INTO entities VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![entity_type.as_str(), entity_id.0, user, seq, json(state)?],
+            )?;
+        }
+        if let Some((op_id, row)) = &commit.queue {
+            exec(
+                "INSERT OR REPLACE INTO sync_queue VALUES (?1, ?2, ?3)",
+                params![user, op_id.0, json(row)?],
+            )?;
+        }
+        if let Some((key, record)) = &commit.idempotency {
+            exec(
+                "INSERT INTO sync_idempotency_keys VALUES (?1, ?2, ?3)",
+                params![user, key.0, json(record)?],
+            )?;
+        }
+        if let Some(row) = &commit.history {
+            exec(
+                "INSERT INTO sync_history VALUES (?1, ?2, ?3)",
+                params![user, seq, json(row)?],
+            )?;
+        }
+        if let Some(conflict) = &commit.conflict {
+            // A conflict keeps the commit that created it (its place in the user's list).
+            exec(
+                "INSERT INTO sync_conflicts VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (conflict_id) DO UPDATE SET record = excluded.record",
+                params![conflict.conflict_id.0, user, seq, json(conflict)?],
+            )?;
+        }
+        if let Some((batch_id, record)) = &commit.batch {
+            exec(
+                "INSERT OR REPLACE INTO sync_batches VALUES (?1, ?2, ?3)",
+                params![user, batch_id.0, json(record)?],
+            )?;
+        }
+        if let Some(device) = &commit.device {
+            exec(
+                "INSERT OR REPLACE INTO sync_state VALUES (?1, ?2, ?3)",
+                params![user, device.device_id.0, json(device)?],
+            )?;
+        }
+        if let Some(window) = &commit.metrics {
+            let start = int(window.window_start_ms.0, "metrics window")?;
+            exec(
+                "INSERT OR REPLACE INTO sync_metrics VALUES (?1, ?2, ?3)",
+                params![user, start, json(window)?],
+            )?;
+        }
+        exec(
+            "INSERT OR REPLACE INTO user_seqs VALUES (?1, ?2)",
+            params![user, seq],
+        )?;
+        let total = int(self.tables.seq.saturating_add(1), "commit count")?;
+        exec(
+            "INSERT OR REPLACE INTO counters VALUES ('seq', ?1)",
+            params![total],
+        )
+    }
+
+    /// Deletes, in the open transaction, every row of `before` that `after` no longer has.
+    fn write_removals(
+        tx: &Transaction<'_>,
+        before: &Tables,
+        after: &Tables,
+    ) -> Result<(), StoreError> {
+        let delete = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
+            tx.execute(sql, params)
+                .map(drop)
+                .map_err(|e| fail("cannot delete", e))
+        };
+        for (user, key) in gone(&before.sync_idempotency_keys, &after.sync_idempotency_keys) {
+            delete(
+                "DELETE FROM sync_idempotency_keys WHERE user_id = ?1 AND idempotency_key = ?2",
+                params![user.0, key.0],
+            )?;
+        }
+        for (user, seq) in gone(&before.sync_history, &after.sync_history) {
+            let seq = int(*seq, "history row")?;
+            delete(
+                "DELETE FROM sync_history WHERE user_id = ?1 AND seq = ?2",
+                params![user.0, seq],
+            )?;
+        }
+        for id in gone(&before.sync_conflicts, &after.sync_conflicts) {
+            delete(
+                "DELETE FROM sync_conflicts WHERE conflict_id = ?1",
+                params![id.0],
+            )?;
+        }
+        for (user, batch_id) in gone(&before.sync_batches, &after.sync_batches) {
+            delete(
+                "DELETE FROM sync_batches WHERE user_id = ?1 AND batch_id = ?2",
+                params![user.0, batch_id.0],
+            )?;
+        }
+        for (user, start) in gone(&before.sync_metrics, &after.sync_metrics) {
+            let start = int(start.0, "metrics window")?;
+            delete(
+                "DELETE FROM sync_metrics WHERE user_id = ?1 AND window_start_ms = ?2",
+                params![user.0, start],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The keys of `before` that `after` lacks.
+fn gone<'a, K: Ord, V>(
+    before: &'a BTreeMap<K, V>,
+    after: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = &'a K> {
+    before.keys().filter(|key| !after.contains_key(key))
+}
+
+impl ServerStore for SqliteStore {
+    fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
+        // An engine bug panics here, before anything is written.
+        self.tables.check(&commit);
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| fail("cannot begin", e))?;
+        self.write(&tx, &commit)?;
+        tx.commit().map_err(|e| fail("cannot commit", e))?;
+        self.tables.apply_checked(commit);
+        Ok(())
+    }
+
+    fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) -> Result<(), StoreError> {
+        // Cleanup removes rows only: the rows the closure dropped are deleted from the file
+        // in one transaction, then the trimmed tables replace the cached ones.
+        let mut after = self.tables.clone();
+        keep(&mut after);
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| fail("cannot begin", e))?;
+        SqliteStore::write_removals(&tx, &self.tables, &after)?;
+        tx.commit().map_err(|e| fail("cannot commit", e))?;
+        self.tables = after;
+        Ok(())
+    }
+}
+
+fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut statement = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+         ORDER BY name",
+    )?;
+    let names = statement.query_map([], |row| row.get::<_, String>(0))?;
+    names.collect()
+}
+
+/// Reads every row of `sql` (its last column JSON), each decoded by `row`.
+fn rows<T>(
+    conn: &Connection,
+    table: &str,
+    sql: &str,
+    mut row: impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut statement = conn
+        .prepare(sql)
+        .map_err(|e| fail(&format!("cannot read {table}"), e))?;
+    let mut cursor = statement
+        .query([])
+        .map_err(|e| fail(&format!("cannot read {table}"), e))?;
+    let mut out = Vec::new();
+    while let Some(r) = cursor
+        .next()
+        .map_err(|e| fail(&format!("cannot read {table}"), e))?
+    {
+        out.push(
+            row(r).map_err(|e| StoreError(format!("a row of {table} is unreadable: {}", e.0)))?,
+        );
+    }
+    Ok(out)
+}
+
+fn text(row: &rusqlite::Row<'_>, index: usize) -> Result<String, StoreError> {
+    row.get(index).map_err(|e| fail("column", e))
+}
+
+fn number(row: &rusqlite::Row<'_>, index: usize) -> Result<u64, StoreError> {
+    let value: i64 = row.get(index).map_err(|e| fail("column", e))?;
+    u64::try_from(value).map_err(|_| StoreError(format!("negative number {value}")))
+}
+
+fn decode<T: DeserializeOwned>(row: &rusqlite::Row<'_>, index: usize) -> Result<T, StoreError> {
+    serde_json::from_str(&text(row, index)?).map_err(|e| fail("JSON", e))
+}
+
+/// Reads the tables back and rebuilds what is derived from them.
+// Long on purpose: one read per table, in schema order, then the derived indexes; splitting
+// it would only scatter the list.
+fn load(conn: &Connection) -> Result<Tables, StoreError> {
+    let mut tables = Tables::default();
+    let entities = rows(
+        conn,
+        "entities",
+        "SELECT entity_type, entity_id, user_id, cursor, state FROM entities",
+        |row| {
+            let entity_type: EntityType =
+                text(row, 0)?.parse().map_err(|e| fail("entity type", e))?;
+            let key = (entity_type, EntityId(text(row, 1)?));
+            let stored = StoredEntity {
+                owner: UserId(text(row, 2)?),
+                cursor: number(row, 3)?,
+                state: decode(row, 4)?,
+            };
+            Ok((key, stored))
+        },
+    )?;
+    for (key, stored) in entities {
+        tables
+            .changes
+            .insert((stored.owner.clone(), stored.cursor), key.clone());
+        for parent in parent_keys(key.0, &stored.state) {
+            tables
+                .live_children
+                .entry(parent)
+                .or_default()
+                .insert(key.clone());
+        }
+        let counts = tables.user_counts.entry(stored.owner.clone()).or_default();
+        if !stored.state.deleted {
+            counts.live_entities += 1;
+        }
+        tables.entities.insert(key, stored);
+    }
+    for (user, op_id, row) in rows(conn, "sync_queue", "SELECT * FROM sync_queue", |row| {
+        Ok((UserId(text(row, 0)?), OpId(text(row, 1)?), decode(row, 2)?))
+    })? {
+        tables.sync_queue.insert((user, op_id), row);
+    }
+    let keys = "SELECT * FROM sync_idempotency_keys";
+    for (user, key, record) in rows(conn, "sync_idempotency_keys", keys, |row| {
+        let key = IdempotencyKey(text(row, 1)?);
+        Ok((UserId(text(row, 0)?), key, decode(row, 2)?))
+    })? {
+        tables.sync_idempotency_keys.insert((user, key), record);
+    }
+    for (user, seq, row) in rows(conn, "sync_history", "SELECT * FROM sync_history", |row| {
+        Ok((UserId(text(row, 0)?), number(row, 1)?, decode(row, 2)?))
+    })? {
+        tables.sync_history.insert((user, seq), row);
+    }
+    let conflicts = "SELECT * FROM sync_conflicts";
+    for (id, user, created, record) in rows(conn, "sync_conflicts", conflicts, |row| {
+        let id = ConflictId(text(row, 0)?);
+        Ok((id, UserId(text(row, 1)?), number(row, 2)?, decode(row, 3)?))
+    })? {
+        let record: rockhound_engine::server::wire::ConflictRecord = record;
+        let counts: &mut UserCounts = tables.user_counts.entry(user.clone()).or_default();
+        if record.status == ConflictStatus::Open {
+            counts.open_conflicts += 1;
+        }
+        tables
+            .user_conflicts
+            .insert((user.clone(), created), id.clone());
+        tables.sync_conflicts.insert(id, (user, record));
+    }
+    let batches = "SELECT * FROM sync_batches";
+    for (user, batch_id, record) in rows(conn, "sync_batches", batches, |row| {
+        Ok((
+            UserId(text(row, 0)?),
+            BatchId(text(row, 1)?),
+            decode(row, 2)?,
+        ))
+    })? {
+        tables.sync_batches.insert((user, batch_id), record);
+    }
+    for (user, device_id, state) in rows(conn, "sync_state", "SELECT * FROM sync_state", |row| {
+        Ok((
+            UserId(text(row, 0)?),
+            DeviceId(text(row, 1)?),
+            decode(row, 2)?,
+        ))
+    })? {
+        tables.devices.insert((user.clone(), device_id.clone()));
+        tables.sync_state.insert((user, device_id), state);
+    }
+    let metrics = "SELECT * FROM sync_metrics";
+    for (user, start, window) in rows(conn, "sync_metrics", metrics, |row| {
+        Ok((UserId(text(row, 0)?), number(row, 1)?, decode(row, 2)?))
+    })? {
+        tables.sync_metrics.insert((user, Millis(start)), window);
+    }
+    for (user, seq) in rows(conn, "user_seqs", "SELECT * FROM user_seqs", |row| {
+        Ok((UserId(text(row, 0)?), number(row, 1)?))
+    })? {
+        tables.user_seqs.insert(user, seq);
+    }
+    let counters = "SELECT value FROM counters WHERE name = 'seq'";
+    tables.seq = rows(conn, "counters", counters, |row| number(row, 0))?
+        .first()
+        .copied()
+        .unwrap_or(0);
+    Ok(tables)
+}
+
+#[cfg(test)]
+mod tests;

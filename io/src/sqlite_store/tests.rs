@@ -1,0 +1,299 @@
+//! The SQLite store against the in-memory one: the same requests leave the same tables,
+//! which come back whole after a reopen; failed writes change nothing; files it must not
+//! use are refused with a message that says why.
+
+use super::*;
+use rockhound_engine::config::SyncConfig;
+use rockhound_engine::ids::{BatchId, DeviceId, EntityId, IdempotencyKey, OpId, UserId};
+use rockhound_engine::op::{Batch, Op, OpKind};
+use rockhound_engine::server::tables::MemoryStore;
+use rockhound_engine::server::wire::{Resolution, ResolveRequest};
+use rockhound_engine::server::{HISTORY_RETENTION_MS, Server};
+use rockhound_engine::strategy::Strategy;
+use serde_json::{Value, json};
+
+const NOW: Millis = Millis(1_780_000_000_000);
+
+fn op(n: u32, entity_type: EntityType, id: &str, kind: OpKind, base: u64, payload: Value) -> Op {
+    Op {
+        op_id: OpId(format!("op-{n}")),
+        idempotency_key: IdempotencyKey(format!("key-{n}")),
+        entity_type,
+        entity_id: EntityId(id.to_owned()),
+        kind,
+        base_version: base,
+        payload,
+        client_timestamp_ms: Millis(NOW.0 + u64::from(n)),
+        priority: entity_type.default_priority(),
+        depends_on: vec![],
+        created_at_ms: NOW,
+        checksum: String::new(),
+    }
+    .sealed()
+}
+
+fn config() -> SyncConfig {
+    let mut config = SyncConfig::default();
+    config
+        .entities
+        .set_strategy(EntityType::Tag, Strategy::Manual);
+    config
+}
+
+/// A day of two users' requests: creates, a child, updates, a stale update that opens a
+/// manual conflict, its resolution, a delete, a duplicate, pulls; then a cleanup a month on.
+fn drive<S: ServerStore>(server: &mut Server<S>) {
+    let (ann, bob) = (UserId::from("ann"), UserId::from("bob"));
+    let send = |server: &mut Server<S>, user: &UserId, n: u32, ops: Vec<Op>| {
+        let batch = Batch::new(BatchId(format!("b-{n}")), DeviceId::from("d1"), ops);
+        server
+            .handle_batch(user, &batch, Millis(NOW.0 + u64::from(n)))
+            .unwrap()
+    };
+    let session = json!({"id": "s1", "name": "creek"});
+    let create = op(
+        1,
+        EntityType::FieldSession,
+        "s1",
+        OpKind::Create,
+        0,
+        session,
+    );
+    let find = json!({"id": "f1", "field_session_id": "s1", "note": "quartz"});
+    let child = op(2, EntityType::FindLog, "f1", OpKind::Create, 0, find);
+    let tag = op(
+        3,
+        EntityType::Tag,
+        "t1",
+        OpKind::Create,
+        0,
+        json!({"id": "t1", "label": "a"}),
+    );
+    send(server, &ann, 1, vec![create.clone(), child, tag]);
+    let rename = op(
+        4,
+        EntityType::Tag,
+        "t1",
+        OpKind::Update,
+        1,
+        json!({"label": "b"}),
+    );
+    send(server, &ann, 2, vec![rename]);
+    // A stale update of the tag: a manual conflict, left open, then resolved.
+    let stale = op(
+        5,
+        EntityType::Tag,
+        "t1",
+        OpKind::Update,
+        1,
+        json!({"label": "c"}),
+    );
+    let answer = send(server, &ann, 3, vec![stale, create]);
+    let conflict_id = answer.results[0]
+        .conflict_id
+        .clone()
+        .expect("a manual conflict");
+    let bobs = op(
+        6,
+        EntityType::Tag,
+        "t2",
+        OpKind::Create,
+        0,
+        json!({"id": "t2", "label": "x"}),
+    );
+    send(server, &bob, 4, vec![bobs]);
+    let page = server
+        .changes(&ann, Some(&DeviceId::from("d1")), 0, 100, NOW)
+        .unwrap();
+    assert!(!page.changes.is_empty());
+    let keep = ResolveRequest {
+        resolution: Resolution::KeepClient,
+        entity: None,
+    };
+    server
+        .resolve_conflict(&ann, &conflict_id, &keep, Millis(NOW.0 + 10))
+        .unwrap();
+    let delete = op(7, EntityType::FindLog, "f1", OpKind::Delete, 1, Value::Null);
+    let stale = op(
+        9,
+        EntityType::Tag,
+        "t1",
+        OpKind::Update,
+        1,
+        json!({"label": "d"}),
+    );
+    send(server, &ann, 5, vec![delete, stale]);
+    // Past the keys' retention, within the history's: the keys go, the rest stays.
+    let retention = server.config().idempotency_retention_ms();
+    assert!(retention < HISTORY_RETENTION_MS);
+    let report = server.cleanup(Millis(NOW.0 + retention + 60_000)).unwrap();
+    assert_eq!(report.idempotency_keys, 8);
+    send(
+        server,
+        &bob,
+        6,
+        vec![op(
+            8,
+            EntityType::Tag,
+            "t3",
+            OpKind::Create,
+            0,
+            json!({"id": "t3", "label": "y"}),
+        )],
+    );
+}
+
+fn sqlite(path: &Path) -> Server<SqliteStore> {
+    Server::with_store(config(), SqliteStore::open(path).unwrap())
+}
+
+#[test]
+fn the_same_requests_leave_the_same_tables_and_a_reopen_brings_them_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rockhound.db");
+    let mut memory = Server::with_store(config(), MemoryStore::default());
+    let mut on_disk = sqlite(&path);
+    drive(&mut memory);
+    drive(&mut on_disk);
+    let tables = memory.tables();
+    assert_eq!(tables.sync_conflicts.len(), 2, "one resolved, one open");
+    assert_eq!(tables.user_counts[&UserId::from("ann")].open_conflicts, 1);
+    assert_eq!(
+        tables.sync_idempotency_keys.len(),
+        1,
+        "only the last op's key is left"
+    );
+    assert!(
+        tables.entities[&(EntityType::FindLog, EntityId::from("f1"))]
+            .state
+            .deleted
+    );
+    assert_eq!(on_disk.tables(), memory.tables());
+    drop(on_disk);
+    let reopened = SqliteStore::open(&path).unwrap();
+    // Every table, and every index derived from them, equals the in-memory server's.
+    assert_eq!(reopened.tables(), memory.tables());
+    // The user's next commit continues the sequence (no cursor goes back).
+    assert_eq!(
+        reopened.tables().next_seq(&UserId::from("ann")),
+        memory.tables().next_seq(&UserId::from("ann"))
+    );
+}
+
+#[test]
+fn a_write_the_database_refuses_changes_nothing_and_the_op_is_answered_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rockhound.db");
+    let mut server = sqlite(&path);
+    let session = json!({"id": "s1", "name": "creek"});
+    let create = op(
+        1,
+        EntityType::FieldSession,
+        "s1",
+        OpKind::Create,
+        0,
+        session,
+    );
+    // Another connection makes every history insert fail, as a full disk would.
+    let other = Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER full BEFORE INSERT ON sync_history \
+             BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+        )
+        .unwrap();
+    let before = server.tables().clone();
+    let batch = Batch::new(
+        BatchId::from("b-1"),
+        DeviceId::from("d1"),
+        vec![create.clone()],
+    );
+    let op_answer = server.handle_op(&UserId::from("ann"), &batch, &create, NOW);
+    assert_eq!(
+        serde_json::to_value(&op_answer).unwrap()["status"],
+        json!("retry"),
+        "{op_answer:?}"
+    );
+    assert_eq!(server.tables(), &before, "nothing changed in memory");
+    drop(server);
+    other.execute_batch("DROP TRIGGER full;").unwrap();
+    let reopened = SqliteStore::open(&path).unwrap();
+    assert_eq!(reopened.tables(), &before, "nothing changed on disk");
+    // Once the disk has room the resend applies.
+    let mut server = Server::with_store(config(), reopened);
+    let answer = server
+        .handle_batch(&UserId::from("ann"), &batch, NOW)
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&answer.results[0]).unwrap()["status"],
+        json!("applied")
+    );
+}
+
+#[test]
+fn files_it_must_not_use_are_refused_and_left_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |path: &Path| SqliteStore::open(path).unwrap_err().0;
+
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(
+        &garbage,
+        b"this is not a database, just some bytes that are long enough",
+    )
+    .unwrap();
+    let before = std::fs::read(&garbage).unwrap();
+    let message = refused(&garbage);
+    assert!(
+        message.contains("not a readable SQLite database"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read(&garbage).unwrap(), before);
+
+    let newer = dir.path().join("newer.db");
+    drop(SqliteStore::open(&newer).unwrap());
+    Connection::open(&newer)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 7;")
+        .unwrap();
+    let message = refused(&newer);
+    assert!(
+        message.contains("newer rockhound (schema version 7"),
+        "{message}"
+    );
+
+    let foreign = dir.path().join("foreign.db");
+    Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE invoices (id INTEGER);")
+        .unwrap();
+    let message = refused(&foreign);
+    assert!(message.contains("not rockhound's (invoices)"), "{message}");
+    let tables = table_names(&Connection::open(&foreign).unwrap()).unwrap();
+    assert_eq!(tables, ["invoices"], "nothing was created in it");
+
+    let damaged = dir.path().join("damaged.db");
+    drop(SqliteStore::open(&damaged).unwrap());
+    Connection::open(&damaged)
+        .unwrap()
+        .execute(
+            "INSERT INTO sync_queue VALUES ('ann', 'op-1', '{not json')",
+            [],
+        )
+        .unwrap();
+    let message = refused(&damaged);
+    assert!(
+        message.contains("a row of sync_queue is unreadable"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_number_beyond_sqlites_range_is_a_clear_error_not_a_wrapped_value() {
+    assert!(
+        int(u64::MAX, "metrics window")
+            .unwrap_err()
+            .0
+            .contains("beyond SQLite's range")
+    );
+    assert_eq!(int(i64::MAX as u64, "x").unwrap(), i64::MAX);
+}
