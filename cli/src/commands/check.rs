@@ -68,6 +68,7 @@ pub fn check(args: &CheckArgs) -> Exit {
         report_dir: args.report.as_deref(),
         coverage: args.coverage.as_deref(),
         coverage_table: true,
+        server_store: None,
     });
     println!(
         "suite: {}",

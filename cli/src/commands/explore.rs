@@ -11,6 +11,7 @@ use rockhound_sim::export::materialize;
 use rockhound_sim::runner::{self, Checked};
 use rockhound_sim::scenario::{self};
 use rockhound_sim::spec::RunSpec;
+use rockhound_sim::spec::ServerStoreKind;
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::Path;
@@ -84,6 +85,7 @@ pub fn explore(args: &ExploreArgs) -> Exit {
         coverage_gate,
         ref plant,
         stop_on_failure,
+        server_store,
     } = *args;
     let planted = plant
         .iter()
@@ -109,7 +111,8 @@ pub fn explore(args: &ExploreArgs) -> Exit {
                     let Some(seed) = seed_at(next.fetch_add(1, Ordering::Relaxed)) else {
                         return;
                     };
-                    let (reached, failure) = explore_seed(seed, out, recheck, planted);
+                    let (reached, failure) =
+                        explore_seed(seed, out, recheck, planted, server_store);
                     table
                         .lock()
                         .expect("coverage table")
@@ -204,9 +207,11 @@ fn explore_seed(
     out: &Path,
     recheck: bool,
     planted: Planted,
+    server_store: ServerStoreKind,
 ) -> (Vec<String>, Option<Failure>) {
     let mut spec = swarm_spec(seed);
     spec.planted = planted;
+    spec.sim.server_store = server_store;
     let job = Job {
         label: format!("swarm-{seed}"),
         reproduce: format!(

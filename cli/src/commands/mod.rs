@@ -25,6 +25,7 @@ use rockhound_sim::coverage::{self, Table};
 use rockhound_sim::runner::{self, Checked};
 use rockhound_sim::scenario::{self, ScenarioError};
 use rockhound_sim::spec::RunSpec;
+use rockhound_sim::spec::ServerStoreKind;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -149,6 +150,9 @@ pub struct RunArgs {
     /// seed) as JSON to this file; with `--seeds` the table is also printed.
     #[arg(long, value_name = "FILE")]
     pub coverage: Option<PathBuf>,
+    /// Run the server on this store instead of the file's own (`sim.server_store`).
+    #[arg(long, value_name = "memory|sqlite")]
+    pub server_store: Option<ServerStoreKind>,
 }
 
 /// The options of `rockhound check`.
@@ -210,6 +214,9 @@ pub struct ExploreArgs {
     /// the swarm needs to catch the bug).
     #[arg(long)]
     pub stop_on_failure: bool,
+    /// The simulated server's store (`sqlite` runs every seed through the SQL code path).
+    #[arg(long, value_name = "memory|sqlite", default_value = "memory")]
+    pub server_store: ServerStoreKind,
 }
 
 /// One `--plant` name as the planted bug it switches on.

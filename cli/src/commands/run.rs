@@ -8,6 +8,7 @@ use super::{
 use rockhound_sim::report::RunReport;
 use rockhound_sim::report::compare;
 use rockhound_sim::report::page::{self, Provenance};
+use rockhound_sim::spec::ServerStoreKind;
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ pub fn run(args: &RunArgs) -> Exit {
         report_dir: args.report.as_deref(),
         coverage: args.coverage.as_deref(),
         coverage_table: args.seeds.is_some(),
+        server_store: args.server_store,
     })
 }
 
@@ -44,6 +46,8 @@ pub(super) struct RunPlan<'a> {
     pub(super) coverage: Option<&'a Path>,
     /// Whether the coverage table is printed.
     pub(super) coverage_table: bool,
+    /// The server store every run uses instead of its file's own.
+    pub(super) server_store: Option<ServerStoreKind>,
 }
 
 pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
@@ -57,6 +61,7 @@ pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
         report_dir,
         coverage,
         coverage_table,
+        server_store,
     } = *plan;
     let loaded = match load_all(files) {
         Ok(loaded) => loaded,
@@ -66,7 +71,10 @@ pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
         }
     };
     let mut work = Vec::new();
-    for (path, spec) in loaded {
+    for (path, mut spec) in loaded {
+        if let Some(store) = server_store {
+            spec.sim.server_store = store;
+        }
         let seeds = seeds.clone().unwrap_or_else(|| {
             let seed = spec.seed.unwrap_or(0);
             seed..=seed

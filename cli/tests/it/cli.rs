@@ -469,3 +469,30 @@ fn coverage_is_tabled_and_the_gate_fails_on_unreached_points() {
         .expect("the gate names the points");
     assert!(gate_line.contains("server.resolve.custom"), "{gate_line}");
 }
+
+#[test]
+fn a_run_on_the_sqlite_store_gives_the_same_trace_as_on_the_memory_store() {
+    // The SQL code path of `serve --db` under the simulation's faults: server crashes
+    // inside and between a batch's commits, manual conflicts resolved, hostile requests.
+    for scenario in [
+        "scenarios/server_crash_inside_batch.toml",
+        "scenarios/server_crash_mid_batch.toml",
+        "scenarios/conflict_manual.toml",
+        "scenarios/hostile_clients.toml",
+    ] {
+        let memory = rockhound(&["run", scenario, "--no-recheck"]);
+        let args = ["run", scenario, "--no-recheck", "--server-store", "sqlite"];
+        let sqlite = rockhound(&args);
+        assert_eq!(sqlite.status.code(), Some(0), "{}", stdout(&sqlite));
+        assert_eq!(digest_line(&sqlite), digest_line(&memory), "{scenario}");
+    }
+    let refused = rockhound(&[
+        "run",
+        "scenarios/queue_full.toml",
+        "--server-store",
+        "oracle",
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("use memory or sqlite"), "{stderr}");
+}

@@ -295,7 +295,14 @@ fn tokens_can_come_from_a_users_file_or_the_environment() {
     let file = dir.path().join("users");
     std::fs::write(&file, "# team\ncarol:carol-token\n\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rockhound"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--db", ":memory:", "--users-file"])
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--db",
+            ":memory:",
+            "--users-file",
+        ])
         .arg(&file)
         .env("ROCKHOUND_USERS", "dave:dave-token")
         .stdout(std::process::Stdio::piped())

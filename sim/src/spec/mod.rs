@@ -234,6 +234,42 @@ pub struct SimSpec {
     pub liveness_ms: u64,
     /// Simulated wall-clock time at the start, ms since the Unix epoch.
     pub epoch_ms: u64,
+    /// The server's store: `memory` (the default) or `sqlite` (an in-memory SQLite
+    /// database through the same SQL code as `rockhound serve --db`; it survives a server
+    /// crash as the memory store does). A run gives the same trace on either.
+    #[serde(default, skip_serializing_if = "ServerStoreKind::is_memory")]
+    pub server_store: ServerStoreKind,
+}
+
+/// Which store the simulated server keeps its tables in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerStoreKind {
+    /// The tables in ordered maps.
+    #[default]
+    Memory,
+    /// The tables in SQLite, cached in memory.
+    Sqlite,
+}
+
+impl ServerStoreKind {
+    fn is_memory(&self) -> bool {
+        *self == ServerStoreKind::Memory
+    }
+}
+
+impl std::str::FromStr for ServerStoreKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<ServerStoreKind, String> {
+        match name {
+            "memory" => Ok(ServerStoreKind::Memory),
+            "sqlite" => Ok(ServerStoreKind::Sqlite),
+            _ => Err(format!(
+                "{name:?} is not a server store: use memory or sqlite"
+            )),
+        }
+    }
 }
 
 impl Default for SimSpec {
@@ -244,6 +280,7 @@ impl Default for SimSpec {
             safety_ms: 60_000,
             liveness_ms: 300_000,
             epoch_ms: 1_780_000_000_000,
+            server_store: ServerStoreKind::Memory,
         }
     }
 }

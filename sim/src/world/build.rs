@@ -4,7 +4,7 @@
 use super::{Devices, World};
 use crate::device::{self, DeviceCtx, DeviceState, Link, sim_now};
 use crate::net::SimListener;
-use crate::spec::{RunSpec, SpecError};
+use crate::spec::{RunSpec, ServerStoreKind, SpecError};
 use crate::trace::{Trace, TraceEvent};
 use crate::workload::{self};
 use rand::{Rng, SeedableRng};
@@ -14,6 +14,7 @@ use rockhound_engine::server::{AnyStore, Server};
 use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{DeviceId, Millis, SyncConfig, UserId};
 use rockhound_io::http::{self, AppState, Clock};
+use rockhound_io::sqlite_store::SqliteStore;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -105,7 +106,14 @@ fn serve(
     faults: &Arc<parking_lot::Mutex<ServerFaults>>,
 ) -> Arc<parking_lot::Mutex<Server<AnyStore>>> {
     let epoch_ms = spec.sim.epoch_ms;
-    let server = Server::new(config.clone()).into_any();
+    let server = match spec.sim.server_store {
+        ServerStoreKind::Memory => Server::new(config.clone()).into_any(),
+        ServerStoreKind::Sqlite => {
+            let store = SqliteStore::open(std::path::Path::new(":memory:"))
+                .expect("an in-memory SQLite database opens");
+            Server::with_store(config.clone(), Box::new(store) as AnyStore)
+        }
+    };
     let tokens: BTreeMap<String, UserId> = spec
         .users
         .iter()
