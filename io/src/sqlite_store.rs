@@ -4,11 +4,15 @@
 //! Each of the server's tables is a table of the database file (docs/database.md lists
 //! them): key columns a person can query with `sqlite3`, and the row itself as JSON. The
 //! engine reads its tables in memory, so the store keeps them there too, as a cache of the
-//! file: a commit is checked, written in one SQLite transaction that is durable before it
-//! returns (WAL journal, `synchronous = FULL`), and only then applied in memory; the HTTP
-//! layer answers after that. A failed write changes neither, and the request is answered
-//! `retry` / 503. On open the tables are read back and the indexes derived from them (the
-//! change index, live children, per-user counts) rebuilt.
+//! file: a commit is checked, written inside the open transaction behind a savepoint (all
+//! of it or none), and only then applied in memory. `flush` commits the transaction,
+//! durably (WAL journal, `synchronous = FULL`): a group commit, one fsync for a whole batch
+//! and whatever other requests committed meanwhile. The HTTP layer flushes before any
+//! answer leaves. A failed write changes neither file nor memory, and the op is answered
+//! `retry`; a failed flush rolls the transaction back, reloads the tables from the file and
+//! moves the epoch on, so every request that made or read those commits is answered 503.
+//! On open the tables are read back and the indexes derived from them (the change index,
+//! live children, per-user counts) rebuilt.
 //!
 //! The file carries its schema version (`PRAGMA user_version`); a file written by a newer
 //! rockhound, a file that is not SQLite, or a database holding other tables is refused with
@@ -20,14 +24,14 @@ use rockhound_engine::ids::{
 };
 use rockhound_engine::server::StoreError;
 use rockhound_engine::server::tables::{
-    Commit, ServerStore, StoredEntity, Tables, UserCounts, parent_keys,
+    Commit, EntityKey, ServerStore, StoredEntity, Tables, UserCounts, parent_keys,
 };
 use rockhound_engine::server::wire::ConflictStatus;
 use rockhound_engine::time::Millis;
 use rusqlite::{Connection, OpenFlags, Transaction, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The schema version this build writes and reads.
@@ -84,6 +88,66 @@ const TABLES_V1: &[&str] = &[
 pub struct SqliteStore {
     conn: Connection,
     tables: Tables,
+    /// What the commits since the last flush changed.
+    pending: Pending,
+    /// Failed flushes so far.
+    epoch: u64,
+}
+
+/// The keys of the rows changed since the last flush.
+#[derive(Debug, Default)]
+struct Pending {
+    entities: BTreeSet<EntityKey>,
+    queue: BTreeSet<(UserId, OpId)>,
+    keys: BTreeSet<(UserId, IdempotencyKey)>,
+    history: BTreeSet<(UserId, u64)>,
+    /// Each conflict with the commit that created it (used only if it is new to the file).
+    conflicts: BTreeMap<ConflictId, u64>,
+    batches: BTreeSet<(UserId, BatchId)>,
+    devices: BTreeSet<(UserId, DeviceId)>,
+    metrics: BTreeSet<(UserId, Millis)>,
+    users: BTreeSet<UserId>,
+}
+
+impl Pending {
+    /// Notes the rows `commit` changes.
+    fn note(&mut self, commit: &Commit) {
+        let user = &commit.user;
+        self.users.insert(user.clone());
+        if let Some((key, _)) = &commit.entity {
+            self.entities.insert(key.clone());
+        }
+        if let Some((op_id, _)) = &commit.queue {
+            self.queue.insert((user.clone(), op_id.clone()));
+        }
+        if let Some((key, _)) = &commit.idempotency {
+            self.keys.insert((user.clone(), key.clone()));
+        }
+        if commit.history.is_some() {
+            self.history.insert((user.clone(), commit.seq));
+        }
+        if let Some(conflict) = &commit.conflict {
+            // The first commit to name a conflict since the last flush: the one that
+            // created it, or (when it is already in the file) one the upsert ignores.
+            self.conflicts
+                .entry(conflict.conflict_id.clone())
+                .or_insert(commit.seq);
+        }
+        if let Some((batch_id, _)) = &commit.batch {
+            self.batches.insert((user.clone(), batch_id.clone()));
+        }
+        if let Some(device) = &commit.device {
+            self.devices
+                .insert((user.clone(), device.device_id.clone()));
+        }
+        if let Some(window) = &commit.metrics {
+            self.metrics.insert((user.clone(), window.window_start_ms));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
 }
 
 fn fail(what: &str, error: impl std::fmt::Display) -> StoreError {
@@ -140,77 +204,106 @@ impl SqliteStore {
                 .map_err(|e| fail(&format!("cannot create the tables in {shown}"), e))?;
         }
         let tables = load(&conn).map_err(|e| StoreError(format!("{shown}: {}", e.0)))?;
-        Ok(SqliteStore { conn, tables })
+        Ok(SqliteStore {
+            conn,
+            tables,
+            pending: Pending::default(),
+            epoch: 0,
+        })
     }
 
-    /// Writes `commit` in the open transaction.
-    fn write(&self, tx: &Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
-        let user = &commit.user.0;
-        let seq = int(commit.seq, "commit sequence number")?;
+    fn run(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([]))
+            .map(drop)
+            .map_err(|e| fail(&format!("cannot {sql}"), e))
+    }
+
+    /// Writes every row the commits since the last flush changed, as the tables hold it
+    /// now, in the open transaction.
+    // Long on purpose: one upsert per table, in schema order.
+    fn write_pending(&self) -> Result<(), StoreError> {
+        let tables = &self.tables;
+        let pending = &self.pending;
         let exec = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
-            tx.execute(sql, params)
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut statement| statement.execute(params))
                 .map(drop)
                 .map_err(|e| fail("cannot write", e))
         };
-        if let Some(((entity_type, entity_id), state)) = &commit.entity {
+        for key in &pending.entities {
+            let row = &tables.entities[key];
+            let cursor = int(row.cursor, "cursor")?;
             exec(
                 "INSERT OR REPLACE INTO entities VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![entity_type.as_str(), entity_id.0, user, seq, json(state)?],
+                params![
+                    key.0.as_str(),
+                    key.1.0,
+                    row.owner.0,
+                    cursor,
+                    json(&row.state)?
+                ],
             )?;
         }
-        if let Some((op_id, row)) = &commit.queue {
+        for key in &pending.queue {
             exec(
                 "INSERT OR REPLACE INTO sync_queue VALUES (?1, ?2, ?3)",
-                params![user, op_id.0, json(row)?],
+                params![key.0.0, key.1.0, json(&tables.sync_queue[key])?],
             )?;
         }
-        if let Some((key, record)) = &commit.idempotency {
+        for key in &pending.keys {
             exec(
                 "INSERT INTO sync_idempotency_keys VALUES (?1, ?2, ?3)",
-                params![user, key.0, json(record)?],
+                params![key.0.0, key.1.0, json(&tables.sync_idempotency_keys[key])?],
             )?;
         }
-        if let Some(row) = &commit.history {
+        for key in &pending.history {
+            let seq = int(key.1, "history row")?;
             exec(
                 "INSERT INTO sync_history VALUES (?1, ?2, ?3)",
-                params![user, seq, json(row)?],
+                params![key.0.0, seq, json(&tables.sync_history[key])?],
             )?;
         }
-        if let Some(conflict) = &commit.conflict {
+        for (id, created) in &pending.conflicts {
             // A conflict keeps the commit that created it (its place in the user's list).
+            let (user, record) = &tables.sync_conflicts[id];
             exec(
                 "INSERT INTO sync_conflicts VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (conflict_id) DO UPDATE SET record = excluded.record",
-                params![conflict.conflict_id.0, user, seq, json(conflict)?],
+                params![id.0, user.0, int(*created, "conflict")?, json(record)?],
             )?;
         }
-        if let Some((batch_id, record)) = &commit.batch {
+        for key in &pending.batches {
             exec(
                 "INSERT OR REPLACE INTO sync_batches VALUES (?1, ?2, ?3)",
-                params![user, batch_id.0, json(record)?],
+                params![key.0.0, key.1.0, json(&tables.sync_batches[key])?],
             )?;
         }
-        if let Some(device) = &commit.device {
+        for key in &pending.devices {
             exec(
                 "INSERT OR REPLACE INTO sync_state VALUES (?1, ?2, ?3)",
-                params![user, device.device_id.0, json(device)?],
+                params![key.0.0, key.1.0, json(&tables.sync_state[key])?],
             )?;
         }
-        if let Some(window) = &commit.metrics {
-            let start = int(window.window_start_ms.0, "metrics window")?;
+        for key in &pending.metrics {
+            let start = int(key.1.0, "metrics window")?;
             exec(
                 "INSERT OR REPLACE INTO sync_metrics VALUES (?1, ?2, ?3)",
-                params![user, start, json(window)?],
+                params![key.0.0, start, json(&tables.sync_metrics[key])?],
+            )?;
+        }
+        for user in &pending.users {
+            let seq = int(tables.user_seqs[user], "commit sequence number")?;
+            exec(
+                "INSERT OR REPLACE INTO user_seqs VALUES (?1, ?2)",
+                params![user.0, seq],
             )?;
         }
         exec(
-            "INSERT OR REPLACE INTO user_seqs VALUES (?1, ?2)",
-            params![user, seq],
-        )?;
-        let total = int(self.tables.seq.saturating_add(1), "commit count")?;
-        exec(
             "INSERT OR REPLACE INTO counters VALUES ('seq', ?1)",
-            params![total],
+            params![int(tables.seq, "commit count")?],
         )
     }
 
@@ -275,19 +368,38 @@ impl ServerStore for SqliteStore {
     }
 
     fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
-        // An engine bug panics here, before anything is written.
+        // An engine bug panics here, before anything changes.
         self.tables.check(&commit);
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| fail("cannot begin", e))?;
-        self.write(&tx, &commit)?;
-        tx.commit().map_err(|e| fail("cannot commit", e))?;
+        self.pending.note(&commit);
         self.tables.apply_checked(commit);
         Ok(())
     }
 
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let written = self
+            .run("BEGIN IMMEDIATE")
+            .and_then(|()| self.write_pending())
+            .and_then(|()| self.run("COMMIT"));
+        self.pending = Pending::default();
+        let Err(error) = written else {
+            return Ok(());
+        };
+        // Nothing since the last flush holds: back to what the file says.
+        let _ = self.conn.execute_batch("ROLLBACK");
+        self.epoch += 1;
+        self.tables = load(&self.conn)?;
+        Err(error)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) -> Result<(), StoreError> {
+        self.flush()?;
         // Cleanup removes rows only: the rows the closure dropped are deleted from the file
         // in one transaction, then the trimmed tables replace the cached ones.
         let mut after = self.tables.clone();

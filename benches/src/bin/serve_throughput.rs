@@ -62,8 +62,12 @@ fn batch(client: usize, first: u64) -> Vec<u8> {
         })
         .collect();
     let batch_id = format!("c{client}-b{first}");
-    serde_json::to_vec(&Batch::new(batch_id.into(), format!("d{client}").into(), ops))
-        .expect("serializes")
+    serde_json::to_vec(&Batch::new(
+        batch_id.into(),
+        format!("d{client}").into(),
+        ops,
+    ))
+    .expect("serializes")
 }
 
 /// One client: batches until `stop`; returns (ops applied, each batch's time in ms).
@@ -76,7 +80,9 @@ async fn client(addr: SocketAddr, client: usize, stop: Arc<AtomicBool>) -> (u64,
         let body = batch(client, next);
         next += BATCH_OPS as u64;
         let started = Instant::now();
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
         let path = "/api/sync/batch";
         let response = request(stream, hyper::Method::POST, path, Some(&token), Some(body))
             .await
@@ -119,7 +125,9 @@ fn main() {
         .build()
         .expect("a runtime");
     let (applied, mut times) = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
         let addr = listener.local_addr().expect("an address");
         let tokens: BTreeMap<String, UserId> = (0..clients)
             .map(|c| (format!("token-{c}"), UserId(format!("user-{c}"))))

@@ -27,11 +27,28 @@ impl<S: ServerStore> Server<S> {
         now: Millis,
     ) -> Result<BatchResponse, RequestError> {
         self.admit_batch(batch)?;
+        let epoch = self.store_epoch();
         let mut results = Vec::with_capacity(batch.ops.len());
         for op in &batch.ops {
             results.push(self.handle_op(user, batch, op, now));
         }
-        self.finish_batch(user, batch, results, now)
+        let response = self.finish_batch(user, batch, results, now)?;
+        self.flush_for(epoch)?;
+        Ok(response)
+    }
+
+    /// Flushes, then refuses to answer a request begun in `epoch` if a flush failed since
+    /// (its commits, or those it read, were undone).
+    pub fn flush_for(&mut self, epoch: u64) -> Result<(), RequestError> {
+        self.flush()?;
+        if self.store_epoch() != epoch {
+            return Err(RequestError::Unavailable {
+                message: "the server's store lost writes this request made or read; nothing \
+                          of it holds, try again"
+                    .to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// Processes one op of an admitted batch and commits everything it changes in one step.

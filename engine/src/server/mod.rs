@@ -198,6 +198,17 @@ impl<S: ServerStore> Server<S> {
         self.store.tables()
     }
 
+    /// Makes every commit so far durable (see [`ServerStore::flush`]); the HTTP layer calls
+    /// it before any answer leaves.
+    pub fn flush(&mut self) -> Result<(), RequestError> {
+        Ok(self.store.flush()?)
+    }
+
+    /// The store's epoch (see [`ServerStore::epoch`]).
+    pub fn store_epoch(&self) -> u64 {
+        self.store.epoch()
+    }
+
     /// The same server over its store chosen at run time.
     pub fn into_any(self) -> Server<AnyStore>
     where

@@ -312,13 +312,25 @@ pub fn parent_keys(entity_type: EntityType, state: &ServerEntity) -> Vec<EntityK
 pub struct StoreError(pub String);
 
 /// Where the server keeps its tables. Implementations must apply each commit atomically:
-/// on `Ok` it is durable and visible in [`ServerStore::tables`]; on `Err` nothing of it is.
+/// on `Ok` it is visible in [`ServerStore::tables`] and durable once the next
+/// [`ServerStore::flush`] returns `Ok`; on `Err` nothing of it is. Nothing may be answered
+/// before a flush covering everything the answer reports or observed.
 pub trait ServerStore {
     /// The current tables.
     fn tables(&self) -> &Tables;
     /// Applies one commit atomically.
     fn commit(&mut self, commit: Commit) -> Result<(), StoreError>;
-    /// Removes rows; see `Server::cleanup`. Atomic like a commit.
+    /// Makes every commit so far durable (a group commit). On `Err` the commits since the
+    /// last flush are undone, in the tables too, and [`ServerStore::epoch`] moves on.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// How many flushes failed: a request that began in an earlier epoch may have seen or
+    /// made commits that were undone, and must not be answered as if they held.
+    fn epoch(&self) -> u64 {
+        0
+    }
+    /// Removes rows; see `Server::cleanup`. Atomic like a commit, and flushed.
     fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) -> Result<(), StoreError>;
 }
 
@@ -332,6 +344,14 @@ impl ServerStore for AnyStore {
 
     fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
         (**self).commit(commit)
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        (**self).flush()
+    }
+
+    fn epoch(&self) -> u64 {
+        (**self).epoch()
     }
 
     fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) -> Result<(), StoreError> {

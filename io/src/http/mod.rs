@@ -103,7 +103,23 @@ impl AppState {
     /// user: it is caught here and answered 500. The engine makes every change through one
     /// commit whose assertions all run before its first write, so the interrupted step
     /// changed nothing; the lock is not poisoned and the next request is served.
+    ///
+    /// The step's commits are flushed (made durable) before the lock is handed on, so no
+    /// answer reports or shows a write that could still be lost.
     fn with_server<T>(
+        &self,
+        step: impl FnOnce(&mut Server<AnyStore>) -> Result<T, RequestError>,
+    ) -> Result<T, ApiError> {
+        self.with_server_unflushed(|server| {
+            let value = step(server)?;
+            server.flush()?;
+            Ok(value)
+        })
+    }
+
+    /// [`AppState::with_server`] without the flush: for a batch's ops, whose commits the
+    /// batch's last step flushes together (a group commit: one durable write per batch).
+    fn with_server_unflushed<T>(
         &self,
         step: impl FnOnce(&mut Server<AnyStore>) -> Result<T, RequestError>,
     ) -> Result<T, ApiError> {
@@ -373,11 +389,14 @@ async fn post_batch(
     let now = (state.clock)();
     // One lock per step: each op is committed on its own anyway, and between two ops
     // another user's request gets its turn.
-    let verify = state.with_server(|server| Ok(server.verifies_checksums()))?;
+    let (verify, epoch) = state
+        .with_server_unflushed(|server| Ok((server.verifies_checksums(), server.store_epoch())))?;
     rockhound_engine::server::check_batch(&batch, verify)?;
     let mut results = Vec::with_capacity(batch.ops.len());
     for op in &batch.ops {
-        results.push(state.with_server(|server| Ok(server.handle_op(&user, &batch, op, now)))?);
+        results.push(
+            state.with_server_unflushed(|server| Ok(server.handle_op(&user, &batch, op, now)))?,
+        );
         if let Some(crash) = &state.crash_point
             && crash(results.len(), batch.ops.len())
         {
@@ -391,7 +410,13 @@ async fn post_batch(
             tokio::task::yield_now().await;
         }
     }
-    let response = state.with_server(|server| server.finish_batch(&user, &batch, results, now))?;
+    // The batch's record, then one flush for all its ops (and any other request's commits
+    // made meanwhile); if a flush failed since the batch began, none of it is answered.
+    let response = state.with_server(|server| {
+        let response = server.finish_batch(&user, &batch, results, now)?;
+        server.flush_for(epoch)?;
+        Ok(response)
+    })?;
     Ok(Json(response))
 }
 

@@ -8,7 +8,7 @@ use rockhound_engine::ids::{BatchId, DeviceId, EntityId, IdempotencyKey, OpId, U
 use rockhound_engine::op::{Batch, Op, OpKind};
 use rockhound_engine::server::tables::MemoryStore;
 use rockhound_engine::server::wire::{Resolution, ResolveRequest};
-use rockhound_engine::server::{HISTORY_RETENTION_MS, Server};
+use rockhound_engine::server::{HISTORY_RETENTION_MS, RequestError, Server};
 use rockhound_engine::strategy::Strategy;
 use serde_json::{Value, json};
 
@@ -181,19 +181,22 @@ fn the_same_requests_leave_the_same_tables_and_a_reopen_brings_them_back_whole()
 }
 
 #[test]
-fn a_write_the_database_refuses_changes_nothing_and_the_op_is_answered_retry() {
+fn a_group_the_database_refuses_is_undone_whole_and_its_requests_answered_503() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rockhound.db");
     let mut server = sqlite(&path);
-    let session = json!({"id": "s1", "name": "creek"});
-    let create = op(
+    let ann = UserId::from("ann");
+    let first = op(
         1,
-        EntityType::FieldSession,
-        "s1",
+        EntityType::Tag,
+        "t1",
         OpKind::Create,
         0,
-        session,
+        json!({"id": "t1", "label": "a"}),
     );
+    let batch = Batch::new(BatchId::from("b-1"), DeviceId::from("d1"), vec![first]);
+    server.handle_batch(&ann, &batch, NOW).unwrap();
+    let before = server.tables().clone();
     // Another connection makes every history insert fail, as a full disk would.
     let other = Connection::open(&path).unwrap();
     other
@@ -202,31 +205,53 @@ fn a_write_the_database_refuses_changes_nothing_and_the_op_is_answered_retry() {
              BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
         )
         .unwrap();
-    let before = server.tables().clone();
-    let batch = Batch::new(
-        BatchId::from("b-1"),
-        DeviceId::from("d1"),
-        vec![create.clone()],
+    let ops: Vec<Op> = (2..5)
+        .map(|n| {
+            let id = format!("t{n}");
+            op(
+                n,
+                EntityType::Tag,
+                &id,
+                OpKind::Create,
+                0,
+                json!({"id": id, "label": "b"}),
+            )
+        })
+        .collect();
+    let batch = Batch::new(BatchId::from("b-2"), DeviceId::from("d1"), ops);
+    // Ops are decided and applied in memory one by one; the batch's flush fails, so the
+    // whole group is undone and the request refused: no answer says `applied`.
+    let epoch = server.store_epoch();
+    let refused = server.handle_batch(&ann, &batch, NOW).unwrap_err();
+    assert!(
+        matches!(refused, RequestError::Unavailable { .. }),
+        "{refused:?}"
     );
-    let op_answer = server.handle_op(&UserId::from("ann"), &batch, &create, NOW);
+    assert_eq!(server.store_epoch(), epoch + 1);
     assert_eq!(
-        serde_json::to_value(&op_answer).unwrap()["status"],
-        json!("retry"),
-        "{op_answer:?}"
+        server.tables(),
+        &before,
+        "memory is back to what the file says"
     );
-    assert_eq!(server.tables(), &before, "nothing changed in memory");
     drop(server);
-    other.execute_batch("DROP TRIGGER full;").unwrap();
     let reopened = SqliteStore::open(&path).unwrap();
-    assert_eq!(reopened.tables(), &before, "nothing changed on disk");
-    // Once the disk has room the resend applies.
-    let mut server = Server::with_store(config(), reopened);
-    let answer = server
-        .handle_batch(&UserId::from("ann"), &batch, NOW)
-        .unwrap();
     assert_eq!(
-        serde_json::to_value(&answer.results[0]).unwrap()["status"],
-        json!("applied")
+        reopened.tables(),
+        &before,
+        "nothing of the group is on disk"
+    );
+    // Once the disk has room, the resend applies every op.
+    other.execute_batch("DROP TRIGGER full;").unwrap();
+    let mut server = Server::with_store(config(), reopened);
+    let answer = server.handle_batch(&ann, &batch, NOW).unwrap();
+    let statuses: Vec<Value> = answer
+        .results
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap()["status"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        [json!("applied"), json!("applied"), json!("applied")]
     );
 }
 
