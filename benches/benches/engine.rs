@@ -265,12 +265,48 @@ fn server(c: &mut Criterion) {
     group.finish();
 }
 
+/// A device with 1,000 ops queued, online, its first 50-op batch in flight.
+fn device_in_flight() -> (Coordinator<SimStore>, Batch) {
+    let mut device = device_with(1_000);
+    device.set_online(NOW, true);
+    match device.poll(NOW) {
+        Some(rockhound_engine::client::coordinator::Request::Batch(batch)) => (device, batch),
+        other => panic!("expected a batch, got {other:?}"),
+    }
+}
+
+/// The seed's "result" phase: a device takes the server's answer to its 50-op batch
+/// (settles each op, releases its dependants, logs it durably, records history and
+/// telemetry). The answer is a real server's.
+fn result_phase(c: &mut Criterion) {
+    let (_, batch) = device_in_flight();
+    let answer = Server::new(config(1_000))
+        .handle_batch(&UserId::from("ann"), &batch, NOW)
+        .expect("the server answers");
+    assert_eq!(answer.results.len(), 50);
+    let mut group = c.benchmark_group("result_50");
+    group.throughput(Throughput::Elements(50));
+    group.bench_function("on_batch_response", |b| {
+        b.iter_batched(
+            // Deterministic: the same device sends the same batch id every time.
+            || device_in_flight().0,
+            |mut device| {
+                device.on_batch_response(NOW, &answer);
+                device
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     enqueue,
     batch_selection,
     checksum_and_delta,
     conflicts,
-    server
+    server,
+    result_phase
 );
 criterion_main!(benches);

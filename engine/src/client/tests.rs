@@ -635,6 +635,112 @@ fn two_devices_converge_through_the_server_with_a_manual_conflict() {
     assert_eq!(phone.replica().entities(), tablet.replica().entities());
 }
 
+/// The telemetry kinds among `events`, in order.
+fn telemetry_kinds(events: &[Event]) -> Vec<TelemetryKind> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Telemetry { kind, .. } => Some(*kind),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_hooks_views_follow_an_op_through_failure_conflict_resolution_and_discard() {
+    let mut config = SyncConfig::default();
+    config
+        .entities
+        .set_strategy(EntityType::FindLog, crate::conflict::Strategy::Manual);
+    let mut server = Server::new(config.clone());
+    let ann = UserId("ann".into());
+    let mut phone = device("phone", &config);
+    let mut tablet = device("tablet", &config);
+    let f1 = EntityId("f1".into());
+    phone
+        .enqueue_all(T0, T0, vec![session("s1"), find_log("f1", "s1")])
+        .unwrap();
+    // useEntitySync: an entity with an unsent create.
+    let status = phone.entity_status(EntityType::FindLog, &f1);
+    assert_eq!(
+        (status.server_version, status.open_ops, status.status),
+        (None, 1, Some(Status::Pending))
+    );
+    // A batch that gets no answer: one sync_batch_error, one sync_operation_error per op.
+    phone.set_online(T0, true);
+    let sent = batch(phone.poll(T0));
+    phone.take_events();
+    phone.on_request_failed(T0, "connection reset");
+    assert_eq!(
+        telemetry_kinds(&phone.take_events()),
+        [
+            TelemetryKind::SyncBatchError,
+            TelemetryKind::SyncOperationError,
+            TelemetryKind::SyncOperationError
+        ]
+    );
+    let metrics = phone.metrics();
+    assert_eq!(
+        (metrics.batches_sent, metrics.batches_failed, metrics.ops_sent, metrics.failed_attempts),
+        (1, 1, 2, 2)
+    );
+    assert_eq!(sent.ops.len(), 2);
+    // The resend applies both; the tablet pulls them.
+    let later = T0.plus_ms(60_000);
+    drive(&mut phone, &mut server, &ann, later);
+    tablet.set_online(later, true);
+    drive(&mut tablet, &mut server, &ann, later);
+    let status = phone.entity_status(EntityType::FindLog, &f1);
+    assert_eq!(
+        (status.server_version, status.open_ops, status.status),
+        (Some(1), 0, None)
+    );
+    let metrics = phone.metrics();
+    assert_eq!((metrics.batches_answered, metrics.ops_applied), (1, 2));
+    assert!(metrics.settle_ms_max >= 60_000, "{metrics:?}");
+    assert_eq!(tablet.metrics().changes_pulled, 2);
+    // Both edit the find log; the tablet's edit meets the phone's: a manual conflict.
+    for (device, note) in [(&mut phone, "jasper"), (&mut tablet, "chert")] {
+        let edit = update(EntityType::FindLog, "f1", json!({"note": note}));
+        device.enqueue(later, later, edit).unwrap();
+    }
+    drive(&mut phone, &mut server, &ann, later);
+    tablet.take_events();
+    drive(&mut tablet, &mut server, &ann, later);
+    let kinds = telemetry_kinds(&tablet.take_events());
+    assert!(kinds.contains(&TelemetryKind::SyncConflictDetected), "{kinds:?}");
+    let status = tablet.entity_status(EntityType::FindLog, &f1);
+    let conflict_id = status.open_conflict.clone().expect("an open conflict");
+    assert_eq!(tablet.metrics().conflicts, 1);
+    // A person keeps the tablet's version: sync_conflict_resolved, and nothing open.
+    tablet
+        .resolve_conflict(&conflict_id, Resolution::KeepClient, None)
+        .unwrap();
+    drive(&mut tablet, &mut server, &ann, later);
+    let kinds = telemetry_kinds(&tablet.take_events());
+    assert!(kinds.contains(&TelemetryKind::SyncConflictResolved), "{kinds:?}");
+    assert_eq!(tablet.entity_status(EntityType::FindLog, &f1).open_conflict, None);
+    // A rejected op is discarded by the user: its event, and it leaves every view.
+    tablet.set_online(later, false);
+    let orphan = tablet.enqueue(later, later, find_log("f2", "s1")).unwrap();
+    tablet.set_online(later, true);
+    let sent = batch(tablet.poll(later));
+    tablet.on_batch_response(later, &answer(&sent, OpStatus::Rejected, Some("forbidden")));
+    let f2 = EntityId("f2".into());
+    assert_eq!(
+        tablet.entity_status(EntityType::FindLog, &f2).status,
+        Some(Status::Rejected)
+    );
+    tablet.take_events();
+    tablet.discard(&orphan).unwrap();
+    let events = tablet.take_events();
+    assert!(events.iter().any(|e| matches!(e,
+        Event::Discarded { op_id, status: Status::Rejected } if *op_id == orphan)));
+    let status = tablet.entity_status(EntityType::FindLog, &f2);
+    assert_eq!((status.open_ops, status.status), (0, None));
+    assert!(tablet.queue().all(|e| e.op.op_id != orphan));
+}
+
 // ---- the model-based property test -------------------------------------------------------
 
 mod model {
