@@ -131,6 +131,11 @@ fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
     if rng.random_bool(0.15) {
         strategies.insert(EntityType::FieldSession, Strategy::Manual);
     }
+    // A delete that meets a concurrent edit and wins (`client_wins`) is rare by chance:
+    // now and then the most edited type that users delete takes that strategy.
+    if rng.random_bool(0.15) {
+        strategies.insert(EntityType::Specimen, Strategy::ClientWins);
+    }
     let max_retries = rng
         .random_bool(0.3)
         .then(|| Retries::Count(rng.random_range(1..=3)));

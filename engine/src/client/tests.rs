@@ -635,6 +635,52 @@ fn two_devices_converge_through_the_server_with_a_manual_conflict() {
     assert_eq!(phone.replica().entities(), tablet.replica().entities());
 }
 
+#[test]
+fn an_update_from_two_versions_enqueues_their_merge_patch_and_nothing_when_equal() {
+    let mut device = open(SyncConfig::default());
+    let s1 = (EntityType::FieldSession, EntityId("s1".into()));
+    device.enqueue(T0, T0, session("s1")).unwrap();
+    let original = device.entity(s1.0, &s1.1).unwrap();
+    // Equal versions: nothing is enqueued.
+    let none = device
+        .enqueue_change(T0, T0, s1.clone(), &original, &original)
+        .unwrap();
+    assert_eq!(none, None);
+    assert_eq!(device.queue().count(), 1);
+    // A changed field, a removed one, one left alone, and a `modified` without its id: the
+    // patch holds the change and the removal only.
+    let mut modified = original.clone();
+    modified["name"] = json!("canyon");
+    modified.as_object_mut().unwrap().remove("id");
+    modified["gps"] = json!({"lat": 44.1});
+    let op_id = device
+        .enqueue_change(T0, T0, s1.clone(), &original, &modified)
+        .unwrap();
+    let op = &device.queued(&op_id.unwrap()).unwrap().op;
+    assert_eq!(op.kind, crate::op::OpKind::Update);
+    assert_eq!(op.payload, json!({"name": "canyon", "gps": {"lat": 44.1}}));
+    // The local view is `modified` (with its id).
+    let view = device.entity(s1.0, &s1.1).unwrap();
+    assert_eq!(
+        (view["name"].clone(), view["id"].clone()),
+        (json!("canyon"), json!("s1"))
+    );
+    // A changed id, or versions that are not objects, are refused and enqueue nothing.
+    let mut renamed = original.clone();
+    renamed["id"] = json!("s2");
+    for (before, after) in [
+        (&original, &renamed),
+        (&original, &json!([1])),
+        (&json!(null), &original),
+    ] {
+        let error = device
+            .enqueue_change(T0, T0, s1.clone(), before, after)
+            .unwrap_err();
+        assert!(matches!(error, EnqueueError::NotAChange { .. }), "{error}");
+    }
+    assert_eq!(device.queue().count(), 2);
+}
+
 /// The telemetry kinds among `events`, in order.
 fn telemetry_kinds(events: &[Event]) -> Vec<TelemetryKind> {
     events
@@ -681,7 +727,12 @@ fn the_hooks_views_follow_an_op_through_failure_conflict_resolution_and_discard(
     );
     let metrics = phone.metrics();
     assert_eq!(
-        (metrics.batches_sent, metrics.batches_failed, metrics.ops_sent, metrics.failed_attempts),
+        (
+            metrics.batches_sent,
+            metrics.batches_failed,
+            metrics.ops_sent,
+            metrics.failed_attempts
+        ),
         (1, 1, 2, 2)
     );
     assert_eq!(sent.ops.len(), 2);
@@ -708,7 +759,10 @@ fn the_hooks_views_follow_an_op_through_failure_conflict_resolution_and_discard(
     tablet.take_events();
     drive(&mut tablet, &mut server, &ann, later);
     let kinds = telemetry_kinds(&tablet.take_events());
-    assert!(kinds.contains(&TelemetryKind::SyncConflictDetected), "{kinds:?}");
+    assert!(
+        kinds.contains(&TelemetryKind::SyncConflictDetected),
+        "{kinds:?}"
+    );
     let status = tablet.entity_status(EntityType::FindLog, &f1);
     let conflict_id = status.open_conflict.clone().expect("an open conflict");
     assert_eq!(tablet.metrics().conflicts, 1);
@@ -718,8 +772,14 @@ fn the_hooks_views_follow_an_op_through_failure_conflict_resolution_and_discard(
         .unwrap();
     drive(&mut tablet, &mut server, &ann, later);
     let kinds = telemetry_kinds(&tablet.take_events());
-    assert!(kinds.contains(&TelemetryKind::SyncConflictResolved), "{kinds:?}");
-    assert_eq!(tablet.entity_status(EntityType::FindLog, &f1).open_conflict, None);
+    assert!(
+        kinds.contains(&TelemetryKind::SyncConflictResolved),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        tablet.entity_status(EntityType::FindLog, &f1).open_conflict,
+        None
+    );
     // A rejected op is discarded by the user: its event, and it leaves every view.
     tablet.set_online(later, false);
     let orphan = tablet.enqueue(later, later, find_log("f2", "s1")).unwrap();

@@ -7,7 +7,7 @@ use crate::spec::Action;
 use crate::trace::TraceEvent;
 use rockhound_engine::checksum::sha256_hex;
 use rockhound_engine::client::Coordinator;
-use rockhound_engine::client::coordinator::{ActionError, Edit, EditAction};
+use rockhound_engine::client::coordinator::{ActionError, Edit, EditAction, EnqueueError};
 use rockhound_engine::client::queue::Status;
 use rockhound_engine::client::record::Record;
 use rockhound_engine::client::store::{decode_log, encode_frame};
@@ -15,7 +15,7 @@ use rockhound_engine::ids::{ConflictId, EntityId, OpId};
 use rockhound_engine::server::wire::Resolution;
 use rockhound_engine::server::{AnyStore, Capacity, Server};
 use rockhound_engine::testing::sim_store::SimStore;
-use rockhound_engine::{DeviceId, EntityType, Millis, OpKind, SyncConfig};
+use rockhound_engine::{DeviceId, EntityType, Millis, OpKind, SyncConfig, delta};
 
 /// The scripted step an edit amounts to.
 pub(super) fn edit_action(device: &str, edit: &Edit) -> Action {
@@ -98,6 +98,24 @@ pub(super) fn visible_entities(ctx: &DeviceCtx) -> Vec<(EntityType, EntityId)> {
     keys
 }
 
+/// Enqueues a user's edit; an update in the seed's form, as the change from the entity's
+/// local view to that view with the edit's fields (`None`: it changes nothing).
+fn enqueue_edit(
+    coordinator: &mut Coordinator<SimStore>,
+    now: Millis,
+    wall: Millis,
+    edit: Edit,
+) -> Result<Option<OpId>, EnqueueError> {
+    if let EditAction::Update(fields) = &edit.action
+        && let Some(original) = coordinator.entity(edit.entity_type, &edit.entity_id)
+    {
+        let modified = delta::patched(&original, &serde_json::Value::Object(fields.clone()));
+        let key = (edit.entity_type, edit.entity_id.clone());
+        return coordinator.enqueue_change(now, wall, key, &original, &modified);
+    }
+    coordinator.enqueue(now, wall, edit).map(Some)
+}
+
 pub(super) fn enqueue(ctx: &DeviceCtx, now: Millis, edit: Edit) {
     let t_ms = now.0 - ctx.epoch_ms;
     let entity_type = edit.entity_type;
@@ -113,21 +131,26 @@ pub(super) fn enqueue(ctx: &DeviceCtx, now: Millis, edit: Edit) {
         let mut state = ctx.state.borrow_mut();
         let wall = state.wall(now);
         match state.coordinator.as_mut() {
-            Some(coordinator) => coordinator
-                .enqueue(now, wall, edit)
+            Some(coordinator) => enqueue_edit(coordinator, now, wall, edit)
                 .map_err(|e| e.to_string())
                 .map(|op_id| {
-                    coordinator
-                        .queued(&op_id)
-                        .expect("just enqueued")
-                        .op
-                        .clone()
+                    op_id.map(|op_id| {
+                        coordinator
+                            .queued(&op_id)
+                            .expect("just enqueued")
+                            .op
+                            .clone()
+                    })
                 }),
             None => Err("the device is down".to_owned()),
         }
     };
     ctx.flush(now);
     let host = ctx.state.borrow().name.clone();
+    // An update that changes nothing enqueues nothing, and says nothing.
+    let Some(result) = result.transpose() else {
+        return;
+    };
     if let Ok(op) = &result
         && !durably_enqueued(ctx, &op.op_id, durable_before)
     {

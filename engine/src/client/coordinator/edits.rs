@@ -26,6 +26,51 @@ impl<S: QueueStore> Coordinator<S> {
         Ok(ids.pop().expect("one edit, one op"))
     }
 
+    /// The seed's `update(original, modified)`: enqueues the RFC 7396 merge patch that turns
+    /// `original` into `modified` (`delta::diff`), or nothing when they are equal (`None`).
+    /// Both must be JSON objects; `id` is the entity's name, never changed by an update (a
+    /// `modified` without it leaves it as it is).
+    pub fn enqueue_change(
+        &mut self,
+        now: Millis,
+        wall_ms: Millis,
+        (entity_type, entity_id): (EntityType, EntityId),
+        original: &Value,
+        modified: &Value,
+    ) -> Result<Option<OpId>, EnqueueError> {
+        let not_a_change = |problem| EnqueueError::NotAChange {
+            entity_type,
+            entity_id: entity_id.clone(),
+            problem,
+        };
+        if !original.is_object() || !modified.is_object() {
+            return Err(not_a_change(
+                "original and modified must both be JSON objects",
+            ));
+        }
+        let mut fields = match crate::delta::diff(original, modified) {
+            Value::Object(fields) => fields,
+            _ => {
+                return Err(not_a_change(
+                    "original and modified must both be JSON objects",
+                ));
+            }
+        };
+        match fields.remove("id") {
+            None | Some(Value::Null) => {}
+            Some(_) => return Err(not_a_change("an update cannot change the entity's id")),
+        }
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let edit = Edit {
+            entity_type,
+            entity_id,
+            action: EditAction::Update(fields),
+        };
+        self.enqueue(now, wall_ms, edit).map(Some)
+    }
+
     /// `useBatchSync`: enqueues several edits as one durable record — all or nothing.
     /// Later edits see earlier ones (a find log may reference a session created just before).
     pub fn enqueue_all(

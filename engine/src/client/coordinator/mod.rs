@@ -112,6 +112,16 @@ pub enum EnqueueError {
     /// The op fails validation.
     #[error("invalid op: {0}")]
     Invalid(#[from] OpError),
+    /// An update given as two versions that do not make one ([`Coordinator::enqueue_change`]).
+    #[error("{entity_type} {entity_id}: {problem}")]
+    NotAChange {
+        /// Its type.
+        entity_type: EntityType,
+        /// Its id.
+        entity_id: EntityId,
+        /// What is wrong: not two objects, or a changed id.
+        problem: &'static str,
+    },
     /// The store could not make the op durable.
     #[error("not stored: {0}")]
     Store(#[from] StoreError),
