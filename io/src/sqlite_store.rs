@@ -28,7 +28,7 @@ use rockhound_engine::server::tables::{
 };
 use rockhound_engine::server::wire::ConflictStatus;
 use rockhound_engine::time::Millis;
-use rusqlite::{Connection, OpenFlags, Transaction, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, BTreeSet};
@@ -172,13 +172,29 @@ impl SqliteStore {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| fail(&format!("cannot open the database {shown}"), e))?;
+        // Another server holding the file is refused at once, not after a wait.
+        conn.busy_timeout(std::time::Duration::ZERO)
+            .map_err(|e| fail(&format!("cannot set up {shown}"), e))?;
+        let in_use = |e: &rusqlite::Error| e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy);
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .map_err(|e| fail(&format!("{shown} is not a readable SQLite database"), e))?;
+            .map_err(|e| {
+                if in_use(&e) {
+                    fail(&format!("{shown} is in use by another server"), e)
+                } else {
+                    fail(&format!("{shown} is not a readable SQLite database"), e)
+                }
+            })?;
         if version > SCHEMA_VERSION {
             return Err(StoreError(format!(
                 "{shown} was written by a newer rockhound (schema version {version}; this \
                  build knows up to {SCHEMA_VERSION}); refusing to open it"
+            )));
+        }
+        if version < 0 {
+            return Err(StoreError(format!(
+                "{shown} has schema version {version}, which no rockhound writes; refusing \
+                 to open it"
             )));
         }
         let present = table_names(&conn).map_err(|e| fail(&format!("cannot read {shown}"), e))?;
@@ -195,8 +211,21 @@ impl SqliteStore {
                 present.join(", ")
             )));
         }
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-            .map_err(|e| fail(&format!("cannot set up {shown}"), e))?;
+        // The tables are cached in memory, so one process owns the file: the exclusive lock
+        // is taken now (a second server on the same file is refused here) and held until
+        // the store closes.
+        conn.execute_batch(
+            "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = FULL; BEGIN IMMEDIATE; COMMIT;",
+        )
+        .map_err(|e| {
+            let what = if in_use(&e) {
+                format!("{shown} is in use by another server")
+            } else {
+                format!("cannot set up {shown}")
+            };
+            fail(&what, e)
+        })?;
         if version == 0 {
             // Migration 0 → 1: the whole schema, in one transaction.
             let script = format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;");

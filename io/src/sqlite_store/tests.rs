@@ -196,15 +196,17 @@ fn a_group_the_database_refuses_is_undone_whole_and_its_requests_answered_503() 
     );
     let batch = Batch::new(BatchId::from("b-1"), DeviceId::from("d1"), vec![first]);
     server.handle_batch(&ann, &batch, NOW).unwrap();
-    let before = server.tables().clone();
-    // Another connection makes every history insert fail, as a full disk would.
-    let other = Connection::open(&path).unwrap();
-    other
+    drop(server);
+    // A trigger makes every history insert fail, as a full disk would.
+    Connection::open(&path)
+        .unwrap()
         .execute_batch(
             "CREATE TRIGGER full BEFORE INSERT ON sync_history \
              BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
         )
         .unwrap();
+    let mut server = sqlite(&path);
+    let before = server.tables().clone();
     let ops: Vec<Op> = (2..5)
         .map(|n| {
             let id = format!("t{n}");
@@ -241,8 +243,11 @@ fn a_group_the_database_refuses_is_undone_whole_and_its_requests_answered_503() 
         "nothing of the group is on disk"
     );
     // Once the disk has room, the resend applies every op.
-    other.execute_batch("DROP TRIGGER full;").unwrap();
-    let mut server = Server::with_store(config(), reopened);
+    drop(reopened);
+    let fix = Connection::open(&path).unwrap();
+    fix.execute_batch("DROP TRIGGER full;").unwrap();
+    drop(fix);
+    let mut server = sqlite(&path);
     let answer = server.handle_batch(&ann, &batch, NOW).unwrap();
     let statuses: Vec<Value> = answer
         .results
@@ -295,6 +300,25 @@ fn files_it_must_not_use_are_refused_and_left_as_they_were() {
     assert!(message.contains("not rockhound's (invoices)"), "{message}");
     let tables = table_names(&Connection::open(&foreign).unwrap()).unwrap();
     assert_eq!(tables, ["invoices"], "nothing was created in it");
+
+    // One server per file: a second store on a file in use is refused.
+    let owned = dir.path().join("owned.db");
+    let first = SqliteStore::open(&owned).unwrap();
+    let message = refused(&owned);
+    assert!(message.contains("is in use by another server"), "{message}");
+    drop(first);
+    drop(SqliteStore::open(&owned).unwrap());
+
+    let negative = dir.path().join("negative.db");
+    Connection::open(&negative)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = -3;")
+        .unwrap();
+    let message = refused(&negative);
+    assert!(
+        message.contains("schema version -3, which no rockhound writes"),
+        "{message}"
+    );
 
     let damaged = dir.path().join("damaged.db");
     drop(SqliteStore::open(&damaged).unwrap());
