@@ -144,7 +144,7 @@ struct ServeArgs {
     idle_timeout_ms: u64,
     /// The database: a SQLite file (created if missing), or :memory: to keep everything
     /// in memory and lose it at exit (docs/database.md).
-    #[arg(long, value_name = "PATH", default_value = "rockhound.db")]
+    #[arg(long, value_name = "PATH", default_value = "rockhound.db", value_parser = parse_db)]
     db: PathBuf,
     /// Seconds between two cleanups (expired idempotency keys, old history, resolved
     /// conflicts, batches and metrics; docs/database.md).
@@ -307,6 +307,15 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'stati
             _ = terminate.recv() => tracing::info!("sigterm: finishing open requests and stopping"),
         }
     })
+}
+
+/// `--db`: a path or `:memory:`; an empty one (which SQLite would take for a throwaway
+/// temporary file) is refused.
+fn parse_db(value: &str) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        return Err("needs a file path, or :memory: to keep nothing".to_owned());
+    }
+    Ok(PathBuf::from(value))
 }
 
 /// The server over the database `--db` names: SQLite at a path, or memory.

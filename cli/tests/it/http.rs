@@ -571,6 +571,15 @@ fn bad_serve_arguments_exit_with_the_usage_code() {
         vec!["serve", "--user", "ann"],
         vec!["serve", "--user", "ann:t", "--strategy", "rock=manual"],
         vec!["serve", "--user", "ann:t", "--preset", "staging"],
+        vec!["serve", "--user", "ann:t", "--db", ""],
+        vec!["serve", "--user", "ann:t", "--cleanup-interval-s", "0"],
+        vec![
+            "serve",
+            "--user",
+            "ann:t",
+            "--cleanup-interval-s",
+            "18446744073709551615",
+        ],
         vec!["serve"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_rockhound"))

@@ -1,7 +1,7 @@
 //! A batch, op by op: each op is decided (see [`super::decide`]) and committed on its own,
 //! then the batch's record, the device's state and the metrics are written.
 
-use super::decide::{Stored, conflict_id};
+use super::decide::{OpOutcome, Stored, conflict_id};
 use super::replay;
 use super::tables::{BatchRecord, Commit, IdempotencyRecord, QueueRow, ServerStore};
 use super::wire::{
@@ -117,15 +117,7 @@ impl<S: ServerStore> Server<S> {
         match committed {
             Ok(()) => result,
             // Nothing of the op was applied: the client resends it later.
-            Err(_) => OpResult {
-                op_id: op.op_id.clone(),
-                status: OpStatus::Retry,
-                version: None,
-                entity: None,
-                deleted: false,
-                conflict_id: None,
-                reason: Some(Refusal::StorageFull.into()),
-            },
+            Err(_) => OpOutcome::answer(op, OpStatus::Retry, Refusal::StorageFull, false).result,
         }
     }
 

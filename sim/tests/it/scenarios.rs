@@ -116,6 +116,8 @@ fn broken_scenario_files_get_errors_with_file_line_and_column() {
         ("unknown_key", format!("{HEAD}[sim]\ntick_ms = 10\nticks = 5\n")),
         ("wrong_type", format!("{HEAD}[sim]\nsafety_ms = \"a minute\"\n")),
         ("unit_missing", format!("{HEAD}[sim]\nsafety = 60000\n")),
+        ("unknown_server_store", format!("{HEAD}[sim]\nserver_store = \"postgres\"\n")),
+        ("empty_server_store", format!("{HEAD}[sim]\nserver_store = \"\"\n")),
         ("unknown_step", format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"explode\"\ndevice = \"phone\"\n")),
         ("unknown_step_key", format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"offline\"\ndevice = \"phone\"\nfor_ms = 10\n")),
         ("unknown_device", format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"offline\"\ndevice = \"watch\"\n")),

@@ -110,10 +110,7 @@ impl<S: QueueStore> Coordinator<S> {
             OpStatus::Rejected => {
                 return Some(result.reason.map_or("rejected", Reason::as_str).to_owned());
             }
-            OpStatus::Blocked => match self
-                .failed_dependency(seq)
-                .or_else(|| self.rejected_dependency(seq, rejected))
-            {
+            OpStatus::Blocked => match self.failed_dependency(seq, rejected) {
                 Some(cause) if result.reason == Some(Refusal::DependencyFailed.into()) => {
                     let blocked = self.queue.block(seq, cause);
                     self.report_blocked(&blocked);
@@ -131,20 +128,15 @@ impl<S: QueueStore> Coordinator<S> {
         None
     }
 
-    /// A dependency of `seq` that the same answer rejects.
-    fn rejected_dependency(&self, seq: u64, rejected: &BTreeSet<&OpId>) -> Option<OpId> {
-        let entry = self.queue.get(seq)?;
-        entry
-            .op
-            .depends_on
-            .iter()
-            .find(|dependency| rejected.contains(dependency))
-            .cloned()
-    }
-
-    pub(super) fn failed_dependency(&self, seq: u64) -> Option<OpId> {
+    /// The op that keeps `seq` from applying: a dependency that failed for good (or is
+    /// blocked itself, then its cause), counting as failed those `rejected` by the answer
+    /// being taken (they are marked failed only once all its results are read).
+    fn failed_dependency(&self, seq: u64, rejected: &BTreeSet<&OpId>) -> Option<OpId> {
         let entry = self.queue.get(seq)?;
         entry.op.depends_on.iter().find_map(|dependency| {
+            if rejected.contains(dependency) {
+                return Some(dependency.clone());
+            }
             let dep = self.queue.get(self.queue.seq_of(dependency)?)?;
             match dep.status {
                 s if s.is_failed() => Some(dep.op.op_id.clone()),
@@ -269,12 +261,18 @@ impl<S: QueueStore> Coordinator<S> {
             crate::coverage::hit("client.blocked");
         }
         for &seq in seqs {
-            let entry = self.queue.get(seq).expect("blocked ops stay queued");
-            let mut update = OpUpdate::new(entry.op.op_id.clone(), Status::Blocked, entry.attempts);
-            update.reason = entry.reason.clone();
-            update.blocked_by = entry.blocked_by.clone();
+            let update = self.blocked_update(seq);
             self.events.push(Event::Op(update));
         }
+    }
+
+    /// The report of a blocked op: its attempts, reason and cause.
+    pub(super) fn blocked_update(&self, seq: u64) -> OpUpdate {
+        let entry = self.queue.get(seq).expect("blocked ops stay queued");
+        let mut update = OpUpdate::new(entry.op.op_id.clone(), Status::Blocked, entry.attempts);
+        update.reason = entry.reason.clone();
+        update.blocked_by = entry.blocked_by.clone();
+        update
     }
 
     pub(super) fn remember(&mut self, now: Millis, entry: &Entry) {

@@ -339,20 +339,16 @@ impl<S: QueueStore> Coordinator<S> {
             update.reason = Some(reason.to_owned());
             self.events.push(Event::Op(update));
             self.report_blocked(&blocked);
-        } else if !blocked.is_empty() {
-            // A blocker died in the same batch: this op is blocked, not retried. The
-            // attempt still counts, so its report carries the wait it will keep once a
-            // retry of the blocker frees it.
-            let first = self.events.len();
-            self.report_blocked(&blocked);
-            for event in &mut self.events[first..] {
-                if let Event::Op(update) = event
-                    && update.op_id == op_id
-                {
-                    update.delay_ms = Some(delay_ms);
-                    update.next_attempt_at_ms = Some(next_attempt_at_ms);
-                }
-            }
+        } else if let Some((&this, dependants)) = blocked.split_first() {
+            // A blocker died in the same batch: this op (first of the blocked) is blocked,
+            // not retried. The attempt still counts, so its report carries the wait it
+            // keeps once a retry of the blocker frees it.
+            crate::coverage::hit("client.blocked");
+            let mut update = self.blocked_update(this);
+            update.delay_ms = Some(delay_ms);
+            update.next_attempt_at_ms = Some(next_attempt_at_ms);
+            self.events.push(Event::Op(update));
+            self.report_blocked(dependants);
         } else {
             let mut update = OpUpdate::new(op_id, Status::Pending, attempts);
             update.reason = Some(reason.to_owned());
