@@ -11,11 +11,12 @@ use rockhound_engine::server::{AnyStore, Server};
 use rockhound_engine::{Millis, SyncConfig, UserId};
 use rockhound_io::http::serve::{ServeLimits, Stopped, serve_tcp};
 use rockhound_io::http::{self, AppState};
+use rockhound_io::postgres_store::PostgresStore;
 use rockhound_io::sqlite_store::SqliteStore;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,10 +143,11 @@ struct ServeArgs {
     /// Milliseconds a connection may stay silent before it is closed.
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     idle_timeout_ms: u64,
-    /// The database: a SQLite file (created if missing), or :memory: to keep everything
-    /// in memory and lose it at exit (docs/database.md).
-    #[arg(long, value_name = "PATH", default_value = "rockhound.db", value_parser = parse_db)]
-    db: PathBuf,
+    /// The database: a SQLite file (created if missing), a PostgreSQL URL
+    /// (postgres://user:password@host:port/database, as an ordinary role), or :memory: to
+    /// keep everything in memory and lose it at exit (docs/database.md).
+    #[arg(long, value_name = "PATH|URL", default_value = "rockhound.db", value_parser = parse_db)]
+    db: Database,
     /// Seconds between two cleanups (expired idempotency keys, old history, resolved
     /// conflicts, batches and metrics; docs/database.md).
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
@@ -309,30 +311,59 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'stati
     })
 }
 
-/// `--db`: a path or `:memory:`; an empty one (which SQLite would take for a throwaway
-/// temporary file) is refused.
-fn parse_db(value: &str) -> Result<PathBuf, String> {
-    if value.is_empty() {
-        return Err("needs a file path, or :memory: to keep nothing".to_owned());
-    }
-    Ok(PathBuf::from(value))
+/// Where `serve` keeps its tables.
+#[derive(Clone, Debug)]
+enum Database {
+    Memory,
+    Sqlite(PathBuf),
+    /// A `postgres://` or `postgresql://` URL.
+    Postgres(String),
 }
 
-/// The server over the database `--db` names: SQLite at a path, or memory.
-fn open_server(config: SyncConfig, db: &Path) -> anyhow::Result<Server<AnyStore>> {
-    if db == Path::new(":memory:") {
-        tracing::info!("database: in memory (nothing survives a restart)");
-        return Ok(Server::new(config).into_any());
+/// `--db`: a path, a PostgreSQL URL or `:memory:`; an empty one (which SQLite would take
+/// for a throwaway temporary file) is refused.
+fn parse_db(value: &str) -> Result<Database, String> {
+    if value.is_empty() {
+        return Err("needs a file path, a postgres:// URL, or :memory: to keep nothing".to_owned());
     }
-    let store = SqliteStore::open(db)?;
+    if value == ":memory:" {
+        return Ok(Database::Memory);
+    }
+    if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+        return Ok(Database::Postgres(value.to_owned()));
+    }
+    Ok(Database::Sqlite(PathBuf::from(value)))
+}
+
+/// The server over the database `--db` names.
+fn open_server(config: SyncConfig, db: &Database) -> anyhow::Result<Server<AnyStore>> {
+    let store: AnyStore = match db {
+        Database::Memory => {
+            tracing::info!("database: in memory (nothing survives a restart)");
+            return Ok(Server::new(config).into_any());
+        }
+        Database::Sqlite(path) => {
+            let store = SqliteStore::open(path)
+                .map_err(|e| anyhow::anyhow!("cannot open the database: {}", e.0))?;
+            tracing::info!(db = %path.display(), "database: SQLite");
+            Box::new(store)
+        }
+        Database::Postgres(url) => {
+            let store = PostgresStore::open(url, wall_clock())
+                .map_err(|e| anyhow::anyhow!("cannot open the database: {}", e.0))?;
+            // The URL may hold a password: only the host part is logged.
+            let host = url.rsplit_once('@').map_or("", |(_, host)| host);
+            tracing::info!(db = host, "database: PostgreSQL");
+            Box::new(store)
+        }
+    };
     let tables = store.tables();
     tracing::info!(
-        db = %db.display(),
         entities = tables.entities.len(),
         commits = tables.seq,
-        "database: SQLite"
+        "tables read back"
     );
-    Ok(Server::with_store(config, Box::new(store) as AnyStore))
+    Ok(Server::with_store(config, store))
 }
 
 /// Runs the server's cleanup every `every` (the first one a full interval after start).

@@ -8,4 +8,8 @@
 
 pub mod file_store;
 pub mod http;
+mod pending;
+pub mod postgres_store;
 pub mod sqlite_store;
+#[cfg(test)]
+mod store_tests;

@@ -18,20 +18,17 @@
 //! rockhound, a file that is not SQLite, or a database holding other tables is refused with
 //! a message that says so, and nothing in it is changed.
 
+use crate::pending::{Pending, gone};
 use rockhound_engine::entity::EntityType;
 use rockhound_engine::ids::{
     BatchId, ConflictId, DeviceId, EntityId, IdempotencyKey, OpId, UserId,
 };
 use rockhound_engine::server::StoreError;
-use rockhound_engine::server::tables::{
-    Commit, EntityKey, ServerStore, StoredEntity, Tables, UserCounts, parent_keys,
-};
-use rockhound_engine::server::wire::ConflictStatus;
+use rockhound_engine::server::tables::{Commit, ServerStore, StoredEntity, Tables};
 use rockhound_engine::time::Millis;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The schema version this build writes and reads.
@@ -92,62 +89,6 @@ pub struct SqliteStore {
     pending: Pending,
     /// Failed flushes so far.
     epoch: u64,
-}
-
-/// The keys of the rows changed since the last flush.
-#[derive(Debug, Default)]
-struct Pending {
-    entities: BTreeSet<EntityKey>,
-    queue: BTreeSet<(UserId, OpId)>,
-    keys: BTreeSet<(UserId, IdempotencyKey)>,
-    history: BTreeSet<(UserId, u64)>,
-    /// Each conflict with the commit that created it (used only if it is new to the file).
-    conflicts: BTreeMap<ConflictId, u64>,
-    batches: BTreeSet<(UserId, BatchId)>,
-    devices: BTreeSet<(UserId, DeviceId)>,
-    metrics: BTreeSet<(UserId, Millis)>,
-    users: BTreeSet<UserId>,
-}
-
-impl Pending {
-    /// Notes the rows `commit` changes.
-    fn note(&mut self, commit: &Commit) {
-        let user = &commit.user;
-        self.users.insert(user.clone());
-        if let Some((key, _)) = &commit.entity {
-            self.entities.insert(key.clone());
-        }
-        if let Some((op_id, _)) = &commit.queue {
-            self.queue.insert((user.clone(), op_id.clone()));
-        }
-        if let Some((key, _)) = &commit.idempotency {
-            self.keys.insert((user.clone(), key.clone()));
-        }
-        if commit.history.is_some() {
-            self.history.insert((user.clone(), commit.seq));
-        }
-        if let Some(conflict) = &commit.conflict {
-            // The first commit to name a conflict since the last flush: the one that
-            // created it, or (when it is already in the file) one the upsert ignores.
-            self.conflicts
-                .entry(conflict.conflict_id.clone())
-                .or_insert(commit.seq);
-        }
-        if let Some((batch_id, _)) = &commit.batch {
-            self.batches.insert((user.clone(), batch_id.clone()));
-        }
-        if let Some(device) = &commit.device {
-            self.devices
-                .insert((user.clone(), device.device_id.clone()));
-        }
-        if let Some(window) = &commit.metrics {
-            self.metrics.insert((user.clone(), window.window_start_ms));
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.users.is_empty()
-    }
 }
 
 fn fail(what: &str, error: impl std::fmt::Display) -> StoreError {
@@ -383,24 +324,13 @@ impl SqliteStore {
     }
 }
 
-/// The keys of `before` that `after` lacks.
-fn gone<'a, K: Ord, V>(
-    before: &'a BTreeMap<K, V>,
-    after: &'a BTreeMap<K, V>,
-) -> impl Iterator<Item = &'a K> {
-    before.keys().filter(|key| !after.contains_key(key))
-}
-
 impl ServerStore for SqliteStore {
     fn tables(&self) -> &Tables {
         &self.tables
     }
 
     fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
-        // An engine bug panics here, before anything changes.
-        self.tables.check(&commit);
-        self.pending.note(&commit);
-        self.tables.apply_checked(commit);
+        self.pending.apply(&mut self.tables, commit);
         Ok(())
     }
 
@@ -513,21 +443,7 @@ fn load(conn: &Connection) -> Result<Tables, StoreError> {
         },
     )?;
     for (key, stored) in entities {
-        tables
-            .changes
-            .insert((stored.owner.clone(), stored.cursor), key.clone());
-        for parent in parent_keys(key.0, &stored.state) {
-            tables
-                .live_children
-                .entry(parent)
-                .or_default()
-                .insert(key.clone());
-        }
-        let counts = tables.user_counts.entry(stored.owner.clone()).or_default();
-        if !stored.state.deleted {
-            counts.live_entities += 1;
-        }
-        tables.entities.insert(key, stored);
+        tables.restore_entity(key, stored);
     }
     for (user, op_id, row) in rows(conn, "sync_queue", "SELECT * FROM sync_queue", |row| {
         Ok((UserId(text(row, 0)?), OpId(text(row, 1)?), decode(row, 2)?))
@@ -551,15 +467,7 @@ fn load(conn: &Connection) -> Result<Tables, StoreError> {
         let id = ConflictId(text(row, 0)?);
         Ok((id, UserId(text(row, 1)?), number(row, 2)?, decode(row, 3)?))
     })? {
-        let record: rockhound_engine::server::wire::ConflictRecord = record;
-        let counts: &mut UserCounts = tables.user_counts.entry(user.clone()).or_default();
-        if record.status == ConflictStatus::Open {
-            counts.open_conflicts += 1;
-        }
-        tables
-            .user_conflicts
-            .insert((user.clone(), created), id.clone());
-        tables.sync_conflicts.insert(id, (user, record));
+        tables.restore_conflict(id, user, created, record);
     }
     let batches = "SELECT * FROM sync_batches";
     for (user, batch_id, record) in rows(conn, "sync_batches", batches, |row| {
@@ -578,8 +486,7 @@ fn load(conn: &Connection) -> Result<Tables, StoreError> {
             decode(row, 2)?,
         ))
     })? {
-        tables.devices.insert((user.clone(), device_id.clone()));
-        tables.sync_state.insert((user, device_id), state);
+        tables.restore_device(user, device_id, state);
     }
     let metrics = "SELECT * FROM sync_metrics";
     for (user, start, window) in rows(conn, "sync_metrics", metrics, |row| {

@@ -1,13 +1,15 @@
 //! Throughput of `rockhound serve` over loopback HTTP: ops applied per second with N
 //! concurrent clients, each its own user, each sending 50-op batches of creates one after
-//! another, on the in-memory store or on SQLite (a fresh file, durable: WAL with
-//! `synchronous = FULL`, as `serve --db` runs it).
+//! another, on the in-memory store, on SQLite (a fresh file, durable: WAL with
+//! `synchronous = FULL`, as `serve --db` runs it) or on PostgreSQL (the database
+//! `ROCKHOUND_BENCH_POSTGRES` names, emptied first; durable commits, as the server's
+//! defaults have them).
 //!
 //! ```sh
 //! cargo run --release -p rockhound-benches --bin serve_throughput -- STORE CLIENTS [SECONDS] [THREADS]
 //! ```
 //!
-//! `STORE` is `memory` or `sqlite`; `SECONDS` defaults to 10, `THREADS` (server worker
+//! `STORE` is `memory`, `sqlite` or `postgres`; `SECONDS` defaults to 10, `THREADS` (server worker
 //! threads) to 2. Prints ops per second and batch latency percentiles. Figures and the
 //! machine are in `benches/README.md`.
 
@@ -20,6 +22,7 @@ use rockhound_engine::{Batch, Millis, Op, OpKind, SyncConfig, UserId};
 use rockhound_io::http::client::request;
 use rockhound_io::http::serve::{ServeLimits, serve_tcp};
 use rockhound_io::http::{self, AppState};
+use rockhound_io::postgres_store::PostgresStore;
 use rockhound_io::sqlite_store::SqliteStore;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -103,22 +106,39 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank]
 }
 
+/// Drops rockhound's tables from the database at `url`, so that the run starts empty.
+fn empty_postgres(url: &str) {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).expect("connects");
+    client
+        .batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        .expect("the schema is emptied");
+}
+
+/// The server on the store `name`; `None` for an unknown name.
+fn open_server(name: &str, db: &std::path::Path) -> Option<Server<AnyStore>> {
+    let store: AnyStore = match name {
+        "memory" => return Some(Server::new(SyncConfig::default()).into_any()),
+        "sqlite" => Box::new(SqliteStore::open(db).expect("the database opens")),
+        "postgres" => {
+            let url = std::env::var("ROCKHOUND_BENCH_POSTGRES")
+                .expect("ROCKHOUND_BENCH_POSTGRES names a database to empty and use");
+            empty_postgres(&url);
+            Box::new(PostgresStore::open(&url, Millis(wall_ms())).expect("the database opens"))
+        }
+        _ => return None,
+    };
+    Some(Server::with_store(SyncConfig::default(), store))
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: serve_throughput memory|sqlite CLIENTS [SECONDS] [THREADS]";
+    let usage = "usage: serve_throughput memory|sqlite|postgres CLIENTS [SECONDS] [THREADS]";
     let store_name = args.next().expect(usage);
     let clients: usize = args.next().and_then(|s| s.parse().ok()).expect(usage);
     let seconds: u64 = args.next().map_or(10, |s| s.parse().expect(usage));
     let threads: usize = args.next().map_or(2, |s| s.parse().expect(usage));
     let db = std::env::temp_dir().join(format!("rockhound-throughput-{}.db", std::process::id()));
-    let server = match store_name.as_str() {
-        "memory" => Server::new(SyncConfig::default()).into_any(),
-        "sqlite" => {
-            let store = SqliteStore::open(&db).expect("the database opens");
-            Server::with_store(SyncConfig::default(), Box::new(store) as AnyStore)
-        }
-        _ => panic!("{usage}"),
-    };
+    let server = open_server(&store_name, &db).expect(usage);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()

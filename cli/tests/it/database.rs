@@ -1,19 +1,83 @@
-//! `rockhound serve --db PATH` on SQLite: what was acknowledged survives a SIGKILL, once,
-//! and the clients' resends are answered `duplicate`.
+//! `rockhound serve --db` on SQLite and on PostgreSQL: what was acknowledged survives a
+//! SIGKILL, once, and the clients' resends are answered `duplicate`; concurrent devices
+//! lose no update. The PostgreSQL runs need `ROCKHOUND_TEST_POSTGRES` (see
+//! io/src/postgres_store/tests.rs); without it they say so and pass, unless
+//! `ROCKHOUND_REQUIRE_POSTGRES` is set, as CI sets it.
 
 use crate::http::{BOB, Served, TOKEN, batch, call, get, op, start_with};
 use hyper::Method;
 use rockhound_engine::OpKind;
 use rockhound_engine::entity::EntityType;
 use rockhound_engine::server::replay;
+use rockhound_engine::server::tables::AnyStore;
 use rockhound_engine::server::tables::ServerStore;
+use rockhound_io::postgres_store::PostgresStore;
 use rockhound_io::sqlite_store::SqliteStore;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-fn serve_on(db: &Path) -> Served {
-    start_with(&["--db", db.to_str().unwrap()])
+/// A database for one test.
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Db {
+    fn sqlite() -> Db {
+        Db::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    /// A fresh PostgreSQL database named after the test; `None` without a test server.
+    fn postgres(name: &str) -> Option<Db> {
+        let Ok(base) = std::env::var("ROCKHOUND_TEST_POSTGRES") else {
+            assert!(
+                std::env::var_os("ROCKHOUND_REQUIRE_POSTGRES").is_none(),
+                "ROCKHOUND_REQUIRE_POSTGRES is set but ROCKHOUND_TEST_POSTGRES is not"
+            );
+            eprintln!("skipped: ROCKHOUND_TEST_POSTGRES is not set (.ci/postgres starts one)");
+            return None;
+        };
+        let db = format!("rockhound_cli_{name}");
+        // The blocking client must not run on the test's runtime: a thread of its own.
+        let (url, script) = (
+            base.clone(),
+            format!("DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db};"),
+        );
+        std::thread::spawn(move || {
+            let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            for statement in script.split_terminator(';') {
+                admin.batch_execute(statement).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        let (prefix, _) = base.rsplit_once('/').unwrap();
+        Some(Db::Postgres(format!("{prefix}/{db}")))
+    }
+
+    /// What `--db` takes.
+    fn arg(&self) -> String {
+        match self {
+            Db::Sqlite(dir) => dir.path().join("rockhound.db").display().to_string(),
+            Db::Postgres(url) => url.clone(),
+        }
+    }
+
+    /// The store, opened as a restarted server would.
+    fn open(&self) -> AnyStore {
+        match self {
+            Db::Sqlite(_) => Box::new(SqliteStore::open(Path::new(&self.arg())).unwrap()),
+            Db::Postgres(url) => Box::new(
+                PostgresStore::open(url, rockhound_engine::time::Millis(1_780_000_000_000))
+                    .unwrap(),
+            ),
+        }
+    }
+}
+
+fn serve_on(db: &Db) -> Served {
+    start_with(&["--db", &db.arg()])
 }
 
 /// Sends one tag create per batch for `token` until the server is gone, and returns the op
@@ -60,9 +124,18 @@ async fn stream(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_acknowledged_op_survives_a_sigkill_once_and_its_resend_is_a_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("rockhound.db");
+async fn on_sqlite_every_acknowledged_op_survives_a_sigkill_once_and_its_resend_is_a_duplicate() {
+    survives_a_sigkill(Db::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_every_acknowledged_op_survives_a_sigkill_once_and_its_resend_is_a_duplicate() {
+    if let Some(db) = Db::postgres("sigkill") {
+        survives_a_sigkill(db).await;
+    }
+}
+
+async fn survives_a_sigkill(db: Db) {
     let mut served = serve_on(&db);
     let addr = served.addr;
     let ann = tokio::spawn(stream(addr, TOKEN, 0));
@@ -81,7 +154,7 @@ async fn every_acknowledged_op_survives_a_sigkill_once_and_its_resend_is_a_dupli
 
     // The file, read directly: every acknowledged op is there exactly once, and replaying
     // the history gives the tables.
-    let store = SqliteStore::open(&db).unwrap();
+    let store = db.open();
     let tables = store.tables();
     let mut applied: BTreeMap<String, usize> = BTreeMap::new();
     for row in tables.sync_history.values() {
@@ -204,9 +277,18 @@ async fn edit_shared(addr: std::net::SocketAddr, device: usize, rounds: u32) -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_devices_on_shared_tags_lose_no_update_and_versions_stay_contiguous() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("rockhound.db");
+async fn on_sqlite_concurrent_devices_lose_no_update_and_versions_stay_contiguous() {
+    concurrent_devices(Db::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_concurrent_devices_lose_no_update_and_versions_stay_contiguous() {
+    if let Some(db) = Db::postgres("concurrent") {
+        concurrent_devices(db).await;
+    }
+}
+
+async fn concurrent_devices(db: Db) {
     let mut served = serve_on(&db);
     let addr = served.addr;
     let tags = (0..2)
@@ -254,7 +336,7 @@ async fn concurrent_devices_on_shared_tags_lose_no_update_and_versions_stay_cont
     served.child.kill().unwrap();
     served.child.wait().unwrap();
 
-    let store = SqliteStore::open(&db).unwrap();
+    let store = db.open();
     let tables = store.tables();
     replay::verify(tables).unwrap();
     // Versions contiguous per entity: the writes its history records are 1, 2, …, n, and

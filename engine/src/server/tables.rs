@@ -164,6 +164,48 @@ impl Tables {
         self.user_seqs.get(user).copied().unwrap_or(0) + 1
     }
 
+    /// Puts back an entity a durable store read, with the indexes derived from it (the
+    /// change index, live children, the owner's count).
+    pub fn restore_entity(&mut self, key: EntityKey, stored: StoredEntity) {
+        self.changes
+            .insert((stored.owner.clone(), stored.cursor), key.clone());
+        for parent in parent_keys(key.0, &stored.state) {
+            self.live_children
+                .entry(parent)
+                .or_default()
+                .insert(key.clone());
+        }
+        let counts = self.user_counts.entry(stored.owner.clone()).or_default();
+        if !stored.state.deleted {
+            counts.live_entities += 1;
+        }
+        self.entities.insert(key, stored);
+    }
+
+    /// Puts back a conflict a durable store read; `created` is the commit that opened it
+    /// (its place in the user's list).
+    pub fn restore_conflict(
+        &mut self,
+        id: ConflictId,
+        user: UserId,
+        created: u64,
+        record: ConflictRecord,
+    ) {
+        let counts = self.user_counts.entry(user.clone()).or_default();
+        if record.status == ConflictStatus::Open {
+            counts.open_conflicts += 1;
+        }
+        self.user_conflicts
+            .insert((user.clone(), created), id.clone());
+        self.sync_conflicts.insert(id, (user, record));
+    }
+
+    /// Puts back a device's state a durable store read (which registers the device).
+    pub fn restore_device(&mut self, user: UserId, device: DeviceId, state: DeviceState) {
+        self.devices.insert((user.clone(), device.clone()));
+        self.sync_state.insert((user, device), state);
+    }
+
     /// Keeps [`Tables::user_counts`] with a commit about to apply.
     fn count(&mut self, commit: &Commit) {
         if let Some((key, state)) = &commit.entity {
