@@ -19,14 +19,29 @@ pub const RETRY_COUNT_MAX: u32 = 1_000;
 
 const _: () = assert!(BATCH_OP_COUNT_MAX <= QUEUE_OP_COUNT_MAX);
 
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// The longest batching window: a minute.
+pub const BATCH_WINDOW_MS_MAX: u64 = 60_000;
+
 /// Configuration of one deployment (client and server agree on it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncConfig {
     /// Most ops in one batch. Default 50.
     pub batch_size: usize,
-    /// How long a batch may be in flight before it counts as failed. Default 5,000 ms.
+    /// How long a batch may be in flight before it counts as failed (the request
+    /// timeout). Default 5,000 ms. The seed's name reads as a time to wait for a batch to
+    /// fill as well; here that is [`SyncConfig::batch_window_ms`].
     pub batch_timeout_ms: u64,
+    /// The batching window: once an op is ready, how long to wait for more before sending a
+    /// batch that is not full (a full batch, or one with a priority-0 op, goes at once).
+    /// Default 0: send at once (and then left out of the serialized form, so that traces
+    /// of configurations without a window read as before).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub batch_window_ms: u64,
     /// Interval between automatic sync attempts while online. Default 60,000 ms.
     pub auto_sync_interval_ms: u64,
     /// Failed attempts before an op is dead-lettered; `None` retries forever. Default 5.
@@ -41,7 +56,11 @@ pub struct SyncConfig {
     pub backoff: BackoffPolicy,
     /// Whether telemetry events are emitted. Default true.
     pub enable_telemetry: bool,
-    /// Whether the queue is persisted to durable storage. Default true.
+    /// The seed's switch for a durable queue. Here the queue is always durable (an op is
+    /// acknowledged to the caller only once it is on disk, and the no-loss, durability and
+    /// exactly-once checkers rely on that), so this is kept only so that the seed's
+    /// configurations, which set it to true, still read; `false` is refused by
+    /// [`SyncConfig::validate`] rather than silently ignored.
     pub persist_queue: bool,
     /// Per-entity-type overrides of priority and conflict strategy.
     pub entities: Catalogue,
@@ -89,6 +108,7 @@ impl SyncConfig {
         SyncConfig {
             batch_size: 50,
             batch_timeout_ms: 5 * SECOND_MS,
+            batch_window_ms: 0,
             auto_sync_interval_ms: 60 * SECOND_MS,
             max_retries: Some(5),
             max_queue_size: 10_000,
@@ -147,6 +167,21 @@ impl SyncConfig {
                 value: value.to_string(),
                 rule: rule.into(),
             }
+        }
+        if self.batch_window_ms > BATCH_WINDOW_MS_MAX {
+            return Err(error(
+                "batch_window_ms",
+                self.batch_window_ms,
+                format!("use 0 to {BATCH_WINDOW_MS_MAX}"),
+            ));
+        }
+        if !self.persist_queue {
+            return Err(error(
+                "persist_queue",
+                false,
+                "the queue is always durable (an in-memory queue would lose acknowledged ops \
+                 in a crash); leave it out or set it to true",
+            ));
         }
         if !(1..=BATCH_OP_COUNT_MAX).contains(&self.batch_size) {
             return Err(error(
@@ -277,6 +312,20 @@ mod tests {
                 assert_eq!(error.key, "pull_page_len");
             }
         }
+    }
+
+    #[test]
+    fn a_queue_that_is_not_persisted_is_refused_not_silently_ignored() {
+        let config = SyncConfig {
+            persist_queue: false,
+            ..SyncConfig::offline_heavy()
+        };
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.key, "persist_queue");
+        assert!(error.to_string().contains("always durable"), "{error}");
+        // The seed's configurations say true, and read.
+        let seed: SyncConfig = serde_json::from_str(r#"{"persist_queue": true}"#).unwrap();
+        assert_eq!(seed.validate(), Ok(()));
     }
 
     #[test]

@@ -226,6 +226,10 @@ pub const POINTS: &[Point] = &[
     ),
     ("client.full_batch", "a batch of batch_size ops sent"),
     (
+        "client.batch_window_held",
+        "ready ops waited for the batching window to fill a batch",
+    ),
+    (
         "client.retry_after_honoured",
         "a request refused as overloaded waited out the server's Retry-After",
     ),

@@ -98,7 +98,8 @@ pub fn swarm_spec(seed: u64) -> RunSpec {
 }
 
 /// A preset with a few knobs turned: batch size, retries (few enough to dead-letter), a
-/// queue small enough to fill, and a strategy for any entity type, `manual` included.
+/// queue small enough to fill, a batching window, and a strategy for any entity type,
+/// `manual` included.
 fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
     let presets = ["development", "production", "offline_heavy"];
     let preset = presets[rng.random_range(0..presets.len())];
@@ -145,7 +146,11 @@ fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
         rng.random_range(5..=8)
     });
     let pull_page_len = rng.random_bool(0.3).then(|| rng.random_range(1..=10));
+    let batch_window_ms = rng
+        .random_bool(0.2)
+        .then(|| [500, 2_000][rng.random_range(0..2)]);
     ConfigSpec {
+        batch_window_ms,
         preset: Some(preset.to_owned()),
         batch_size: Some(batch_size),
         auto_sync_interval_ms: Some(10_000),

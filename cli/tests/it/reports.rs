@@ -56,7 +56,7 @@ fn the_committed_baseline_is_what_the_code_reports() {
     );
     let mut compare = Command::new(env!("CARGO_BIN_EXE_rockhound"));
     compare.arg("compare").current_dir(repo());
-    for file in ["retries", "skew", "batch_size"] {
+    for file in ["retries", "skew", "batch_size", "batch_window"] {
         compare.arg(format!("scenarios/compare/{file}.toml"));
     }
     let compared = compare

@@ -1217,6 +1217,60 @@ fn queued_finds_an_enqueued_op_by_id_and_nothing_for_an_unknown_one() {
 }
 
 #[test]
+fn the_batching_window_holds_a_small_batch_but_never_a_full_one_or_priority_0() {
+    let config = SyncConfig {
+        batch_window_ms: 2_000,
+        batch_size: 3,
+        ..SyncConfig::default()
+    };
+    let mut device = open(config);
+    device.set_online(T0, true);
+    // Coming online asks for a pull; nothing is pulled.
+    assert!(matches!(device.poll(T0), Some(Request::Pull { .. })));
+    let nothing = crate::server::wire::ChangesPage {
+        changes: vec![],
+        next_cursor: 0,
+        has_more: false,
+    };
+    device.on_pull_response(T0, &nothing);
+    device.enqueue(T0, T0, session("s1")).unwrap();
+    // One op ready: the window opens and holds it; the device wakes when it closes.
+    assert!(device.poll(T0).is_none());
+    let closes = Millis(T0.0 + 2_000);
+    assert_eq!(device.next_wake_at(), Some(closes));
+    let later = Millis(T0.0 + 1_000);
+    device.enqueue(later, later, session("s2")).unwrap();
+    assert!(device.poll(later).is_none(), "still not full, window open");
+    let sent = batch(device.poll(closes));
+    assert_eq!(
+        sent.ops.len(),
+        2,
+        "both ride together when the window closes"
+    );
+    device.on_batch_response(closes, &answer(&sent, OpStatus::Applied, None));
+    // A full batch goes at once.
+    let next = Millis(closes.0 + 10);
+    let three = vec![session("s3"), session("s4"), session("s5")];
+    device.enqueue_all(next, next, three).unwrap();
+    let full = batch(device.poll(next));
+    assert_eq!(full.ops.len(), 3);
+    device.on_batch_response(next, &answer(&full, OpStatus::Applied, None));
+    // A priority-0 op (a delete) goes at once too.
+    let delete = Edit {
+        entity_type: EntityType::FieldSession,
+        entity_id: EntityId("s1".to_owned()),
+        action: EditAction::Delete,
+    };
+    device.enqueue(next, next, delete).unwrap();
+    assert_eq!(batch(device.poll(next)).ops.len(), 1);
+    // With no window (the default), one ready op goes at once.
+    let mut eager = open(SyncConfig::default());
+    eager.enqueue(T0, T0, session("s1")).unwrap();
+    eager.set_online(T0, true);
+    assert_eq!(batch(eager.poll(T0)).ops.len(), 1);
+}
+
+#[test]
 fn deletes_and_blocking_edits_go_at_priority_0_but_never_overtake_what_they_wait_for() {
     let mut device = open(SyncConfig::default());
     // Applied first: a session, a tag and a storage location the later ops touch.

@@ -53,7 +53,7 @@ pub struct VariantResult {
 }
 
 /// The metrics compared, in order.
-pub const METRICS: [&str; 8] = [
+pub const METRICS: [&str; 9] = [
     "ops applied",
     "ops dead-lettered",
     "ops expired",
@@ -62,10 +62,14 @@ pub const METRICS: [&str; 8] = [
     "batches sent (requests)",
     "pulls (requests)",
     "convergence after healing (ms)",
+    "op latency, enqueue to settled, median (ms)",
 ];
 
-fn metrics(report: &RunReport) -> [f64; 8] {
+fn metrics(report: &RunReport) -> [f64; 9] {
     let s = &report.summary;
+    let mut latencies = report.latencies_ms.clone();
+    latencies.sort_unstable();
+    let median = latencies.get(latencies.len() / 2).copied().unwrap_or(0);
     [
         s.applied as f64,
         s.dead_lettered as f64,
@@ -75,6 +79,7 @@ fn metrics(report: &RunReport) -> [f64; 8] {
         s.batches as f64,
         s.pulls as f64,
         s.convergence_ms.unwrap_or(0) as f64,
+        median as f64,
     ]
 }
 
@@ -131,7 +136,7 @@ pub fn run(spec: &ComparisonSpec, seeds: std::ops::RangeInclusive<u64>) -> Vec<V
         .iter()
         .map(|variant| {
             let run_spec = variant_spec(&spec.base, variant);
-            let mut sums = [0.0; 8];
+            let mut sums = [0.0; METRICS.len()];
             let (mut held, mut runs, mut never) = (0, 0, 0);
             for seed in seeds.clone() {
                 let Ok(checked) = runner::run(&run_spec, seed, false) else {

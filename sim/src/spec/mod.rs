@@ -124,6 +124,8 @@ pub struct ConfigSpec {
     pub batch_size: Option<usize>,
     /// Request timeout.
     pub batch_timeout_ms: Option<u64>,
+    /// Batching window: how long ready ops wait for more before a batch that is not full.
+    pub batch_window_ms: Option<u64>,
     /// Automatic sync interval.
     pub auto_sync_interval_ms: Option<u64>,
     /// Failed attempts before dead-letter.
@@ -166,6 +168,7 @@ impl ConfigSpec {
         set! {
             batch_size => config.batch_size,
             batch_timeout_ms => config.batch_timeout_ms,
+            batch_window_ms => config.batch_window_ms,
             auto_sync_interval_ms => config.auto_sync_interval_ms,
             max_queue_size => config.max_queue_size,
             queue_ttl_ms => config.queue_ttl_ms,

@@ -7,6 +7,7 @@ use crate::client::observe::{Event, OpUpdate, TelemetryKind};
 use crate::client::queue::Status;
 use crate::client::record::Record;
 use crate::client::store::QueueStore;
+use crate::entity::Priority;
 use crate::ids::BatchId;
 use crate::op::{Batch, Op};
 use crate::time::Millis;
@@ -147,7 +148,7 @@ impl<S: QueueStore> Coordinator<S> {
         if self.config.planted.client.sends_child_before_parent {
             seqs.reverse();
         }
-        if !seqs.is_empty() {
+        if !seqs.is_empty() && !self.window_holds(now, &seqs) {
             return Some(self.send_batch(seqs, deadline));
         }
         if self.pull_due && now >= self.pull_not_before {
@@ -158,6 +159,29 @@ impl<S: QueueStore> Coordinator<S> {
             });
         }
         None
+    }
+
+    /// The batching window (`batch_window_ms`): a batch that is not full and carries no
+    /// priority-0 op waits until the window, opened by the first poll that found it, closes.
+    fn window_holds(&mut self, now: Millis, seqs: &[u64]) -> bool {
+        let window = self.config.batch_window_ms;
+        if window == 0 || seqs.len() >= self.config.batch_size {
+            return false;
+        }
+        let critical = seqs.iter().any(|seq| {
+            self.queue
+                .get(*seq)
+                .is_some_and(|e| e.op.priority == Priority::CRITICAL)
+        });
+        if critical {
+            return false;
+        }
+        let opened = *self.window_opened_at.get_or_insert(now);
+        let holds = now < opened.plus_ms(window);
+        if holds {
+            crate::coverage::hit("client.batch_window_held");
+        }
+        holds
     }
 
     /// The planted `fills_batches_by_age` selection: the batch's ops are the oldest of
@@ -176,6 +200,7 @@ impl<S: QueueStore> Coordinator<S> {
             crate::coverage::hit("client.full_batch");
         }
         self.queue.mark_in_flight(&seqs);
+        self.window_opened_at = None;
         self.batch_count += 1;
         let batch_id = BatchId(format!(
             "{}:{}:{}",
@@ -222,8 +247,16 @@ impl<S: QueueStore> Coordinator<S> {
             if let Some(at) = self.queue.next_due_at() {
                 consider(at);
             }
-            if self.queue.has_ready() || !self.resolves.is_empty() {
+            if !self.resolves.is_empty() {
                 consider(Millis(0));
+            }
+            if self.queue.has_ready() {
+                // At once, or when the batching window that holds the ready ops closes.
+                let window = self.config.batch_window_ms;
+                consider(
+                    self.window_opened_at
+                        .map_or(Millis(0), |o| o.plus_ms(window)),
+                );
             }
             if self.pull_due {
                 consider(self.pull_not_before);

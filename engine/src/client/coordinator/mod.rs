@@ -252,6 +252,9 @@ pub struct Coordinator<S: QueueStore> {
     pull_not_before: Millis,
     /// No request goes before this: the server's last `Retry-After`.
     quiet_until: Millis,
+    /// When the batching window opened: the first poll that found ops ready but held them
+    /// (`batch_window_ms`); cleared when a batch goes.
+    window_opened_at: Option<Millis>,
     next_auto_sync_at: Millis,
     resolves: VecDeque<(ConflictId, ResolveRequest)>,
     conflicts: BTreeMap<ConflictId, LocalConflict>,
@@ -322,6 +325,7 @@ impl<S: QueueStore> Coordinator<S> {
             pull_failures: 0,
             pull_not_before: now,
             quiet_until: now,
+            window_opened_at: None,
             next_auto_sync_at: now.plus_ms(config.auto_sync_interval_ms),
             resolves: VecDeque::new(),
             conflicts: BTreeMap::new(),
