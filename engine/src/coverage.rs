@@ -96,6 +96,10 @@ pub const POINTS: &[Point] = &[
         "an op breaking a rule of its shape refused",
     ),
     (
+        "server.answer.rejected.invalid_entity",
+        "an op whose field breaks its entity type's schema refused",
+    ),
+    (
         "server.answer.rejected.expired",
         "an op older than the key retention refused",
     ),

@@ -25,6 +25,7 @@ pub mod ids;
 pub mod op;
 pub mod ordering;
 pub mod planted;
+pub mod schema;
 pub mod server;
 pub mod strategy;
 pub mod testing;

@@ -144,6 +144,14 @@ pub enum OpError {
         /// What is wrong with it.
         problem: PayloadProblem,
     },
+    /// A field breaks its entity type's schema (`crate::schema`, docs/entities.md).
+    #[error("{entity_type} {problem}")]
+    Schema {
+        /// The entity's type.
+        entity_type: EntityType,
+        /// The field and what it must be.
+        problem: crate::schema::SchemaProblem,
+    },
     /// A child create does not reference its parent.
     #[error("{entity_type} create must reference its parent in {field}")]
     MissingParent {
@@ -429,6 +437,10 @@ fn check_payload(
             Some(_) => return Err(payload_error(PayloadProblem::BadReference { field })),
         }
     }
+    crate::schema::check(entity_type, fields).map_err(|problem| OpError::Schema {
+        entity_type,
+        problem,
+    })?;
     match kind {
         OpKind::Create => {
             let payload_id = fields.get("id").and_then(Value::as_str);

@@ -348,7 +348,7 @@ pub fn user_edit(
             _ => create(
                 EntityType::StorageLocation,
                 new_id("drawer"),
-                json!({"cabinet": rng.random_range(1..10), "drawer": rng.random_range(1..20)}),
+                json!({"cabinet": format!("cabinet {}", rng.random_range(1..10)), "drawer": rng.random_range(1..20)}),
             ),
         },
         70..=72 => {

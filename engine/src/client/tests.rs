@@ -948,7 +948,8 @@ mod model {
                 Step::Update(pick) => {
                     if !self.entities.is_empty() {
                         let (entity_type, id) = self.entities[pick % self.entities.len()].clone();
-                        self.enqueue(update(entity_type, &id, json!({"note": pick % 97})));
+                        let note = format!("note {}", pick % 97);
+                        self.enqueue(update(entity_type, &id, json!({ "note": note })));
                     }
                 }
                 Step::Online(online) => self.device.set_online(self.now, online),
@@ -1214,6 +1215,41 @@ fn queued_finds_an_enqueued_op_by_id_and_nothing_for_an_unknown_one() {
     assert_eq!(entry.op.depends_on, vec![first.clone()]);
     assert_eq!(device.queued(&first).unwrap().op.entity_id.as_str(), "fs-1");
     assert!(device.queued(&OpId("op-unknown".into())).is_none());
+}
+
+#[test]
+fn an_edit_whose_field_breaks_the_schema_is_refused_before_it_is_queued() {
+    let mut device = open(SyncConfig::default());
+    device.enqueue(T0, T0, session("s1")).unwrap();
+    device.enqueue(T0, T0, find_log("f1", "s1")).unwrap();
+    let heavy = create(
+        EntityType::Specimen,
+        "sp1",
+        json!({"find_log_id": "f1", "weight_g": "heavy"}),
+    );
+    let refused = device.enqueue(T0, T0, heavy).unwrap_err();
+    assert!(
+        matches!(
+            &refused,
+            EnqueueError::Invalid(crate::op::OpError::Schema { problem, .. })
+                if problem.field == "weight_g"
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("weight_g must be a number"),
+        "{refused}"
+    );
+    assert_eq!(device.stats().pending, 2, "nothing of it was queued");
+    // The same field, right, goes; an update may clear it with null.
+    let ok = create(
+        EntityType::Specimen,
+        "sp1",
+        json!({"find_log_id": "f1", "weight_g": 412}),
+    );
+    device.enqueue(T0, T0, ok).unwrap();
+    let cleared = update(EntityType::Specimen, "sp1", json!({"weight_g": null}));
+    device.enqueue(T0, T0, cleared).unwrap();
 }
 
 #[test]

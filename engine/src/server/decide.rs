@@ -95,8 +95,12 @@ impl<S: ServerStore> Server<S> {
                 Stored::HistoryOnly,
             ));
         }
-        if op.validate().is_err() {
-            return Some(OpOutcome::reject(op, Refusal::InvalidOp));
+        match op.validate() {
+            Ok(()) => {}
+            Err(crate::op::OpError::Schema { .. }) => {
+                return Some(OpOutcome::reject(op, Refusal::InvalidEntity));
+            }
+            Err(_) => return Some(OpOutcome::reject(op, Refusal::InvalidOp)),
         }
         if now.since_ms(op.created_at_ms) > self.config.idempotency_retention_ms() {
             return Some(OpOutcome::reject(op, Refusal::Expired));

@@ -169,6 +169,37 @@ fn an_invalid_op_is_rejected_with_invalid_op() {
 }
 
 #[test]
+fn an_op_whose_field_breaks_the_schema_is_rejected_with_invalid_entity_and_changes_nothing() {
+    let mut server = Server::new(SyncConfig::default());
+    let off = op(
+        1,
+        EntityType::Tag,
+        "t",
+        OpKind::Create,
+        0,
+        json!({"id": "t", "label": 42}),
+    );
+    assert_eq!(
+        statuses(&send(&mut server, "ann", "phone", vec![off])),
+        [(OpStatus::Rejected, Some("invalid_entity"))]
+    );
+    assert!(server.tables().entities.is_empty());
+    // The same entity, within its schema, is then created.
+    let good = op(
+        2,
+        EntityType::Tag,
+        "t",
+        OpKind::Create,
+        0,
+        json!({"id": "t", "label": "quartz"}),
+    );
+    assert_eq!(
+        statuses(&send(&mut server, "ann", "phone", vec![good])),
+        [(OpStatus::Applied, None)]
+    );
+}
+
+#[test]
 fn an_op_older_than_the_key_retention_is_refused_as_expired() {
     let mut server = Server::new(SyncConfig::default());
     let mut old = session(1, "fs");

@@ -90,6 +90,8 @@ wire_names! {
         /// The op breaks a rule of its shape (ids, payload, fields); nothing of it is stored
         /// when its ids are bad.
         InvalidOp => "invalid_op",
+        /// A field breaks its entity type's schema (docs/entities.md): rejected for good.
+        InvalidEntity => "invalid_entity",
         /// The op is older than the queue's time to live.
         Expired => "expired",
         /// The op touches another user's entity or device.

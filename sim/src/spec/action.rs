@@ -293,7 +293,8 @@ pub enum Probe {
     /// (`op_id_reused`).
     ReusedIds,
     /// A copy whose payload was changed after sealing (`checksum_mismatch`), a copy whose
-    /// shape breaks the op rules (`invalid_op`), then the good op (applied).
+    /// shape breaks the op rules (`invalid_op`), one whose field breaks the entity's schema
+    /// (`invalid_entity`), then the good op (applied).
     DamagedCopies,
     /// A create, its delete, then an update of the deleted entity (a conflict with the
     /// delete), its create again (`entity_deleted`) and an update from a version the server

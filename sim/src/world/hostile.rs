@@ -133,7 +133,8 @@ fn reused_ids(f: &mut Forger) -> Vec<RawRequest> {
     ]
 }
 
-/// A damaged copy and an invalid copy before the good op.
+/// A damaged copy, an invalid copy and one whose field breaks the schema, before the good
+/// op.
 fn damaged_copies(f: &mut Forger) -> Vec<RawRequest> {
     let tag = EntityType::Tag;
     let a = f.entity("a");
@@ -141,9 +142,11 @@ fn damaged_copies(f: &mut Forger) -> Vec<RawRequest> {
     let mut damaged = good.clone();
     damaged.payload = json!({"name": "damaged"});
     let invalid = f.op(OpKind::Create, (tag, &a), 7, json!({"name": "invalid"}));
+    let off_schema = f.op(OpKind::Create, (tag, &a), 0, json!({"label": 42}));
     vec![
         f.batch(vec![damaged]),
         f.batch(vec![invalid]),
+        f.batch(vec![off_schema]),
         f.batch(vec![good]),
     ]
 }

@@ -504,7 +504,7 @@ fn conflicts_page_in_creation_order_by_status_from_a_cursor() {
                 EntityType::FieldSession,
                 id,
                 1,
-                json!({ "name": k }),
+                json!({ "name": format!("name {k}") }),
             );
             send(&mut server, "ann", "phone", vec![stale]);
         }
