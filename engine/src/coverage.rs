@@ -216,6 +216,10 @@ pub const POINTS: &[Point] = &[
     ),
     ("server.resolve.custom", "a person gave the entity"),
     (
+        "server.resolve.by_strategy",
+        "a person had a named strategy decide on the server",
+    ),
+    (
         "server.batch.checksum_refused",
         "a damaged batch refused whole",
     ),

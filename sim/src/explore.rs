@@ -182,12 +182,19 @@ fn swarm_steps(
         .iter()
         .flat_map(|u| u.devices.iter().map(|d| (u.name.as_str(), d.as_str())))
         .collect();
-    let resolution = |rng: &mut ChaCha8Rng| {
-        [
-            Resolution::KeepServer,
-            Resolution::KeepClient,
-            Resolution::Custom,
-        ][rng.random_range(0..3)]
+    // A person keeps a side or gives the entity; one time in four they have a named
+    // strategy decide on the server instead.
+    let resolution = |rng: &mut ChaCha8Rng| match rng.random_range(0..4) {
+        0 => Resolution::KeepServer,
+        1 => Resolution::KeepClient,
+        2 => Resolution::Custom,
+        _ => [
+            Resolution::ClientWins,
+            Resolution::ServerWins,
+            Resolution::LatestTimestamp,
+            Resolution::FieldLevel,
+            Resolution::Merge,
+        ][rng.random_range(0..5)],
     };
     let mut steps = Vec::new();
     for _ in 0..rng.random_range(0..=9) {

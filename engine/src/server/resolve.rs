@@ -9,10 +9,11 @@ use super::wire::{
     Resolution, ResolveRequest, ResolvedBy,
 };
 use super::{ENTITY_BYTES_MAX, RequestError, Server};
-use crate::conflict::{self, ServerEntity};
+use crate::conflict::{self, Case, Decision, ServerEntity};
 use crate::delta;
 use crate::ids::{ConflictId, UserId};
 use crate::op::OpKind;
+use crate::strategy::Strategy;
 use crate::time::Millis;
 use serde_json::{Map, Value};
 
@@ -26,18 +27,21 @@ impl<S: ServerStore> Server<S> {
         now: Millis,
     ) -> Result<ConflictRecord, RequestError> {
         let (record, current) = self.open_conflict(user, conflict_id)?;
-        let (deleted, fields) = self.resolved_fields(user, record, current, request)?;
+        let (deleted, fields, changed) = self.resolved_fields(user, record, current, request)?;
         let key = (record.entity_type, record.entity_id.clone());
         let tables = self.store.tables();
         self.check_resolved_write(user, record, current, request, (deleted, fields.as_ref()))?;
         let resolution = ResolvedBy::from(request.resolution);
-        crate::coverage::hit_with(|| format!("server.resolve.{resolution}"));
+        if request.resolution.strategy().is_some() {
+            crate::coverage::hit("server.resolve.by_strategy");
+        } else {
+            crate::coverage::hit_with(|| format!("server.resolve.{resolution}"));
+        }
         let mut resolved = record.clone();
         resolved.status = ConflictStatus::Resolved;
         resolved.resolution = Some(resolution);
         resolved.resolved_at_ms = Some(now);
         let seq = tables.next_seq(user);
-        let changed = request.resolution != Resolution::KeepServer;
         let next = changed.then(|| {
             let version = current.version + 1;
             let stamp = conflict::Stamp {
@@ -97,7 +101,9 @@ impl<S: ServerStore> Server<S> {
         request: &ResolveRequest,
         (deleted, fields): (bool, Option<&Map<String, Value>>),
     ) -> Result<(), RequestError> {
-        if request.resolution == Resolution::KeepServer {
+        if request.resolution == Resolution::KeepServer
+            || request.resolution == Resolution::ServerWins
+        {
             return Ok(());
         }
         let key = (record.entity_type, record.entity_id.clone());
@@ -145,15 +151,26 @@ impl<S: ServerStore> Server<S> {
         Ok((record, current))
     }
 
-    /// The entity's state the resolution asks for: (deleted, fields; `None` keeps the
-    /// current fields), with the request's entity checked like any write.
+    /// The entity's state the resolution asks for: (deleted, fields — `None` keeps the
+    /// current fields — and whether it changes the entity at all), with the request's
+    /// entity checked like any write.
     fn resolved_fields(
         &self,
         user: &UserId,
         record: &ConflictRecord,
         current: &ServerEntity,
         request: &ResolveRequest,
-    ) -> Result<(bool, Option<Map<String, Value>>), RequestError> {
+    ) -> Result<Resolved, RequestError> {
+        if let Some(strategy) = request.resolution.strategy() {
+            if request.entity.is_some() {
+                return Err(RequestError::invalid(
+                    "entity is only accepted with resolution custom",
+                ));
+            }
+            let (deleted, fields, changed) = by_strategy(strategy, record, current);
+            self.check_size(fields.as_ref())?;
+            return Ok((deleted, fields, changed));
+        }
         let (deleted, fields) = match (request.resolution, &request.entity) {
             (Resolution::KeepServer | Resolution::KeepClient, Some(_)) => {
                 return Err(RequestError::invalid(
@@ -192,19 +209,76 @@ impl<S: ServerStore> Server<S> {
                 delta::apply(&mut entity, &patch);
                 (false, entity.as_object().cloned())
             }
-        };
-        if let Some(fields) = &fields {
-            let bytes = serde_json::to_vec(fields).map_or(usize::MAX, |b| b.len());
-            if bytes > ENTITY_BYTES_MAX {
-                return Err(RequestError::BadRequest {
-                    code: ErrorCode::EntityTooLarge,
-                    message: format!(
-                        "the resolved entity would be {bytes} bytes, more than the limit of \
-                         {ENTITY_BYTES_MAX}"
-                    ),
-                });
+            // Decided by `by_strategy` above; never reached.
+            (
+                Resolution::ClientWins
+                | Resolution::ServerWins
+                | Resolution::LatestTimestamp
+                | Resolution::FieldLevel
+                | Resolution::Merge,
+                _,
+            ) => {
+                return Err(RequestError::invalid(
+                    "a named strategy resolves on its own",
+                ));
             }
+        };
+        self.check_size(fields.as_ref())?;
+        Ok((
+            deleted,
+            fields,
+            request.resolution != Resolution::KeepServer,
+        ))
+    }
+
+    /// Refuses a resolved entity over the size limit.
+    fn check_size(&self, fields: Option<&Map<String, Value>>) -> Result<(), RequestError> {
+        let Some(fields) = fields else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec(fields).map_or(usize::MAX, |b| b.len());
+        if bytes > ENTITY_BYTES_MAX {
+            return Err(RequestError::BadRequest {
+                code: ErrorCode::EntityTooLarge,
+                message: format!(
+                    "the resolved entity would be {bytes} bytes, more than the limit of \
+                     {ENTITY_BYTES_MAX}"
+                ),
+            });
         }
-        Ok((deleted, fields))
+        Ok(())
+    }
+}
+
+/// The entity a resolution asks for: whether it is deleted, its fields (`None` keeps the
+/// current ones), and whether it changes the entity at all.
+type Resolved = (bool, Option<Map<String, Value>>, bool);
+
+/// What `strategy` decides for the conflict `record`, against the entity as it is now
+/// (it may have changed since the conflict was met): (deleted, fields — `None` keeps the
+/// current ones — and whether the entity changes). The conflict's case is taken again from
+/// the current entity: an update that met a live entity meets a tombstone if it was
+/// deleted since, and no strategy but a person's own brings a tombstone back.
+fn by_strategy(strategy: Strategy, record: &ConflictRecord, current: &ServerEntity) -> Resolved {
+    let case = match (record.kind, current.deleted) {
+        (OpKind::Delete, true) => Case::DeleteDelete,
+        (OpKind::Delete, false) => Case::DeleteUpdate,
+        (OpKind::Update | OpKind::Create, true) => Case::UpdateDelete,
+        (OpKind::Update, false) => Case::UpdateUpdate,
+        (OpKind::Create, false) => Case::CreateExisting,
+    };
+    let write = conflict::Write {
+        kind: record.kind,
+        base_version: record.server_version,
+        payload: &record.client_payload,
+        timestamp_ms: record.client_timestamp_ms,
+        device_id: &record.device_id,
+    };
+    match conflict::resolve(strategy, case, current, &write) {
+        Decision::Write { fields, .. } => (false, Some(fields), true),
+        Decision::Delete => (true, None, true),
+        Decision::KeepServer | Decision::AlreadyDone | Decision::Manual => {
+            (current.deleted, None, false)
+        }
     }
 }

@@ -623,6 +623,73 @@ fn a_manual_conflict_is_resolved_once_and_only_by_its_owner() {
 }
 
 #[test]
+fn a_named_strategy_resolves_a_manual_conflict_on_the_server_against_the_entity_now() {
+    let later = json!({"id": "fs", "name": "b", "notes": "n"});
+    let kept = json!({"id": "fs", "name": "a"});
+    for (resolution, expected, version) in [
+        (Resolution::ServerWins, &kept, 2),
+        (Resolution::ClientWins, &later, 3),
+        (Resolution::LatestTimestamp, &later, 3),
+        (Resolution::FieldLevel, &later, 3),
+        (Resolution::Merge, &later, 3),
+    ] {
+        let (mut server, result) = stale_update_under(Strategy::Manual);
+        let id = result.conflict_id.unwrap();
+        let with_entity = ResolveRequest {
+            resolution,
+            entity: Some(json!({"id": "fs"})),
+        };
+        let error = server
+            .resolve_conflict(&user("ann"), &id, &with_entity, NOW)
+            .unwrap_err();
+        assert_eq!(error.code().as_str(), "invalid_value", "{resolution:?}");
+        let request = ResolveRequest {
+            resolution,
+            entity: None,
+        };
+        let resolved = server
+            .resolve_conflict(&user("ann"), &id, &request, NOW)
+            .unwrap();
+        let name = serde_json::to_value(resolution).unwrap();
+        assert_eq!(
+            resolved.resolution.map(|r| r.as_str()),
+            name.as_str(),
+            "{resolution:?}"
+        );
+        let entity =
+            &server.tables().entities[&(EntityType::FieldSession, EntityId::from("fs"))].state;
+        assert_eq!(
+            (entity.version, &entity.to_value()),
+            (version, expected),
+            "{resolution:?}"
+        );
+        replay::verify(server.tables()).unwrap();
+    }
+    // Deleted since the conflict: no strategy brings the entity back.
+    let (mut server, result) = stale_update_under(Strategy::Manual);
+    let delete = op(
+        4,
+        EntityType::FieldSession,
+        "fs",
+        OpKind::Delete,
+        2,
+        json!(null),
+    );
+    send(&mut server, "ann", "phone", vec![delete]);
+    let request = ResolveRequest {
+        resolution: Resolution::ClientWins,
+        entity: None,
+    };
+    let id = result.conflict_id.unwrap();
+    server
+        .resolve_conflict(&user("ann"), &id, &request, NOW)
+        .unwrap();
+    let entity = &server.tables().entities[&(EntityType::FieldSession, EntityId::from("fs"))].state;
+    assert!(entity.deleted, "the tombstone stands");
+    replay::verify(server.tables()).unwrap();
+}
+
+#[test]
 fn pull_pages_through_changes_with_tombstones() {
     let mut server = Server::new(SyncConfig::default());
     send(

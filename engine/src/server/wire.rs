@@ -153,6 +153,16 @@ wire_names! {
         KeepClient => "keep_client",
         /// A person gave the entity.
         Custom => "custom",
+        /// A person had the `client_wins` strategy decide.
+        ClientWins => "client_wins",
+        /// A person had the `server_wins` strategy decide.
+        ServerWins => "server_wins",
+        /// A person had the `latest_timestamp` strategy decide.
+        LatestTimestamp => "latest_timestamp",
+        /// A person had the `field_level` strategy decide.
+        FieldLevel => "field_level",
+        /// A person had the `merge` strategy decide.
+        Merge => "merge",
     }
 }
 
@@ -274,6 +284,11 @@ impl From<Resolution> for ResolvedBy {
             Resolution::KeepServer => ResolvedBy::KeepServer,
             Resolution::KeepClient => ResolvedBy::KeepClient,
             Resolution::Custom => ResolvedBy::Custom,
+            Resolution::ClientWins => ResolvedBy::ClientWins,
+            Resolution::ServerWins => ResolvedBy::ServerWins,
+            Resolution::LatestTimestamp => ResolvedBy::LatestTimestamp,
+            Resolution::FieldLevel => ResolvedBy::FieldLevel,
+            Resolution::Merge => ResolvedBy::Merge,
         }
     }
 }
@@ -428,7 +443,8 @@ pub struct ConflictRecord {
     pub client_timestamp_ms: Millis,
     /// Open or resolved.
     pub status: ConflictStatus,
-    /// How it was resolved (`auto`, `keep_server`, `keep_client`, `custom`).
+    /// How it was resolved (`auto`, `keep_server`, `keep_client`, `custom`, or the strategy
+    /// a person named).
     pub resolution: Option<ResolvedBy>,
     /// When it was recorded (server clock).
     pub created_at_ms: Millis,
@@ -436,7 +452,8 @@ pub struct ConflictRecord {
     pub resolved_at_ms: Option<Millis>,
 }
 
-/// How a person resolves a manual conflict.
+/// How a person resolves a manual conflict: keep one side, give the entity, or let a
+/// named strategy decide on the server (the seed's `resolveWithStrategy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Resolution {
@@ -446,6 +463,31 @@ pub enum Resolution {
     KeepClient,
     /// The given entity becomes the server's state.
     Custom,
+    /// The `client_wins` strategy decides, against the entity as it is now.
+    ClientWins,
+    /// The `server_wins` strategy decides (the server's state stands).
+    ServerWins,
+    /// The `latest_timestamp` strategy decides.
+    LatestTimestamp,
+    /// The `field_level` strategy decides.
+    FieldLevel,
+    /// The `merge` strategy decides.
+    Merge,
+}
+
+impl Resolution {
+    /// The strategy a named-strategy resolution runs; `None` for keep_server, keep_client
+    /// and custom.
+    pub fn strategy(self) -> Option<Strategy> {
+        match self {
+            Resolution::KeepServer | Resolution::KeepClient | Resolution::Custom => None,
+            Resolution::ClientWins => Some(Strategy::ClientWins),
+            Resolution::ServerWins => Some(Strategy::ServerWins),
+            Resolution::LatestTimestamp => Some(Strategy::LatestTimestamp),
+            Resolution::FieldLevel => Some(Strategy::FieldLevel),
+            Resolution::Merge => Some(Strategy::Merge),
+        }
+    }
 }
 
 /// The body of `POST /api/sync/conflicts/<id>/resolve`.
