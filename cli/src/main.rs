@@ -197,6 +197,8 @@ fn main() -> ExitCode {
                 slow: false,
                 report: Some(out),
                 coverage: None,
+                format: commands::Format::Text,
+                junit: None,
             };
             return ExitCode::from(commands::check(&args));
         }

@@ -1,5 +1,6 @@
 //! `check`: the scenario suite, each scenario with its own seed and a determinism re-run.
 
+use super::results::Format;
 use super::run::{RunPlan, run_plan};
 use super::{CheckArgs, Exit};
 use rockhound_sim::scenario::{self};
@@ -48,7 +49,12 @@ pub fn check(args: &CheckArgs) -> Exit {
             _ => chosen.push(file),
         }
     }
-    println!(
+    let say = |line: String| match args.format {
+        Format::Text => println!("{line}"),
+        // Stdout carries nothing but JSON lines in JSON mode.
+        Format::Json => eprintln!("{line}"),
+    };
+    say(format!(
         "checking {} scenarios from {}{}",
         chosen.len(),
         dir.display(),
@@ -57,7 +63,7 @@ pub fn check(args: &CheckArgs) -> Exit {
         } else {
             String::new()
         }
-    );
+    ));
     let code = run_plan(&RunPlan {
         files: &chosen,
         seeds: args.seed.map(|s| s..=s),
@@ -69,14 +75,16 @@ pub fn check(args: &CheckArgs) -> Exit {
         coverage: args.coverage.as_deref(),
         coverage_table: true,
         server_store: None,
+        format: args.format,
+        junit: args.junit.as_deref(),
     });
-    println!(
+    say(format!(
         "suite: {}",
         if code == Exit::Ok {
             "every scenario holds"
         } else {
             "FAILED"
         }
-    );
+    ));
     code
 }

@@ -11,6 +11,8 @@ mod check;
 mod explore;
 mod files;
 mod print;
+mod results;
+pub use results::Format;
 mod run;
 
 pub use check::check;
@@ -153,6 +155,14 @@ pub struct RunArgs {
     /// Run the server on this store instead of the file's own (`sim.server_store`).
     #[arg(long, value_name = "memory|sqlite")]
     pub server_store: Option<ServerStoreKind>,
+    /// `text` for a person; `json` prints one JSON object per run (seed, digest, verdicts,
+    /// counts, coverage), then a summary, one per line.
+    #[arg(long, value_enum, default_value_t = results::Format::Text)]
+    pub format: results::Format,
+    /// Also write the results as JUnit XML to this file (one test case per scenario and
+    /// seed; a failure carries the verdicts and the reproduce command).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }
 
 /// The options of `rockhound check`.
@@ -176,6 +186,14 @@ pub struct CheckArgs {
     /// Write the suite's coverage table as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub coverage: Option<PathBuf>,
+    /// `text` for a person; `json` prints one JSON object per run (seed, digest, verdicts,
+    /// counts, coverage), then a summary, one per line.
+    #[arg(long, value_enum, default_value_t = results::Format::Text)]
+    pub format: results::Format,
+    /// Also write the results as JUnit XML to this file (one test case per scenario and
+    /// seed; a failure carries the verdicts and the reproduce command).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }
 
 /// The options of `rockhound explore`.

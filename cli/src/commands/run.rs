@@ -1,6 +1,7 @@
 //! `run` (scenario files × seeds, with traces and reports) and `compare` (one scenario under
 //! several configurations), and the provenance line the reports carry.
 
+use super::results::{Format, print_json, write_junit};
 use super::{
     Done, Exit, Job, RunArgs, coverage_of, finish, load_all, parse_seeds, report_coverage,
     run_jobs, worst,
@@ -27,6 +28,8 @@ pub fn run(args: &RunArgs) -> Exit {
         coverage: args.coverage.as_deref(),
         coverage_table: args.seeds.is_some(),
         server_store: args.server_store,
+        format: args.format,
+        junit: args.junit.as_deref(),
     })
 }
 
@@ -48,6 +51,10 @@ pub(super) struct RunPlan<'a> {
     pub(super) coverage_table: bool,
     /// The server store every run uses instead of its file's own.
     pub(super) server_store: Option<ServerStoreKind>,
+    /// Text for a person, or JSON lines.
+    pub(super) format: Format,
+    /// Where the JUnit XML goes, if anywhere.
+    pub(super) junit: Option<&'a Path>,
 }
 
 pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
@@ -62,6 +69,8 @@ pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
         coverage,
         coverage_table,
         server_store,
+        format,
+        junit,
     } = *plan;
     let loaded = match load_all(files) {
         Ok(loaded) => loaded,
@@ -105,9 +114,26 @@ pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
             eprintln!("error: cannot write the reports to {}: {e}", dir.display());
             return Exit::Usage;
         }
-        println!("reports written to {}", dir.display());
+        // Stdout carries nothing but JSON lines in JSON mode.
+        match format {
+            Format::Text => println!("reports written to {}", dir.display()),
+            Format::Json => eprintln!("reports written to {}", dir.display()),
+        }
+    }
+    if let Some(path) = junit
+        && let Err(e) = write_junit(path, &work, &results)
+    {
+        eprintln!(
+            "error: cannot write the JUnit results to {}: {e}",
+            path.display()
+        );
+        return Exit::Usage;
     }
     let table = coverage_of(&work, &results);
+    if format == Format::Json {
+        let code = print_json(&work, &results, &table);
+        return worst([code, report_coverage(&table, false, coverage)]);
+    }
     let code = finish(&work, results, trace, brief);
     worst([code, report_coverage(&table, coverage_table, coverage)])
 }

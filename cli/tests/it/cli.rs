@@ -496,3 +496,69 @@ fn a_run_on_the_sqlite_store_gives_the_same_trace_as_on_the_memory_store() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("use memory or sqlite"), "{stderr}");
 }
+
+#[test]
+fn json_and_junit_results_carry_every_run_and_each_failure_with_its_reproduce_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = scenario_file(dir.path(), "good.toml", SMALL);
+    // The same run with an expectation it cannot meet: a failure to report.
+    let failing = format!("{SMALL}\n[expect.counts]\napplied_min = 99\n")
+        .replace("seed = 3\n", "seed = 3\nname = \"impossible\"\n");
+    let bad = scenario_file(dir.path(), "bad.toml", &failing);
+    let junit = dir.path().join("results.xml");
+    let output = rockhound(&[
+        "run",
+        good.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        "--no-recheck",
+        "--format",
+        "json",
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    // Stdout is JSON lines only: one object per run, then the summary.
+    let lines: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let (first, second, summary) = (&lines[0], &lines[1], &lines[2]["summary"]);
+    assert_eq!(first["result"], "ok");
+    assert_eq!(first["seed"], 3);
+    assert_eq!(first["digest"].as_str().unwrap().len(), 64);
+    assert!(first["counts"]["applied"].as_u64().unwrap() >= 1);
+    assert!(
+        first["coverage"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("server.answer.applied"))
+    );
+    assert_eq!(second["scenario"], "impossible");
+    assert_eq!(second["result"], "violation");
+    assert!(second["unmet"][0].as_str().unwrap().contains("applied"));
+    assert!(
+        second["reproduce"]
+            .as_str()
+            .unwrap()
+            .contains("bad.toml --seed 3")
+    );
+    assert_eq!(summary["runs"], 2);
+    assert_eq!(summary["results"]["ok"], 1);
+    assert_eq!(summary["result"], "violation");
+    // The same in JUnit: two cases, one failure that says how to reproduce it.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("<testsuite name=\"rockhound\" tests=\"2\" failures=\"1\" errors=\"0\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<testcase classname=\"impossible\" name=\"seed 3\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<failure message=\"violation (seed 3)\""),
+        "{xml}"
+    );
+    assert!(xml.contains("reproduce: rockhound run"), "{xml}");
+}
