@@ -1,6 +1,7 @@
 //! `explore`: swarm testing over a seed range (sharded, time-bounded, interruptible), each
 //! failing seed saved as a scenario file.
 
+use super::results::{self, Format, RunRecord, print_json, write_junit};
 use super::{Exit, ExploreArgs, Job, code_of, report, report_coverage, worst};
 use indicatif::{ProgressBar, ProgressStyle};
 use rockhound_engine::planted::Planted;
@@ -71,8 +72,11 @@ pub(super) fn shard_seeds(
 
 /// `rockhound explore`: swarm scenarios over a seed range. Each seed's scenario is built
 /// when a worker takes the seed and dropped when its run is judged, so memory does not
-/// depend on the range's length.
+/// depend on the range's length (with `--format json` or `--junit`, one small record per
+/// seed is kept until the end, to print them in seed order).
 #[allow(clippy::disallowed_methods)]
+// Long on purpose: the worker threads share the seed counter, the stop flag, the failure
+// list, the coverage table and the records; they read best beside their declarations.
 pub fn explore(args: &ExploreArgs) -> Exit {
     let ExploreArgs {
         ref seeds,
@@ -86,7 +90,11 @@ pub fn explore(args: &ExploreArgs) -> Exit {
         ref plant,
         stop_on_failure,
         server_store,
+        format,
+        ref junit,
     } = *args;
+    let want_records = format == Format::Json || junit.is_some();
+    let records: Mutex<Vec<RunRecord>> = Mutex::new(Vec::new());
     let planted = plant
         .iter()
         .fold(Planted::default(), |all, one| merge(all, *one));
@@ -111,8 +119,11 @@ pub fn explore(args: &ExploreArgs) -> Exit {
                     let Some(seed) = seed_at(next.fetch_add(1, Ordering::Relaxed)) else {
                         return;
                     };
-                    let (reached, failure) =
-                        explore_seed(seed, out, recheck, planted, server_store);
+                    let (reached, failure, record) =
+                        explore_seed(seed, out, recheck, planted, server_store, want_records);
+                    if let Some(record) = record {
+                        records.lock().expect("records").push(record);
+                    }
                     table
                         .lock()
                         .expect("coverage table")
@@ -142,12 +153,67 @@ pub fn explore(args: &ExploreArgs) -> Exit {
         seconds: started.elapsed().as_secs_f64(),
         interrupted: stop.load(Ordering::Relaxed) && !stop_on_failure,
     };
-    summarize(
+    let mut records = records.into_inner().expect("records");
+    records.sort_by_key(|r| r.seed);
+    let output = Output {
+        format,
+        junit: junit.as_deref(),
+        coverage: coverage.as_deref(),
+        out,
+        coverage_gate,
+    };
+    output.finish(
         failures.into_inner().expect("failure list"),
         table.into_inner().expect("coverage table"),
+        &records,
         &summary,
-        (coverage.as_deref(), out, coverage_gate),
     )
+}
+
+/// Where and how `explore` reports.
+struct Output<'a> {
+    format: Format,
+    junit: Option<&'a Path>,
+    coverage: Option<&'a Path>,
+    out: &'a Path,
+    coverage_gate: bool,
+}
+
+impl Output<'_> {
+    /// Writes the JUnit file, then prints the results as text or JSON lines; returns the
+    /// exit code.
+    fn finish(
+        &self,
+        failures: Vec<Failure>,
+        table: Table,
+        records: &[RunRecord],
+        summary: &Summary,
+    ) -> Exit {
+        let mut codes = Vec::new();
+        if let Some(path) = self.junit
+            && let Err(e) = write_junit(path, records)
+        {
+            eprintln!(
+                "error: cannot write the JUnit results to {}: {e}",
+                path.display()
+            );
+            codes.push(Exit::Usage);
+        }
+        let gate = (self.coverage, self.out, self.coverage_gate);
+        if self.format == Format::Json {
+            // The summary and the failures' details go to stderr: stdout is JSON lines only.
+            codes.push(print_json(records, &table));
+            codes.push(coverage_verdict(&table, gate, false));
+            let (k, n) = summary.shard;
+            eprintln!(
+                "explored {} of {} seeds (shard {k}/{n}) in {:.1} s",
+                summary.ran, summary.total, summary.seconds
+            );
+        } else {
+            codes.push(summarize(failures, table, summary, gate));
+        }
+        worst(codes)
+    }
 }
 
 /// How far an `explore` got.
@@ -183,7 +249,11 @@ fn summarize(
         failures.len()
     );
     print_first_failures(&failures);
-    codes.push(coverage_verdict(&table, coverage, out, coverage_gate));
+    codes.push(coverage_verdict(
+        &table,
+        (coverage, out, coverage_gate),
+        true,
+    ));
     worst(codes)
 }
 
@@ -202,13 +272,16 @@ fn merge(a: Planted, b: Planted) -> Planted {
 /// Runs one swarm seed; a failure comes back with what its report needs (its file is
 /// already saved), a pass as `None`.
 #[allow(clippy::disallowed_methods)]
+// Long on purpose: one seed from its spec to its coverage, its failure and its record, with
+// a panic caught as a finding.
 fn explore_seed(
     seed: u64,
     out: &Path,
     recheck: bool,
     planted: Planted,
     server_store: ServerStoreKind,
-) -> (Vec<String>, Option<Failure>) {
+    want_record: bool,
+) -> (Vec<String>, Option<Failure>, Option<RunRecord>) {
     let mut spec = swarm_spec(seed);
     spec.planted = planted;
     spec.sim.server_store = server_store;
@@ -239,13 +312,19 @@ fn explore_seed(
                 .map(String::as_str)
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("a panic");
+            let error = format!("the run panicked: {message}");
+            let record = want_record.then(|| {
+                let mut record = results::record(&job, Err(&error), 0.0);
+                record.code = Exit::Violation;
+                record
+            });
             let failure = Failure {
                 seed,
                 code: Exit::Violation,
                 run: None,
-                error: Some(format!("the run panicked: {message}")),
+                error: Some(error),
             };
-            return (Vec::new(), Some(failure));
+            return (Vec::new(), Some(failure), record);
         }
     };
     let wall_s = run_started.elapsed().as_secs_f64();
@@ -256,6 +335,14 @@ fn explore_seed(
             .collect(),
         Err(_) => Vec::new(),
     };
+    let record = want_record.then(|| {
+        let error = result.as_ref().err().map(ToString::to_string);
+        let result = match (&result, &error) {
+            (Ok(checked), _) => Ok(checked),
+            (Err(_), error) => Err(error.as_deref().unwrap_or_default()),
+        };
+        results::record(&job, result, wall_s)
+    });
     let failure = match result {
         Ok(checked) if checked.passed(&job.spec) => None,
         Ok(checked) => {
@@ -274,7 +361,7 @@ fn explore_seed(
             error: Some(error.to_string()),
         }),
     };
-    (reached, failure)
+    (reached, failure, record)
 }
 
 /// Prints every failure, in seed order, and returns their exit codes.
@@ -329,7 +416,13 @@ fn progress_bar(total: u64) -> ProgressBar {
 
 /// Prints and writes the coverage table (to `coverage`, or `coverage.json` in `out`) and,
 /// with the gate, fails when a declared point is reached by no seed.
-fn coverage_verdict(table: &Table, coverage: Option<&Path>, out: &Path, gate: bool) -> Exit {
+/// Writes the coverage table and applies the gate; with `text` the table and the verdict
+/// are printed on stdout, else the verdict goes to stderr (stdout holds JSON lines).
+fn coverage_verdict(
+    table: &Table,
+    (coverage, out, gate): (Option<&Path>, &Path, bool),
+    text: bool,
+) -> Exit {
     let json = coverage.map_or_else(|| out.join("coverage.json"), Path::to_path_buf);
     if coverage.is_none()
         && let Err(e) = std::fs::create_dir_all(out)
@@ -337,18 +430,25 @@ fn coverage_verdict(table: &Table, coverage: Option<&Path>, out: &Path, gate: bo
         eprintln!("error: cannot create {}: {e}", out.display());
         return Exit::Usage;
     }
-    let written = report_coverage(table, true, Some(&json));
+    let written = report_coverage(table, text, Some(&json));
     if written != Exit::Ok {
         return written;
     }
-    println!("coverage table written to {}", json.display());
+    let say = |line: String| {
+        if text {
+            println!("{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    say(format!("coverage table written to {}", json.display()));
     let unreached = table.unreached();
     if gate && !unreached.is_empty() {
-        println!(
+        say(format!(
             "coverage gate: {} declared point(s) reached by no seed: {}",
             unreached.len(),
             unreached.join(", ")
-        );
+        ));
         return Exit::CoverageGap;
     }
     Exit::Ok

@@ -235,6 +235,13 @@ pub struct ExploreArgs {
     /// The simulated server's store (`sqlite` runs every seed through the SQL code path).
     #[arg(long, value_name = "memory|sqlite", default_value = "memory")]
     pub server_store: ServerStoreKind,
+    /// `text` for a person; `json` prints one JSON object per seed, in seed order, then a
+    /// summary (the progress and the failures' details go to stderr).
+    #[arg(long, value_enum, default_value_t = results::Format::Text)]
+    pub format: results::Format,
+    /// Also write the results as JUnit XML to this file (one test case per seed).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }
 
 /// One `--plant` name as the planted bug it switches on.

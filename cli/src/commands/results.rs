@@ -21,9 +21,9 @@ pub enum Format {
 
 /// One run, as `--format json` prints it.
 #[derive(Debug, Serialize)]
-pub struct RunRecord<'a> {
+pub struct RunRecord {
     /// The scenario's name.
-    pub scenario: &'a str,
+    pub scenario: String,
     /// Its seed.
     pub seed: u64,
     /// The trace digest (empty when the run could not start).
@@ -35,16 +35,19 @@ pub struct RunRecord<'a> {
     /// Unmet expectations of the scenario file.
     pub unmet: Vec<String>,
     /// The run's counts.
-    pub counts: Option<&'a rockhound_sim::summary::Summary>,
+    pub counts: Option<rockhound_sim::summary::Summary>,
     /// The coverage points it reached.
-    pub coverage: Vec<&'a str>,
+    pub coverage: Vec<String>,
     /// The command that runs it again.
-    pub reproduce: &'a str,
+    pub reproduce: String,
     /// Wall-clock seconds the run (and its re-run) took.
     pub wall_s: f64,
     /// Why it could not run, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
+    /// Its exit code, for the summary.
+    #[serde(skip)]
+    pub code: Exit,
 }
 
 /// One checker's verdict.
@@ -67,43 +70,56 @@ fn result_name(code: Exit) -> &'static str {
     }
 }
 
-fn record<'a>(job: &'a Job, done: &'a Done) -> (RunRecord<'a>, Exit) {
-    let (result, wall_s) = done;
+/// The record of one finished run.
+pub(super) fn record(job: &Job, result: Result<&Checked, &str>, wall_s: f64) -> RunRecord {
     match result {
         Ok(checked) => {
             let code = code_of(job, checked);
-            let record = RunRecord {
-                scenario: &job.label,
+            RunRecord {
+                scenario: job.label.clone(),
                 seed: job.seed,
                 digest: checked.outcome.digest.clone(),
                 result: result_name(code),
                 verdicts: verdicts(checked),
                 unmet: checked.outcome.unmet.clone(),
-                counts: Some(&checked.outcome.summary),
-                coverage: coverage::reached(&checked.outcome.trace.lines),
-                reproduce: &job.reproduce,
-                wall_s: *wall_s,
+                counts: Some(checked.outcome.summary.clone()),
+                coverage: coverage::reached(&checked.outcome.trace.lines)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                reproduce: job.reproduce.clone(),
+                wall_s,
                 error: None,
-            };
-            (record, code)
+                code,
+            }
         }
-        Err(error) => {
-            let record = RunRecord {
-                scenario: &job.label,
-                seed: job.seed,
-                digest: String::new(),
-                result: "error",
-                verdicts: Vec::new(),
-                unmet: Vec::new(),
-                counts: None,
-                coverage: Vec::new(),
-                reproduce: &job.reproduce,
-                wall_s: *wall_s,
-                error: Some(error),
-            };
-            (record, Exit::Usage)
-        }
+        Err(error) => RunRecord {
+            scenario: job.label.clone(),
+            seed: job.seed,
+            digest: String::new(),
+            result: "error",
+            verdicts: Vec::new(),
+            unmet: Vec::new(),
+            counts: None,
+            coverage: Vec::new(),
+            reproduce: job.reproduce.clone(),
+            wall_s,
+            error: Some(error.to_owned()),
+            code: Exit::Usage,
+        },
     }
+}
+
+/// The records of the finished runs among `results`, in job order.
+pub(super) fn records(jobs: &[Job], results: &[Option<Done>]) -> Vec<RunRecord> {
+    jobs.iter()
+        .zip(results)
+        .filter_map(|(job, done)| {
+            done.as_ref().map(|(result, wall_s)| {
+                record(job, result.as_ref().map_err(String::as_str), *wall_s)
+            })
+        })
+        .collect()
 }
 
 fn verdicts(checked: &Checked) -> Vec<VerdictRecord> {
@@ -118,25 +134,21 @@ fn verdicts(checked: &Checked) -> Vec<VerdictRecord> {
         .collect()
 }
 
-/// Prints one JSON object per finished run, then the summary (runs, each result's count,
-/// the coverage table); returns the worst exit code.
-pub(super) fn print_json(jobs: &[Job], results: &[Option<Done>], table: &Table) -> Exit {
-    let mut codes = Vec::new();
+/// Prints one JSON object per run, then the summary (runs, each result's count, the worst
+/// result, the coverage table); returns the worst exit code.
+pub(super) fn print_json(records: &[RunRecord], table: &Table) -> Exit {
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-    for (job, done) in jobs.iter().zip(results) {
-        let Some(done) = done else { continue };
-        let (record, code) = record(job, done);
+    for record in records {
         *counts.entry(record.result).or_default() += 1;
         println!(
             "{}",
-            serde_json::to_string(&record).expect("a record serializes")
+            serde_json::to_string(record).expect("a record serializes")
         );
-        codes.push(code);
     }
-    let code = super::worst(codes);
+    let code = super::worst(records.iter().map(|r| r.code));
     let summary = serde_json::json!({
         "summary": {
-            "runs": counts.values().sum::<usize>(),
+            "runs": records.len(),
             "results": counts,
             "result": result_name(code),
             "coverage": table.to_json(),
@@ -146,28 +158,21 @@ pub(super) fn print_json(jobs: &[Job], results: &[Option<Done>], table: &Table) 
     code
 }
 
-/// Writes the JUnit XML of the finished runs to `path`: one suite, one test case per
-/// scenario × seed, a failure with the verdicts and the reproduce command.
-pub(super) fn write_junit(
-    path: &Path,
-    jobs: &[Job],
-    results: &[Option<Done>],
-) -> std::io::Result<()> {
+/// Writes the JUnit XML of `records` to `path`: one suite, one test case per scenario and
+/// seed, a failure with the verdicts and the reproduce command.
+pub(super) fn write_junit(path: &Path, records: &[RunRecord]) -> std::io::Result<()> {
     let mut cases = String::new();
-    let (mut tests, mut failures, mut errors, mut total_s) = (0, 0, 0, 0.0);
-    for (job, done) in jobs.iter().zip(results) {
-        let Some(done) = done else { continue };
-        let (record, code) = record(job, done);
-        tests += 1;
+    let (mut failures, mut errors, mut total_s) = (0, 0, 0.0);
+    for record in records {
         total_s += record.wall_s;
         let _ = write!(
             cases,
             "    <testcase classname=\"{}\" name=\"seed {}\" time=\"{:.3}\">",
-            xml(record.scenario),
+            xml(&record.scenario),
             record.seed,
             record.wall_s
         );
-        if let Some(error) = record.error {
+        if let Some(error) = &record.error {
             errors += 1;
             let _ = write!(
                 cases,
@@ -175,7 +180,7 @@ pub(super) fn write_junit(
                 xml(error),
                 xml(&format!("reproduce: {}", record.reproduce))
             );
-        } else if code != Exit::Ok {
+        } else if record.code != Exit::Ok {
             failures += 1;
             let mut text = String::new();
             for verdict in &record.verdicts {
@@ -202,6 +207,7 @@ pub(super) fn write_junit(
         }
         cases.push_str("</testcase>\n");
     }
+    let tests = records.len();
     let document = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{total_s:.3}\">\n  <testsuite name=\"rockhound\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{total_s:.3}\">\n{cases}  </testsuite>\n</testsuites>\n"
     );

@@ -1,7 +1,7 @@
 //! `run` (scenario files × seeds, with traces and reports) and `compare` (one scenario under
 //! several configurations), and the provenance line the reports carry.
 
-use super::results::{Format, print_json, write_junit};
+use super::results::{Format, print_json, records, write_junit};
 use super::{
     Done, Exit, Job, RunArgs, coverage_of, finish, load_all, parse_seeds, report_coverage,
     run_jobs, worst,
@@ -64,13 +64,10 @@ pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
         jobs,
         trace,
         recheck,
-        brief,
         report_dir,
-        coverage,
-        coverage_table,
         server_store,
         format,
-        junit,
+        ..
     } = *plan;
     let loaded = match load_all(files) {
         Ok(loaded) => loaded,
@@ -120,8 +117,14 @@ pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
             Format::Json => eprintln!("reports written to {}", dir.display()),
         }
     }
-    if let Some(path) = junit
-        && let Err(e) = write_junit(path, &work, &results)
+    output(&work, results, plan)
+}
+
+/// Writes the JUnit file and prints the results, as text or JSON lines.
+fn output(work: &[Job], results: Vec<Option<Done>>, plan: &RunPlan<'_>) -> Exit {
+    let records = records(work, &results);
+    if let Some(path) = plan.junit
+        && let Err(e) = write_junit(path, &records)
     {
         eprintln!(
             "error: cannot write the JUnit results to {}: {e}",
@@ -129,13 +132,16 @@ pub(super) fn run_plan(plan: &RunPlan<'_>) -> Exit {
         );
         return Exit::Usage;
     }
-    let table = coverage_of(&work, &results);
-    if format == Format::Json {
-        let code = print_json(&work, &results, &table);
-        return worst([code, report_coverage(&table, false, coverage)]);
+    let table = coverage_of(work, &results);
+    if plan.format == Format::Json {
+        let code = print_json(&records, &table);
+        return worst([code, report_coverage(&table, false, plan.coverage)]);
     }
-    let code = finish(&work, results, trace, brief);
-    worst([code, report_coverage(&table, coverage_table, coverage)])
+    let code = finish(work, results, plan.trace, plan.brief);
+    worst([
+        code,
+        report_coverage(&table, plan.coverage_table, plan.coverage),
+    ])
 }
 
 /// Where the reports come from: the git commit (with `+dirty` for uncommitted changes) and

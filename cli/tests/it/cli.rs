@@ -562,3 +562,48 @@ fn json_and_junit_results_carry_every_run_and_each_failure_with_its_reproduce_co
     );
     assert!(xml.contains("reproduce: rockhound run"), "{xml}");
 }
+
+#[test]
+fn explore_prints_json_lines_in_seed_order_and_junit_with_each_failing_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("explore.xml");
+    let output = rockhound(&[
+        "explore",
+        "--seeds",
+        "0..2",
+        "--plant",
+        "client_ignores_priority",
+        "--format",
+        "json",
+        "--junit",
+        junit.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let lines: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let seeds: Vec<u64> = lines[..3]
+        .iter()
+        .map(|l| l["seed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seeds, [0, 1, 2]);
+    let failed: Vec<&serde_json::Value> = lines[..3]
+        .iter()
+        .filter(|l| l["result"] == "violation")
+        .collect();
+    assert!(!failed.is_empty(), "the planted bug is caught by some seed");
+    for line in &failed {
+        let reproduce = line["reproduce"].as_str().unwrap();
+        assert!(reproduce.starts_with("rockhound replay "), "{reproduce}");
+        let saved = reproduce.trim_start_matches("rockhound replay ");
+        assert!(Path::new(saved).exists(), "{saved} is saved");
+    }
+    assert_eq!(lines[3]["summary"]["runs"], 3);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let failures = format!("failures=\"{}\"", failed.len());
+    assert!(xml.contains(&failures), "{xml}");
+    assert_eq!(xml.matches("<testcase ").count(), 3);
+}
