@@ -93,6 +93,15 @@ enum Command {
         #[arg(long, default_value = "exported.toml")]
         out: PathBuf,
     },
+    /// Two traces side by side (two seeds, or one seed on two builds): the first event where
+    /// they part, then the events per kind and the ops' final statuses that differ. Exit 0
+    /// when they are the same, 1 when they differ.
+    Diff {
+        /// The first trace (JSON Lines, from `run --trace`).
+        a: PathBuf,
+        /// The second trace.
+        b: PathBuf,
+    },
     /// Run a scenario file with its recorded seed and check its recorded digest.
     Replay {
         /// The scenario file (from `export`, `explore` or `shrink`).
@@ -212,6 +221,7 @@ fn main() -> ExitCode {
         Command::Export { file, seed, out } => {
             return ExitCode::from(commands::export(file.as_deref(), seed, &out));
         }
+        Command::Diff { a, b } => return ExitCode::from(commands::diff(&a, &b)),
         Command::Replay { file, seed, trace } => {
             return ExitCode::from(commands::replay(&file, seed, trace.as_deref()));
         }

@@ -8,6 +8,7 @@
 //! `explore.rs`, `files.rs` (`shrink`, `export`, `replay`) and `print.rs` (one run's verdict).
 
 mod check;
+mod diff;
 mod explore;
 mod files;
 mod print;
@@ -16,6 +17,7 @@ pub use results::Format;
 mod run;
 
 pub use check::check;
+pub use diff::diff;
 pub use explore::explore;
 pub use files::{export, replay, shrink};
 use print::report;

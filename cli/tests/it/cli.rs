@@ -607,3 +607,42 @@ fn explore_prints_json_lines_in_seed_order_and_junit_with_each_failing_seed() {
     assert!(xml.contains(&failures), "{xml}");
     assert_eq!(xml.matches("<testcase ").count(), 3);
 }
+
+#[test]
+fn diff_names_where_two_traces_part_and_what_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = |seed: &str| {
+        let path = dir.path().join(format!("t{seed}.jsonl"));
+        let output = rockhound(&[
+            "run",
+            "scenarios/field_season.toml",
+            "--seed",
+            seed,
+            "--no-recheck",
+            "--trace",
+            path.to_str().unwrap(),
+        ]);
+        assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+        path
+    };
+    let (one, two, again) = (trace("1"), trace("2"), trace("1"));
+    let same = rockhound(&["diff", one.to_str().unwrap(), again.to_str().unwrap()]);
+    assert_eq!(same.status.code(), Some(0));
+    assert!(
+        stdout(&same).starts_with("the traces are the same"),
+        "{}",
+        stdout(&same)
+    );
+    let differ = rockhound(&["diff", one.to_str().unwrap(), two.to_str().unwrap()]);
+    assert_eq!(differ.status.code(), Some(1));
+    let text = stdout(&differ);
+    assert!(text.contains("the runs differ in: seed\n"), "{text}");
+    assert!(text.contains("the traces part at line "), "{text}");
+    assert!(text.contains("  A: {") && text.contains("  B: {"), "{text}");
+    assert!(text.contains("events per kind (A → B):"), "{text}");
+    // A file that is not a trace is a usage error, with its line named.
+    let bad = scenario_file(dir.path(), "bad.jsonl", "{\"t_ms\":0}\nnot json\n");
+    let refused = rockhound(&["diff", one.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("bad.jsonl line 2: not JSON"));
+}
