@@ -315,6 +315,26 @@ mod tests {
     }
 
     #[test]
+    fn a_batching_window_beyond_a_minute_is_refused() {
+        for (window, ok) in [
+            (0, true),
+            (BATCH_WINDOW_MS_MAX, true),
+            (BATCH_WINDOW_MS_MAX + 1, false),
+            (u64::MAX, false),
+        ] {
+            let config = SyncConfig {
+                batch_window_ms: window,
+                ..SyncConfig::default()
+            };
+            let result = config.validate();
+            assert_eq!(result.is_ok(), ok, "{window}: {result:?}");
+            if let Err(error) = result {
+                assert_eq!(error.key, "batch_window_ms");
+            }
+        }
+    }
+
+    #[test]
     fn a_queue_that_is_not_persisted_is_refused_not_silently_ignored() {
         let config = SyncConfig {
             persist_queue: false,

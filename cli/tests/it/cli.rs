@@ -646,3 +646,16 @@ fn diff_names_where_two_traces_part_and_what_differs() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("bad.jsonl line 2: not JSON"));
 }
+
+#[test]
+fn a_junit_file_that_cannot_be_written_exits_with_the_usage_code() {
+    let output = rockhound(&[
+        "run",
+        "scenarios/queue_full.toml",
+        "--no-recheck",
+        "--junit",
+        "/nonexistent-folder/results.xml",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot write the JUnit results"));
+}

@@ -156,17 +156,29 @@ pub fn detect(server: Option<&ServerEntity>, write: &Write<'_>) -> Detection {
     };
     match (write.kind, server.deleted) {
         (OpKind::Create, true) => Detection::Invalid(Invalid::CreateDeleted),
-        (OpKind::Create, false) => Detection::Conflict(Case::CreateExisting),
-        (OpKind::Update, true) => Detection::Conflict(Case::UpdateDelete),
-        (OpKind::Delete, true) => Detection::Conflict(Case::DeleteDelete),
         (OpKind::Update | OpKind::Delete, false) if write.base_version > server.version => {
             Detection::Invalid(Invalid::VersionAhead)
         }
         (OpKind::Update | OpKind::Delete, false) if write.base_version == server.version => {
             Detection::Clean
         }
-        (OpKind::Update, false) => Detection::Conflict(Case::UpdateUpdate),
-        (OpKind::Delete, false) => Detection::Conflict(Case::DeleteUpdate),
+        (kind, deleted) => Detection::Conflict(Case::met(kind, deleted)),
+    }
+}
+
+impl Case {
+    /// The case a conflicting write of `kind` meets against an entity that is `deleted` or
+    /// live. A create that meets a tombstone is refused before it is a conflict
+    /// (`detect`); a resolution that finds one (deleted since the conflict) treats it as
+    /// an update meeting a delete: nothing brings the entity back but a person's own write.
+    pub fn met(kind: OpKind, deleted: bool) -> Case {
+        match (kind, deleted) {
+            (OpKind::Create | OpKind::Update, true) => Case::UpdateDelete,
+            (OpKind::Delete, true) => Case::DeleteDelete,
+            (OpKind::Create, false) => Case::CreateExisting,
+            (OpKind::Update, false) => Case::UpdateUpdate,
+            (OpKind::Delete, false) => Case::DeleteUpdate,
+        }
     }
 }
 

@@ -260,13 +260,7 @@ type Resolved = (bool, Option<Map<String, Value>>, bool);
 /// the current entity: an update that met a live entity meets a tombstone if it was
 /// deleted since, and no strategy but a person's own brings a tombstone back.
 fn by_strategy(strategy: Strategy, record: &ConflictRecord, current: &ServerEntity) -> Resolved {
-    let case = match (record.kind, current.deleted) {
-        (OpKind::Delete, true) => Case::DeleteDelete,
-        (OpKind::Delete, false) => Case::DeleteUpdate,
-        (OpKind::Update | OpKind::Create, true) => Case::UpdateDelete,
-        (OpKind::Update, false) => Case::UpdateUpdate,
-        (OpKind::Create, false) => Case::CreateExisting,
-    };
+    let case = Case::met(record.kind, current.deleted);
     let write = conflict::Write {
         kind: record.kind,
         base_version: record.server_version,
