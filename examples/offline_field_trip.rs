@@ -13,6 +13,7 @@
 use rockhound_engine::client::coordinator::{Coordinator, Edit, EditAction, Request};
 use rockhound_engine::client::store::QueueStore;
 use rockhound_engine::server::Server;
+use rockhound_engine::server::wire::ConflictStatus;
 use rockhound_engine::{DeviceId, EntityId, EntityType, Millis, SyncConfig, UserId};
 use rockhound_io::file_store::FileStore;
 use serde_json::{Map, Value, json};
@@ -64,6 +65,12 @@ fn sync<S: QueueStore>(
                     .map(drop)
                     .map_err(|e| e.code().as_str().to_owned());
                 device.on_resolve_response(now, result);
+            }
+            Request::Conflicts { cursor, limit } => {
+                let page = server
+                    .conflicts_page(user, Some(ConflictStatus::Open), cursor, limit)
+                    .expect("a page");
+                device.on_conflicts_response(now, &page);
             }
         }
         assert!(sent < 100, "a device settles after a few requests");

@@ -261,6 +261,18 @@ pub const POINTS: &[Point] = &[
         "a pull answered with more pages to come",
     ),
     (
+        "client.conflicts_paged",
+        "a listing of the user's open conflicts answered with more pages to come",
+    ),
+    (
+        "client.conflict_listed_from_other_device",
+        "a device learned of an open conflict another device of its user ran into",
+    ),
+    (
+        "client.conflict_closed_elsewhere",
+        "a listing showed an open conflict of the device resolved elsewhere",
+    ),
+    (
         "client.open_refused",
         "a device start refused by a corrupt or failing store",
     ),

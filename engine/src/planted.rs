@@ -65,6 +65,9 @@ pub struct ClientBugs {
     /// count an attempt and go again after their backoff, however long the server asked
     /// to be left alone (caught by `backoff`).
     pub ignores_retry_after: bool,
+    /// A conflict resolved on another device stays open here after a listing (caught by
+    /// `conflict_visibility`).
+    pub keeps_conflicts_resolved_elsewhere: bool,
 }
 
 /// Bugs of the simulated queue store.
@@ -140,6 +143,8 @@ struct PlantedTable {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_ignores_retry_after: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    client_keeps_conflicts_resolved_elsewhere: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     store_acks_before_fsync: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     sim_nondeterministic_ids: bool,
@@ -167,6 +172,7 @@ impl From<PlantedTable> for Planted {
                 fills_batches_by_age: t.client_fills_batches_by_age,
                 telemetry_skips_duplicates: t.client_telemetry_skips_duplicates,
                 ignores_retry_after: t.client_ignores_retry_after,
+                keeps_conflicts_resolved_elsewhere: t.client_keeps_conflicts_resolved_elsewhere,
             },
             store: StoreBugs {
                 acks_before_fsync: t.store_acks_before_fsync,
@@ -197,6 +203,7 @@ impl From<Planted> for PlantedTable {
             client_fills_batches_by_age: p.client.fills_batches_by_age,
             client_telemetry_skips_duplicates: p.client.telemetry_skips_duplicates,
             client_ignores_retry_after: p.client.ignores_retry_after,
+            client_keeps_conflicts_resolved_elsewhere: p.client.keeps_conflicts_resolved_elsewhere,
             store_acks_before_fsync: p.store.acks_before_fsync,
             sim_nondeterministic_ids: p.sim.nondeterministic_ids,
         }

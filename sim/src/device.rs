@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rockhound_engine::client::{Coordinator, Request};
 use rockhound_engine::ids::EntityId;
 use rockhound_engine::planted::Planted;
-use rockhound_engine::server::wire::{BatchResponse, ChangesPage};
+use rockhound_engine::server::wire::{BatchResponse, ChangesPage, ConflictsPage};
 use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{Batch, EntityType, Millis, OpKind};
 use rockhound_io::http::client::{self, Response};
@@ -253,6 +253,12 @@ fn deliver(ctx: &DeviceCtx, incarnation: u64, request: &Request, outcome: Outcom
                     Err(e) => coordinator.on_request_failed(now, &format!("bad answer: {e}")),
                 },
                 Request::Resolve { .. } => coordinator.on_resolve_response(now, Ok(())),
+                Request::Conflicts { .. } => {
+                    match serde_json::from_slice::<ConflictsPage>(&response.body) {
+                        Ok(page) => coordinator.on_conflicts_response(now, &page),
+                        Err(e) => coordinator.on_request_failed(now, &format!("bad answer: {e}")),
+                    }
+                }
             },
             Outcome::Answer(response) => {
                 let code = error_code(&response);
@@ -291,6 +297,7 @@ fn request_kind(request: &Request) -> RequestKind {
         Request::Batch(_) => RequestKind::Batch,
         Request::Pull { .. } => RequestKind::Pull,
         Request::Resolve { .. } => RequestKind::Resolve,
+        Request::Conflicts { .. } => RequestKind::Conflicts,
     }
 }
 
@@ -317,6 +324,11 @@ fn http_parts(state: &DeviceState, request: &Request) -> (Method, String, Option
             Method::POST,
             format!("/api/sync/conflicts/{conflict_id}/resolve"),
             Some(serde_json::to_vec(request).expect("resolutions serialize")),
+        ),
+        Request::Conflicts { cursor, limit } => (
+            Method::GET,
+            format!("/api/sync/conflicts?status=open&since={cursor}&limit={limit}"),
+            None,
         ),
     }
 }

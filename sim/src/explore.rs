@@ -129,7 +129,8 @@ fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
     }
     // Manual conflicts need a person: make them common on the most edited type, so
     // every resolution kind is reached by a few seeds of a range, not by luck.
-    if rng.random_bool(0.15) {
+    let manual_sessions = rng.random_bool(0.15);
+    if manual_sessions {
         strategies.insert(EntityType::FieldSession, Strategy::Manual);
     }
     // A delete that meets a concurrent edit and wins (`client_wins`) is rare by chance:
@@ -145,7 +146,13 @@ fn swarm_config(rng: &mut ChaCha8Rng) -> ConfigSpec {
         batch_size = 5;
         rng.random_range(5..=8)
     });
-    let pull_page_len = rng.random_bool(0.3).then(|| rng.random_range(1..=10));
+    // Short pages make pulls page; with manual conflicts common, a page of one makes the
+    // listings of open conflicts page too.
+    let pull_page_len = if manual_sessions && rng.random_bool(0.5) {
+        Some(1)
+    } else {
+        rng.random_bool(0.3).then(|| rng.random_range(1..=10))
+    };
     let batch_window_ms = rng
         .random_bool(0.2)
         .then(|| [500, 2_000][rng.random_range(0..2)]);

@@ -6,10 +6,10 @@
 use crate::spec::Action;
 use rockhound_engine::client::Status;
 use rockhound_engine::client::observe::Event;
-use rockhound_engine::ids::{BatchId, EntityId, OpId};
+use rockhound_engine::ids::{BatchId, ConflictId, EntityId, OpId};
 use rockhound_engine::planted::Planted;
 use rockhound_engine::server::wire::{HistoryRow, OpStatus, Reason};
-use rockhound_engine::{EntityType, SyncConfig};
+use rockhound_engine::{EntityType, Millis, SyncConfig};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -58,6 +58,8 @@ pub enum RequestKind {
     Pull,
     /// `POST /api/sync/conflicts/<id>/resolve`.
     Resolve,
+    /// `GET /api/sync/conflicts?status=open`.
+    Conflicts,
     /// A request forged as another user's device or entity.
     Forge,
     /// A request of a hostile or broken client (`hostile` steps).
@@ -226,6 +228,20 @@ pub enum TraceEvent {
         queue: Vec<(OpId, Status)>,
         /// Its replica.
         replica: Vec<EntitySnapshot>,
+        /// The conflicts it shows as waiting for a person.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        open_conflicts: Vec<ConflictId>,
+    },
+    /// A conflict on the server that waited for a person, at the end of the run.
+    FinalConflict {
+        /// Its user.
+        user: String,
+        /// The conflict.
+        conflict_id: ConflictId,
+        /// When it was recorded (server clock).
+        created_at_ms: Millis,
+        /// When it was resolved (server clock), if it was.
+        resolved_at_ms: Option<Millis>,
     },
     /// A row of the server's commit log at the end of the run.
     FinalCommit {

@@ -19,11 +19,11 @@
 
 use super::queue::{QueueStats, Status};
 use crate::entity::EntityType;
-use crate::ids::{BatchId, ConflictId, EntityId, OpId};
+use crate::ids::{BatchId, ConflictId, DeviceId, EntityId, OpId};
 use crate::op::OpKind;
-use crate::server::wire::DecisionCode;
+use crate::server::wire::{ConflictRecord, DecisionCode};
 use crate::time::Millis;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The seven telemetry events of the seed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -109,6 +109,9 @@ pub enum Event {
     Recovered {
         /// Open ops found.
         ops: usize,
+        /// Open conflicts found (kept from earlier runs of the device).
+        #[serde(skip_serializing_if = "is_zero")]
+        open_conflicts: usize,
         /// Bytes of a torn last record that were cut off.
         torn_tail_bytes: usize,
     },
@@ -140,7 +143,7 @@ pub enum Event {
     },
     /// A request got no usable answer.
     RequestFailed {
-        /// `batch`, `pull` or `resolve`.
+        /// `batch`, `pull`, `conflicts` or `resolve`.
         request: &'static str,
         /// Why (`timeout`, `offline`, a transport error, an HTTP status).
         reason: String,
@@ -172,6 +175,15 @@ pub enum Event {
         op_id: OpId,
         /// Its status when it was discarded.
         status: Status,
+    },
+    /// The device began listing the user's open conflicts (`GET /api/sync/conflicts`,
+    /// first page).
+    ListingConflicts,
+    /// The listing ended: the device's open conflicts are now the ones the server listed
+    /// (new ones added, those resolved elsewhere closed).
+    ConflictsListed {
+        /// Every open conflict the device now knows, by id.
+        open: Vec<ConflictId>,
     },
     /// A conflict was resolved by a person's request.
     ConflictResolved {
@@ -229,13 +241,18 @@ pub struct Monitor {
     pub error_count: usize,
 }
 
-/// A conflict this device's ops ran into.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A conflict this device's ops ran into, or one of the user's conflicts waiting for a
+/// person that the server listed (raised by any of the user's devices). Open ones are kept
+/// in the device's store and survive a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LocalConflict {
     /// The server's id for it.
     pub conflict_id: ConflictId,
     /// The op that ran into it.
     pub op_id: OpId,
+    /// The device that sent that op (this one, or another device of the same user).
+    pub device_id: DeviceId,
     /// The entity's type.
     pub entity_type: EntityType,
     /// The entity.
@@ -245,6 +262,21 @@ pub struct LocalConflict {
     pub decision: Option<DecisionCode>,
     /// Whether it waits for a person (`manual` and not yet resolved).
     pub open: bool,
+}
+
+impl LocalConflict {
+    /// An open conflict as the server lists it.
+    pub fn listed(record: &ConflictRecord) -> LocalConflict {
+        LocalConflict {
+            conflict_id: record.conflict_id.clone(),
+            op_id: record.op_id.clone(),
+            device_id: record.device_id.clone(),
+            entity_type: record.entity_type,
+            entity_id: record.entity_id.clone(),
+            decision: Some(record.decision),
+            open: true,
+        }
+    }
 }
 
 /// One settled or failed op, most recent last (`useSyncHistory`).
@@ -314,4 +346,8 @@ pub struct EntityStatus {
     pub status: Option<Status>,
     /// An open conflict on it.
     pub open_conflict: Option<ConflictId>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

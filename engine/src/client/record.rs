@@ -6,6 +6,7 @@
 //! only rolls an op back to an earlier status (a settled op goes out again and comes back as
 //! a duplicate), never forward.
 
+use super::observe::LocalConflict;
 use super::queue::{Entry, Status};
 use crate::ids::ConflictId;
 use crate::op::Op;
@@ -74,6 +75,16 @@ pub enum Record {
         /// The op.
         seq: u64,
     },
+    /// A conflict waits for a person (met by this device's op, or listed by the server).
+    ConflictOpen {
+        /// The conflict.
+        conflict: LocalConflict,
+    },
+    /// A conflict no longer waits: resolved here, or found resolved elsewhere.
+    ConflictClosed {
+        /// The conflict.
+        conflict_id: ConflictId,
+    },
     /// Seqs below this were used (written first by compaction, so seqs are never reused).
     NextSeq {
         /// The next free seq.
@@ -102,6 +113,8 @@ pub struct Replayed {
     pub next_seq: u64,
     /// Ops that settled (applied or conflict) according to the log.
     pub settled: usize,
+    /// Conflicts still waiting for a person, by id.
+    pub conflicts: BTreeMap<ConflictId, LocalConflict>,
 }
 
 /// Rebuilds the queue state from log records, in order.
@@ -165,6 +178,14 @@ pub fn replay(records: impl IntoIterator<Item = Record>) -> Replayed {
             }
             Record::Discarded { seq } => {
                 state.entries.remove(&seq);
+            }
+            Record::ConflictOpen { conflict } => {
+                state
+                    .conflicts
+                    .insert(conflict.conflict_id.clone(), conflict);
+            }
+            Record::ConflictClosed { conflict_id } => {
+                state.conflicts.remove(&conflict_id);
             }
             Record::NextSeq { seq } => state.next_seq = state.next_seq.max(seq),
         }

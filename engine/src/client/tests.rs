@@ -9,7 +9,7 @@ use crate::config::SyncConfig;
 use crate::entity::EntityType;
 use crate::ids::{ConflictId, DeviceId, EntityId, OpId, UserId};
 use crate::server::Server;
-use crate::server::wire::{BatchResponse, OpResult, OpStatus, Resolution};
+use crate::server::wire::{BatchResponse, ConflictStatus, OpResult, OpStatus, Resolution};
 use crate::testing::sim_store::SimStore;
 use crate::time::{DAY_MS, Millis};
 use serde_json::{Map, Value, json};
@@ -455,6 +455,7 @@ fn recovery_cuts_a_torn_tail_and_refuses_a_corrupt_log() {
         events[0],
         Event::Recovered {
             ops: 1,
+            open_conflicts: 0,
             torn_tail_bytes: 5
         }
     );
@@ -518,6 +519,14 @@ fn telemetry_follows_the_configuration() {
     }
 }
 
+fn no_conflicts() -> crate::server::wire::ConflictsPage {
+    crate::server::wire::ConflictsPage {
+        conflicts: vec![],
+        next_cursor: 0,
+        has_more: false,
+    }
+}
+
 /// Delivers every request of `device` to `server` until it has nothing to send.
 fn drive(device: &mut Coordinator<SimStore>, server: &mut Server, user: &UserId, now: Millis) {
     for _ in 0..100 {
@@ -544,6 +553,12 @@ fn drive(device: &mut Coordinator<SimStore>, server: &mut Server, user: &UserId,
                     .map(|_| ())
                     .map_err(|e| e.code().as_str().to_owned());
                 device.on_resolve_response(now, result);
+            }
+            Request::Conflicts { cursor, limit } => {
+                let page = server
+                    .conflicts_page(user, Some(ConflictStatus::Open), cursor, limit)
+                    .unwrap();
+                device.on_conflicts_response(now, &page);
             }
         }
     }
@@ -633,6 +648,150 @@ fn two_devices_converge_through_the_server_with_a_manual_conflict() {
         assert_eq!(device.stats().pending, 0);
     }
     assert_eq!(phone.replica().entities(), tablet.replica().entities());
+}
+
+#[test]
+fn a_manual_conflict_shows_on_every_device_of_the_user_survives_a_restart_and_closes_everywhere() {
+    let mut config = SyncConfig::default();
+    config
+        .entities
+        .set_strategy(EntityType::FindLog, crate::conflict::Strategy::Manual);
+    // Pages of one, so a listing of two conflicts takes pages.
+    config.pull_page_len = 1;
+    let mut server = Server::new(config.clone());
+    let ann = UserId("ann".into());
+    let bob = UserId("bob".into());
+    let mut phone = device("phone", &config);
+    let mut tablet = device("tablet", &config);
+    let mut bobs = device("bobs", &config);
+    let setup = vec![session("s1"), find_log("f1", "s1"), find_log("f2", "s1")];
+    phone.enqueue_all(T0, T0, setup.clone()).unwrap();
+    bobs.enqueue_all(T0, T0, setup).unwrap();
+    for (device, user) in [(&mut phone, &ann), (&mut tablet, &ann), (&mut bobs, &bob)] {
+        device.set_online(T0, true);
+        drive(device, &mut server, user, T0);
+    }
+    // Both of ann's devices edit both find logs; the tablet's edits meet the phone's.
+    let t1 = T0.plus_ms(1_000);
+    for (device, note) in [(&mut phone, "jasper"), (&mut tablet, "chert")] {
+        for id in ["f1", "f2"] {
+            let edit = update(EntityType::FindLog, id, json!({ "note": note }));
+            device.enqueue(t1, t1, edit).unwrap();
+        }
+        drive(device, &mut server, &ann, t1);
+    }
+    let open = |d: &Coordinator<SimStore>| -> BTreeSet<ConflictId> {
+        d.conflicts()
+            .filter(|c| c.open)
+            .map(|c| c.conflict_id.clone())
+            .collect()
+    };
+    let on_tablet = open(&tablet);
+    assert_eq!(on_tablet.len(), 2);
+    // The phone ran into nothing, yet its next sync lists both, raised by the tablet.
+    assert!(open(&phone).is_empty());
+    phone.take_events();
+    phone.sync_now(t1);
+    drive(&mut phone, &mut server, &ann, t1);
+    assert_eq!(open(&phone), on_tablet);
+    assert!(
+        phone
+            .conflicts()
+            .all(|c| c.device_id == DeviceId("tablet".into()))
+    );
+    assert_eq!(phone.monitor().conflict_count, 2);
+    let events = phone.take_events();
+    assert!(events.contains(&Event::ListingConflicts), "{events:?}");
+    assert!(events.contains(&Event::ConflictsListed {
+        open: on_tablet.iter().cloned().collect()
+    }));
+    // Bob's device lists nothing of ann's.
+    bobs.sync_now(t1);
+    drive(&mut bobs, &mut server, &bob, t1);
+    assert!(open(&bobs).is_empty());
+    // The phone restarts: its open conflicts come back from its store.
+    let mut store = phone.into_store();
+    store.crash();
+    let mut phone = Coordinator::open(DeviceId("phone".into()), 1, config.clone(), store, 3, t1)
+        .expect("the store opens");
+    assert!(matches!(
+        phone.take_events()[0],
+        Event::Recovered {
+            open_conflicts: 2,
+            ..
+        }
+    ));
+    assert_eq!(open(&phone), on_tablet);
+    // The phone resolves one by a named strategy; the tablet finds it closed on its next
+    // sync, and resolves the other, which the phone then finds closed.
+    let first = on_tablet.iter().next().unwrap().clone();
+    phone
+        .resolve_conflict(&first, Resolution::LatestTimestamp, None)
+        .unwrap();
+    phone.set_online(t1, true);
+    drive(&mut phone, &mut server, &ann, t1);
+    tablet.sync_now(t1);
+    drive(&mut tablet, &mut server, &ann, t1);
+    let second = on_tablet.iter().nth(1).unwrap().clone();
+    assert_eq!(open(&tablet), BTreeSet::from([second.clone()]));
+    tablet
+        .resolve_conflict(&second, Resolution::KeepServer, None)
+        .unwrap();
+    drive(&mut tablet, &mut server, &ann, t1);
+    phone.sync_now(t1);
+    drive(&mut phone, &mut server, &ann, t1);
+    assert!(open(&phone).is_empty() && open(&tablet).is_empty());
+    // Closed for good: a restart does not bring them back.
+    let mut store = phone.into_store();
+    store.crash();
+    let phone = Coordinator::open(DeviceId("phone".into()), 2, config, store, 3, t1)
+        .expect("the store opens");
+    assert!(open(&phone).is_empty());
+    assert_eq!(
+        server.conflicts(&ann, Some(ConflictStatus::Open)),
+        Vec::new()
+    );
+}
+
+#[test]
+fn a_listing_page_that_promises_more_but_does_not_advance_fails_instead_of_looping() {
+    let mut device = open(SyncConfig::default());
+    device.set_online(T0, true);
+    assert!(matches!(device.poll(T0), Some(Request::Pull { .. })));
+    let nothing = crate::server::wire::ChangesPage {
+        changes: vec![],
+        next_cursor: 0,
+        has_more: false,
+    };
+    device.on_pull_response(T0, &nothing);
+    assert!(matches!(
+        device.poll(T0),
+        Some(Request::Conflicts { cursor: 0, .. })
+    ));
+    let stuck = crate::server::wire::ConflictsPage {
+        has_more: true,
+        ..no_conflicts()
+    };
+    device.take_events();
+    device.on_conflicts_response(T0, &stuck);
+    let events = device.take_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::RequestFailed {
+                request: "conflicts",
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    // It backs off like a pull, then starts the listing over from the first page.
+    assert!(device.poll(T0).is_none());
+    let later = device.next_wake_at().expect("a wake-up");
+    assert!(matches!(
+        device.poll(later),
+        Some(Request::Conflicts { cursor: 0, .. })
+    ));
 }
 
 #[test]
@@ -994,6 +1153,16 @@ mod model {
                         Some(Request::Resolve { .. }) => {
                             self.device.on_resolve_response(self.now, Ok(()))
                         }
+                        Some(Request::Conflicts { .. }) => {
+                            self.device.on_conflicts_response(
+                                self.now,
+                                &crate::server::wire::ConflictsPage {
+                                    conflicts: vec![],
+                                    next_cursor: 0,
+                                    has_more: false,
+                                },
+                            );
+                        }
                         None => {
                             if self.device.is_online() && !in_flight {
                                 prop_assert!(expected.is_empty(), "ready ops left unsent");
@@ -1269,6 +1438,12 @@ fn the_batching_window_holds_a_small_batch_but_never_a_full_one_or_priority_0() 
         has_more: false,
     };
     device.on_pull_response(T0, &nothing);
+    // A finished pull is followed by the listing of open conflicts; there are none.
+    assert!(matches!(
+        device.poll(T0),
+        Some(Request::Conflicts { cursor: 0, .. })
+    ));
+    device.on_conflicts_response(T0, &no_conflicts());
     device.enqueue(T0, T0, session("s1")).unwrap();
     // One op ready: the window opens and holds it; the device wakes when it closes.
     assert!(device.poll(T0).is_none());

@@ -1,10 +1,11 @@
-//! The sixteen checkers (docs/simulation.md), one module each. Each reads the run's trace (through the
+//! The seventeen checkers (docs/simulation.md), one module each. Each reads the run's trace (through the
 //! [`Facts`] index built once) and reports violations naming the seed, the simulated time
 //! and the trace lines involved. `determinism` compares two runs and lives in
 //! [`crate::runner`]'s re-run; its module holds the comparison.
 
 pub mod backoff;
 pub mod conflict_oracle;
+pub mod conflict_visibility;
 pub mod convergence;
 pub mod dependency_order;
 pub mod determinism;
@@ -292,7 +293,7 @@ pub fn check(facts: &Facts<'_>, spec: &RunSpec) -> Vec<Verdict> {
     let selected = |checker: Checker| {
         spec.expect.checkers.is_empty() || spec.expect.checkers.contains(&checker)
     };
-    let run: [(Checker, CheckFn); 15] = [
+    let run: [(Checker, CheckFn); 16] = [
         (Checker::NoLoss, no_loss::check),
         (Checker::ExactlyOnce, exactly_once::check),
         (Checker::DependencyOrder, dependency_order::check),
@@ -308,6 +309,7 @@ pub fn check(facts: &Facts<'_>, spec: &RunSpec) -> Vec<Verdict> {
         (Checker::Referential, referential::check),
         (Checker::Provenance, provenance::check),
         (Checker::Telemetry, telemetry::check),
+        (Checker::ConflictVisibility, conflict_visibility::check),
     ];
     run.into_iter()
         .map(|(checker, check)| {

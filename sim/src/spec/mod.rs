@@ -399,13 +399,15 @@ pub enum Checker {
     Provenance,
     /// `telemetry` (docs/simulation.md).
     Telemetry,
+    /// `conflict_visibility` (docs/simulation.md).
+    ConflictVisibility,
     /// `determinism` (docs/simulation.md).
     Determinism,
 }
 
 impl Checker {
     /// Every checker, in the order verdicts list them.
-    pub const ALL: [Checker; 16] = [
+    pub const ALL: [Checker; 17] = [
         Checker::NoLoss,
         Checker::ExactlyOnce,
         Checker::DependencyOrder,
@@ -421,6 +423,7 @@ impl Checker {
         Checker::Referential,
         Checker::Provenance,
         Checker::Telemetry,
+        Checker::ConflictVisibility,
         Checker::Determinism,
     ];
 
@@ -442,6 +445,7 @@ impl Checker {
             Checker::Referential => "referential",
             Checker::Provenance => "provenance",
             Checker::Telemetry => "telemetry",
+            Checker::ConflictVisibility => "conflict_visibility",
             Checker::Determinism => "determinism",
         }
     }

@@ -5,11 +5,12 @@ use super::{Devices, RunOutcome, World};
 use crate::checkers::{self, Facts};
 use crate::spec::SpecError;
 use crate::trace::{EntitySnapshot, Trace, TraceEvent};
-use rockhound_engine::ids::EntityId;
+use rockhound_engine::ids::{ConflictId, EntityId};
+use rockhound_engine::server::wire::{ConflictStatus, DecisionCode};
 use rockhound_engine::server::{AnyStore, Server};
 use rockhound_engine::{EntityType, UserId};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -103,9 +104,19 @@ pub(super) fn converged(
         if c.state().syncing || stats.pending > 0 || stats.in_flight > 0 {
             return false;
         }
-        let expected = by_user.get(&UserId(state.user.clone())).unwrap_or(&empty);
+        let user = UserId(state.user.clone());
+        let expected = by_user.get(&user).unwrap_or(&empty);
         let replica = c.replica().entities();
-        replica.len() == expected.len()
+        // The device shows exactly the user's conflicts that wait for a person.
+        let open: BTreeSet<&ConflictId> = c
+            .conflicts()
+            .filter(|k| k.open)
+            .map(|k| &k.conflict_id)
+            .collect();
+        let waiting = server.conflicts(&user, Some(ConflictStatus::Open));
+        open.len() == waiting.len()
+            && waiting.iter().all(|k| open.contains(&k.conflict_id))
+            && replica.len() == expected.len()
             && replica.iter().all(|(key, copy)| {
                 expected.get(key).is_some_and(|(version, deleted, value)| {
                     copy.version == *version && copy.deleted == *deleted && copy.entity == *value
@@ -125,7 +136,7 @@ pub(super) fn snapshot(
     let mut trace = trace.borrow_mut();
     for ctx in devices.by_name.values() {
         let state = ctx.state.borrow();
-        let (queue, replica) = match state.coordinator.as_ref() {
+        let (queue, replica, open_conflicts) = match state.coordinator.as_ref() {
             Some(c) => (
                 c.queue().map(|e| (e.op.op_id.clone(), e.status)).collect(),
                 c.replica()
@@ -139,8 +150,12 @@ pub(super) fn snapshot(
                         entity: copy.entity.clone(),
                     })
                     .collect(),
+                c.conflicts()
+                    .filter(|k| k.open)
+                    .map(|k| k.conflict_id.clone())
+                    .collect(),
             ),
-            None => (Vec::new(), Vec::new()),
+            None => (Vec::new(), Vec::new(), Vec::new()),
         };
         trace.record(
             t_ms,
@@ -149,10 +164,16 @@ pub(super) fn snapshot(
                 user: state.user.clone(),
                 queue,
                 replica,
+                open_conflicts,
             },
         );
     }
-    let server = server.lock();
+    snapshot_server(&server.lock(), &mut trace, t_ms);
+}
+
+/// Records the server's end state: its commit log, the conflicts that waited for a person,
+/// and its entities.
+fn snapshot_server(server: &Server<AnyStore>, trace: &mut Trace, t_ms: u64) {
     let tables = server.tables();
     let mut rows: Vec<_> = tables.sync_history.iter().collect();
     // Each user's commits are numbered apart; the log lists them by number, then user.
@@ -164,6 +185,24 @@ pub(super) fn snapshot(
             TraceEvent::FinalCommit {
                 user: user.0.clone(),
                 row: Box::new(row.clone()),
+            },
+        );
+    }
+    let mut waited: Vec<_> = tables
+        .sync_conflicts
+        .values()
+        .filter(|(_, record)| record.decision == DecisionCode::Manual)
+        .collect();
+    waited.sort_by_key(|(user, record)| (record.created_at_ms, user.clone()));
+    for (user, record) in waited {
+        trace.record(
+            t_ms,
+            "server",
+            TraceEvent::FinalConflict {
+                user: user.0.clone(),
+                conflict_id: record.conflict_id.clone(),
+                created_at_ms: record.created_at_ms,
+                resolved_at_ms: record.resolved_at_ms,
             },
         );
     }

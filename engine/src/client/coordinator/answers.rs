@@ -1,5 +1,6 @@
 //! The server's answers: a batch's per-op results (settle, dead-letter, block, release),
-//! pulled changes into the replica, and the answer to a conflict resolution.
+//! pulled changes into the replica, the listing of the user's open conflicts, and the answer
+//! to a conflict resolution.
 
 use super::{Coordinator, HISTORY_LEN_MAX, InFlight};
 use crate::client::observe::{Event, HistoryItem, LocalConflict, OpUpdate, TelemetryKind};
@@ -8,7 +9,8 @@ use crate::client::record::Record;
 use crate::client::store::QueueStore;
 use crate::ids::{ConflictId, OpId};
 use crate::server::wire::{
-    BatchResponse, ChangesPage, DecisionCode, ErrorCode, OpResult, OpStatus, Reason, Refusal,
+    BatchResponse, ChangesPage, ConflictStatus, ConflictsPage, DecisionCode, ErrorCode, OpResult,
+    OpStatus, Reason, Refusal,
 };
 use crate::time::Millis;
 use serde_json::Value;
@@ -209,17 +211,21 @@ impl<S: QueueStore> Coordinator<S> {
             _ => None,
         };
         let open = decision == Some(DecisionCode::Manual);
-        self.conflicts.insert(
-            conflict_id.clone(),
-            LocalConflict {
-                conflict_id: conflict_id.clone(),
-                op_id: op_id.clone(),
-                entity_type: entry.op.entity_type,
-                entity_id: entry.op.entity_id.clone(),
-                decision,
-                open,
-            },
-        );
+        let conflict = LocalConflict {
+            conflict_id: conflict_id.clone(),
+            op_id: op_id.clone(),
+            device_id: self.device_id.clone(),
+            entity_type: entry.op.entity_type,
+            entity_id: entry.op.entity_id.clone(),
+            decision,
+            open,
+        };
+        if open {
+            self.append_logged(&Record::ConflictOpen {
+                conflict: conflict.clone(),
+            });
+        }
+        self.conflicts.insert(conflict_id.clone(), conflict);
         self.telemetry(
             TelemetryKind::SyncConflictDetected,
             Some(op_id.clone()),
@@ -312,6 +318,8 @@ impl<S: QueueStore> Coordinator<S> {
         }
         self.replica.cursor = self.replica.cursor.max(page.next_cursor);
         self.pull_due = page.has_more;
+        // A finished pull is followed by a listing of the user's open conflicts.
+        self.conflicts_due |= !page.has_more;
         if page.has_more {
             crate::coverage::hit("client.pull_paged");
         }
@@ -341,8 +349,13 @@ impl<S: QueueStore> Coordinator<S> {
             self.request_failed("resolve", format!("{conflict_id}: {error}"));
             return;
         }
-        if let Some(conflict) = self.conflicts.get_mut(&conflict_id) {
+        if let Some(conflict) = self.conflicts.get_mut(&conflict_id)
+            && conflict.open
+        {
             conflict.open = false;
+            self.append_logged(&Record::ConflictClosed {
+                conflict_id: conflict_id.clone(),
+            });
         }
         self.events.push(Event::ConflictResolved {
             conflict_id: conflict_id.clone(),
@@ -354,5 +367,79 @@ impl<S: QueueStore> Coordinator<S> {
             Some(conflict_id),
         );
         self.pull_due = true;
+    }
+
+    /// The server answered a page of the listing of the user's open conflicts. Pages are
+    /// gathered; after the last one the device's open conflicts become exactly the listed
+    /// ones: those raised by the user's other devices are added, those resolved elsewhere
+    /// closed, each change kept in the store.
+    pub fn on_conflicts_response(&mut self, now: Millis, page: &ConflictsPage) {
+        if !matches!(self.in_flight, Some((InFlight::Conflicts, _))) {
+            return;
+        }
+        let listing = self.listing.get_or_insert_with(Default::default);
+        if page.has_more && page.next_cursor <= listing.cursor {
+            // A page that promises more but moves nothing would be asked for forever.
+            self.fail_request(now, "conflicts page did not advance".to_owned());
+            return;
+        }
+        self.in_flight = None;
+        self.last_sync_at = Some(now);
+        self.pull_failures = 0;
+        let listing = self.listing.get_or_insert_with(Default::default);
+        for record in &page.conflicts {
+            if record.status == ConflictStatus::Open {
+                listing
+                    .found
+                    .insert(record.conflict_id.clone(), LocalConflict::listed(record));
+            }
+        }
+        listing.cursor = listing.cursor.max(page.next_cursor);
+        if page.has_more {
+            crate::coverage::hit("client.conflicts_paged");
+            return;
+        }
+        let found = self.listing.take().map(|l| l.found).unwrap_or_default();
+        self.conflicts_due = false;
+        let closed: Vec<ConflictId> = self
+            .conflicts
+            .values()
+            .filter(|c| c.open && !found.contains_key(&c.conflict_id))
+            .filter(|_| {
+                !self
+                    .config
+                    .planted
+                    .client
+                    .keeps_conflicts_resolved_elsewhere
+            })
+            .map(|c| c.conflict_id.clone())
+            .collect();
+        for conflict_id in closed {
+            crate::coverage::hit("client.conflict_closed_elsewhere");
+            if let Some(conflict) = self.conflicts.get_mut(&conflict_id) {
+                conflict.open = false;
+            }
+            self.append_logged(&Record::ConflictClosed { conflict_id });
+        }
+        for (conflict_id, conflict) in found {
+            let known = self.conflicts.get(&conflict_id).is_some_and(|c| c.open);
+            if !known {
+                if conflict.device_id != self.device_id {
+                    crate::coverage::hit("client.conflict_listed_from_other_device");
+                }
+                self.append_logged(&Record::ConflictOpen {
+                    conflict: conflict.clone(),
+                });
+                self.conflicts.insert(conflict_id, conflict);
+            }
+        }
+        let open = self
+            .conflicts
+            .values()
+            .filter(|c| c.open)
+            .map(|c| c.conflict_id.clone())
+            .collect();
+        self.events.push(Event::ConflictsListed { open });
+        self.compact_if_needed();
     }
 }

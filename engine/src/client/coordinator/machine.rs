@@ -61,6 +61,10 @@ impl<S: QueueStore> Coordinator<S> {
                 self.request_failed("resolve", why.to_owned());
             }
             Some((InFlight::Pull, _)) => self.request_failed("pull", why.to_owned()),
+            Some((InFlight::Conflicts, _)) => {
+                self.listing = None;
+                self.request_failed("conflicts", why.to_owned());
+            }
             None => {}
         }
     }
@@ -155,6 +159,18 @@ impl<S: QueueStore> Coordinator<S> {
             self.in_flight = Some((InFlight::Pull, deadline));
             return Some(Request::Pull {
                 cursor: self.replica.cursor,
+                limit: self.config.pull_page_len,
+            });
+        }
+        if self.conflicts_due && !self.pull_due && now >= self.pull_not_before {
+            if self.listing.is_none() {
+                self.events.push(Event::ListingConflicts);
+            }
+            let listing = self.listing.get_or_insert_with(Default::default);
+            let cursor = listing.cursor;
+            self.in_flight = Some((InFlight::Conflicts, deadline));
+            return Some(Request::Conflicts {
+                cursor,
                 limit: self.config.pull_page_len,
             });
         }
@@ -258,7 +274,7 @@ impl<S: QueueStore> Coordinator<S> {
                         .map_or(Millis(0), |o| o.plus_ms(window)),
                 );
             }
-            if self.pull_due {
+            if self.pull_due || self.conflicts_due {
                 consider(self.pull_not_before);
             }
             consider(self.next_auto_sync_at);
@@ -315,14 +331,21 @@ impl<S: QueueStore> Coordinator<S> {
                 }
                 self.request_failed("batch", reason);
             }
-            InFlight::Pull => {
+            InFlight::Pull | InFlight::Conflicts => {
+                let request = if matches!(in_flight, InFlight::Pull) {
+                    "pull"
+                } else {
+                    // A failed page starts the listing over.
+                    self.listing = None;
+                    "conflicts"
+                };
                 self.pull_failures += 1;
                 let delay = self
                     .config
                     .backoff
                     .delay_ms(self.pull_failures, &mut self.rng);
                 self.pull_not_before = now.plus_ms(delay);
-                self.request_failed("pull", reason);
+                self.request_failed(request, reason);
             }
             InFlight::Resolve { conflict_id, .. } => {
                 self.request_failed("resolve", format!("{conflict_id}: {reason}"));

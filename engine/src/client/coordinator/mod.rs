@@ -217,6 +217,14 @@ pub enum Request {
         /// The resolution.
         request: ResolveRequest,
     },
+    /// `GET /api/sync/conflicts?status=open&since=<cursor>&limit=<limit>`: one page of the
+    /// user's open conflicts (the listing that follows a finished pull).
+    Conflicts {
+        /// Conflicts created after this cursor (0 for the first page).
+        cursor: u64,
+        /// Page length.
+        limit: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -230,6 +238,14 @@ enum InFlight {
         conflict_id: ConflictId,
         request: ResolveRequest,
     },
+    Conflicts,
+}
+
+/// A listing of the user's open conflicts under way: what the pages so far gave.
+#[derive(Clone, Debug, Default)]
+struct Listing {
+    cursor: u64,
+    found: BTreeMap<ConflictId, LocalConflict>,
 }
 
 /// The client coordinator of one device.
@@ -258,6 +274,10 @@ pub struct Coordinator<S: QueueStore> {
     next_auto_sync_at: Millis,
     resolves: VecDeque<(ConflictId, ResolveRequest)>,
     conflicts: BTreeMap<ConflictId, LocalConflict>,
+    /// The user's open conflicts are to be listed (set when a pull finishes).
+    conflicts_due: bool,
+    /// The listing under way, if one began.
+    listing: Option<Listing>,
     history: VecDeque<HistoryItem>,
     metrics: ClientMetrics,
     last_sync_at: Option<Millis>,
@@ -305,6 +325,7 @@ impl<S: QueueStore> Coordinator<S> {
         let log_records = records.len();
         let replayed = record::replay(records);
         let mut queue = Queue::new(config.queue_ttl_ms);
+        let open_conflicts = replayed.conflicts.len();
         for entry in replayed.entries.into_values() {
             queue.insert(entry);
         }
@@ -328,7 +349,9 @@ impl<S: QueueStore> Coordinator<S> {
             window_opened_at: None,
             next_auto_sync_at: now.plus_ms(config.auto_sync_interval_ms),
             resolves: VecDeque::new(),
-            conflicts: BTreeMap::new(),
+            conflicts: replayed.conflicts,
+            conflicts_due: false,
+            listing: None,
             history: VecDeque::new(),
             metrics: ClientMetrics::default(),
             last_sync_at: None,
@@ -338,6 +361,7 @@ impl<S: QueueStore> Coordinator<S> {
         };
         coordinator.events.push(Event::Recovered {
             ops: coordinator.queue.len(),
+            open_conflicts,
             torn_tail_bytes,
         });
         Ok(coordinator)
@@ -387,12 +411,18 @@ impl<S: QueueStore> Coordinator<S> {
     }
 
     fn compact_if_needed(&mut self) {
-        if self.log_records <= 2 * self.queue.len() + COMPACT_SLACK_RECORDS {
+        let open = self.conflicts.values().filter(|c| c.open);
+        if self.log_records <= 2 * (self.queue.len() + open.clone().count()) + COMPACT_SLACK_RECORDS
+        {
             return;
         }
         let mut records = vec![Record::NextSeq { seq: self.next_seq }.encode()];
         for entry in self.queue.entries() {
             records.extend(record::describe(entry).iter().map(Record::encode));
+        }
+        for conflict in open {
+            let conflict = conflict.clone();
+            records.push(Record::ConflictOpen { conflict }.encode());
         }
         match self.store.compact(&records) {
             Ok(()) => self.log_records = records.len(),
