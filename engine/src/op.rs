@@ -95,8 +95,32 @@ pub struct Batch {
     pub device_id: DeviceId,
     /// The ops, in the order the server must apply them.
     pub ops: Vec<Op>,
+    /// What the device reports about itself (optional; part of the checksum when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ClientReport>,
     /// Lowercase hex SHA-256 of the JCS encoding of this object without `checksum`.
     pub checksum: String,
+}
+
+/// What a device can honestly say about itself with each batch: its queue by status when
+/// the batch left, and how its requests have been going (round trips on its own
+/// monotonic clock). The server keeps the last one per device in `sync_state`, derives the
+/// network quality from it, and sums round trips into `sync_metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientReport {
+    /// Ops waiting to go (pending, the batch's own included).
+    pub pending: u64,
+    /// Ops blocked behind a failed op.
+    pub blocked: u64,
+    /// Ops failed for good or dead-lettered (rejected, expired, error).
+    pub failed: u64,
+    /// The round trip of the device's last answered request, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_trip_ms: Option<u64>,
+    /// Requests that failed (timeout, transport, server error) since the last answered one.
+    #[serde(default)]
+    pub failed_requests: u64,
 }
 
 /// Why an operation (or batch) is not acceptable. Messages name the offending value.
@@ -566,10 +590,21 @@ impl Batch {
 
     /// Builds a batch of `ops` and seals it with its checksum.
     pub fn new(batch_id: BatchId, device_id: DeviceId, ops: Vec<Op>) -> Batch {
+        Batch::reporting(batch_id, device_id, ops, None)
+    }
+
+    /// Builds a batch of `ops` carrying the device's `report`, sealed with its checksum.
+    pub fn reporting(
+        batch_id: BatchId,
+        device_id: DeviceId,
+        ops: Vec<Op>,
+        report: Option<ClientReport>,
+    ) -> Batch {
         let mut batch = Batch {
             batch_id,
             device_id,
             ops,
+            report,
             checksum: String::new(),
         };
         batch.checksum = batch.compute_checksum();
@@ -602,6 +637,13 @@ impl Batch {
             }
         }
         members.out.push(b']');
+        if let Some(report) = &self.report {
+            let value = serde_json::to_value(report).expect("a report always serializes");
+            members.key("report");
+            members
+                .out
+                .extend_from_slice(&crate::checksum::canonical_json(&value));
+        }
         members.end();
         true
     }

@@ -590,3 +590,72 @@ fn bad_serve_arguments_exit_with_the_usage_code() {
         assert!(!output.stderr.is_empty());
     }
 }
+
+#[tokio::test]
+async fn a_devices_report_reaches_its_state_row_and_the_metrics_and_a_bad_one_is_refused() {
+    let served = start();
+    let addr = served.addr;
+    let tag = op(
+        1,
+        EntityType::Tag,
+        "t1",
+        OpKind::Create,
+        0,
+        json!({"id": "t1"}),
+    );
+    let report = rockhound_engine::op::ClientReport {
+        pending: 1,
+        blocked: 0,
+        failed: 2,
+        round_trip_ms: Some(1_200),
+        failed_requests: 0,
+    };
+    let reporting = Batch::reporting("b-r".into(), "phone".into(), vec![tag], Some(report));
+    let body = serde_json::to_vec(&reporting).unwrap();
+    assert_eq!(send(addr, TOKEN, body.clone()).await.status, 200);
+    let state = get(addr, "/api/sync/state?device_id=phone", TOKEN).await;
+    assert_eq!(
+        state["device"]["report"],
+        json!({"pending": 1, "blocked": 0, "failed": 2, "round_trip_ms": 1200, "failed_requests": 0})
+    );
+    assert_eq!(state["device"]["network_quality"], "fair");
+    let window = &get(addr, "/api/sync/metrics", TOKEN).await["windows"][0];
+    assert_eq!(
+        (&window["round_trips"], &window["round_trip_ms_max"]),
+        (&json!(1), &json!(1200))
+    );
+    assert!(window["decide_ms_max"].is_u64());
+    let history = get(addr, "/api/sync/history?limit=1", TOKEN).await;
+    assert!(history["history"][0]["duration_ms"].is_u64(), "{history}");
+    // The report is under the checksum; unknown members and out-of-range numbers are
+    // refused before anything is applied.
+    let mut changed: Value = serde_json::from_slice(&body).unwrap();
+    changed["report"]["failed"] = json!(3);
+    let answer = send(addr, TOKEN, serde_json::to_vec(&changed).unwrap()).await;
+    assert_eq!(
+        answer.status,
+        422,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    for bad in [
+        json!({"pending": 1, "blocked": 0, "failed": 0, "failed_requests": 0, "extra": 1}),
+        json!({"pending": -1, "blocked": 0, "failed": 0, "failed_requests": 0}),
+        json!({"pending": 1}),
+        json!("fine"),
+    ] {
+        let mut body: Value = serde_json::from_slice(&body).unwrap();
+        body["report"] = bad.clone();
+        let answer = send(addr, TOKEN, serde_json::to_vec(&body).unwrap()).await;
+        assert_eq!(
+            (answer.status, answer.json().unwrap()["error"].clone()),
+            (400, json!("malformed")),
+            "{bad}"
+        );
+    }
+    let state = get(addr, "/api/sync/state?device_id=phone", TOKEN).await;
+    assert_eq!(
+        state["device"]["batch_count"], 1,
+        "nothing refused was counted"
+    );
+}

@@ -333,6 +333,8 @@ pub struct ClientMetrics {
     pub settle_ms_total: u64,
     /// Longest enqueue-to-settled time, in ms.
     pub settle_ms_max: u64,
+    /// The round trip of the last answered request, in ms (device clock).
+    pub last_round_trip_ms: Option<u64>,
 }
 
 /// `useEntitySync`: where one entity stands on this device.

@@ -1584,3 +1584,43 @@ fn a_retry_after_binds_even_when_the_request_had_already_ended() {
         "no attempt counted"
     );
 }
+
+#[test]
+fn each_batch_carries_the_devices_queue_and_how_its_requests_have_been_going() {
+    let mut device = open(SyncConfig::default());
+    device.set_online(T0, true);
+    assert!(matches!(device.poll(T0), Some(Request::Pull { .. })));
+    // The pull's answer comes 30 ms later: the round trip.
+    let nothing = crate::server::wire::ChangesPage {
+        changes: vec![],
+        next_cursor: 0,
+        has_more: false,
+    };
+    device.on_pull_response(T0.plus_ms(30), &nothing);
+    assert_eq!(device.metrics().last_round_trip_ms, Some(30));
+    assert!(matches!(
+        device.poll(T0.plus_ms(30)),
+        Some(Request::Conflicts { .. })
+    ));
+    device.on_conflicts_response(T0.plus_ms(50), &no_conflicts());
+    assert_eq!(device.metrics().last_round_trip_ms, Some(20));
+    device.enqueue(T0, T0, session("s1")).unwrap();
+    device.enqueue(T0, T0, session("s2")).unwrap();
+    let sent = batch(device.poll(T0.plus_ms(100)));
+    let report = sent.report.clone().expect("a report");
+    assert_eq!((report.pending, report.blocked, report.failed), (2, 0, 0));
+    assert_eq!(
+        (report.round_trip_ms, report.failed_requests),
+        (Some(20), 0)
+    );
+    assert_eq!(sent.verify_checksum(), Ok(()));
+    // Two failures in a row: the next batch says so.
+    device.on_request_failed(T0.plus_ms(200), "timeout");
+    let retry_at = device.next_wake_at().unwrap();
+    let sent = batch(device.poll(retry_at));
+    device.on_request_failed(retry_at, "connection reset");
+    let retry_at = device.next_wake_at().unwrap();
+    let again = batch(device.poll(retry_at));
+    assert_eq!(sent.report.unwrap().failed_requests, 1);
+    assert_eq!(again.report.unwrap().failed_requests, 2);
+}

@@ -402,8 +402,22 @@ mod properties {
                     crate::checksum::canonical_json(&serde_json::to_value(&op).unwrap())
                 );
             }
-            let batch = Batch::new(BatchId("b-1".into()), DeviceId("d-1".into()), vec![op.clone(), op]);
+            let batch = Batch::new(BatchId("b-1".into()), DeviceId("d-1".into()), vec![op.clone(), op.clone()]);
             prop_assert_eq!(batch.compute_checksum(), general(serde_json::to_value(&batch).unwrap()));
+            // With the device's report, at its types' extremes too, and without a round trip.
+            let report = crate::op::ClientReport {
+                pending: base_version,
+                blocked: 3,
+                failed: u64::MAX,
+                round_trip_ms: (base_version % 2 == 0).then_some(base_version),
+                failed_requests: base_version,
+            };
+            let batch = Batch::reporting(BatchId("b-1".into()), DeviceId("d-1".into()), vec![op], Some(report));
+            prop_assert_eq!(batch.compute_checksum(), general(serde_json::to_value(&batch).unwrap()));
+            prop_assert_eq!(batch.verify_checksum(), Ok(()));
+            let mut changed = batch.clone();
+            changed.report.as_mut().unwrap().blocked += 1;
+            prop_assert!(changed.verify_checksum().is_err(), "the report is under the checksum");
         }
 
         #[test]

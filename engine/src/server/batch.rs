@@ -5,8 +5,8 @@ use super::decide::{OpOutcome, Stored, conflict_id};
 use super::replay;
 use super::tables::{BatchRecord, Commit, IdempotencyRecord, QueueRow, ServerStore};
 use super::wire::{
-    BatchResponse, DeviceState, HistoryRow, HistoryStatus, MetricsWindow, OpResult, OpStatus,
-    Refusal,
+    BatchResponse, DeviceState, HistoryRow, HistoryStatus, MetricsWindow, NetworkQuality, OpResult,
+    OpStatus, Refusal,
 };
 use super::{METRICS_WINDOW_MS, RequestError, Server};
 use crate::ids::{DeviceId, UserId};
@@ -30,9 +30,9 @@ impl<S: ServerStore> Server<S> {
         let epoch = self.store_epoch();
         let mut results = Vec::with_capacity(batch.ops.len());
         for op in &batch.ops {
-            results.push(self.handle_op(user, batch, op, now));
+            results.push(self.handle_op(user, batch, op, now, now));
         }
-        let response = self.finish_batch(user, batch, results, now)?;
+        let response = self.finish_batch(user, batch, results, now, now)?;
         self.flush_for(epoch)?;
         Ok(response)
     }
@@ -51,8 +51,17 @@ impl<S: ServerStore> Server<S> {
         Ok(())
     }
 
-    /// Processes one op of an admitted batch and commits everything it changes in one step.
-    pub fn handle_op(&mut self, user: &UserId, batch: &Batch, op: &Op, now: Millis) -> OpResult {
+    /// Processes one op of an admitted batch that arrived at `received_at`, at server time
+    /// `now`, and commits everything it changes in one step (its history row keeps the time
+    /// between the two as its duration).
+    pub fn handle_op(
+        &mut self,
+        user: &UserId,
+        batch: &Batch,
+        op: &Op,
+        received_at: Millis,
+        now: Millis,
+    ) -> OpResult {
         let outcome = self.decide_op(user, batch, op, now);
         crate::coverage::hit_with(|| answer_point(&outcome.result));
         let tables = self.store.tables();
@@ -80,14 +89,17 @@ impl<S: ServerStore> Server<S> {
         // op whose id it claims.
         let queue = (outcome.stored == Stored::Full)
             .then(|| (op.op_id.clone(), queue_row(batch, op, &result, now)));
-        let history = (outcome.stored != Stored::Nothing)
-            .then(|| history_row(batch, op, &result, outcome.strategy, seq, now));
-        let mut device = self.device_state(user, &batch.device_id);
-        device.op_count = device.op_count.saturating_add(1);
-        let device = Some(device);
-        let mut metrics = self.metrics_window(user, now);
-        metrics.ops += 1;
-        count(&mut metrics, result.status);
+        let history = (outcome.stored != Stored::Nothing).then(|| {
+            history_row(
+                batch,
+                op,
+                &result,
+                outcome.strategy,
+                seq,
+                (received_at, now),
+            )
+        });
+        let (device, metrics) = self.counted_op(user, &batch.device_id, result.status, now);
         let conflict = outcome.conflict.map(|mut record| {
             record.conflict_id = conflict_id(user, seq);
             record
@@ -110,7 +122,7 @@ impl<S: ServerStore> Server<S> {
             idempotency,
             history,
             conflict,
-            device,
+            device: Some(device),
             metrics: Some(metrics),
             batch: None,
         });
@@ -124,23 +136,40 @@ impl<S: ServerStore> Server<S> {
     /// Records an admitted batch whose ops were all handled, with their `results`, and
     /// registers its device to `user` (unless another user's batch registered it first
     /// meanwhile, when only the batch row is kept).
+    /// The batch arrived at `received_at` and is answered at `now`: the time between is
+    /// its decision time, kept in its record and the metrics window; the device's report,
+    /// if it sent one, goes to its `sync_state` row and its round trip to the metrics.
     pub fn finish_batch(
         &mut self,
         user: &UserId,
         batch: &Batch,
         results: Vec<OpResult>,
+        received_at: Millis,
         now: Millis,
     ) -> Result<BatchResponse, RequestError> {
         let mut statuses = BTreeMap::new();
         for result in &results {
             *statuses.entry(result.status).or_insert(0) += 1;
         }
+        let decide_ms = now.0.saturating_sub(received_at.0);
         let mut device = self.device_state(user, &batch.device_id);
         device.batch_count = device.batch_count.saturating_add(1);
         device.last_batch_at_ms = Some(now);
-        let device = Some(device);
         let mut metrics = self.metrics_window(user, now);
         metrics.batches += 1;
+        metrics.decide_ms_total = metrics.decide_ms_total.saturating_add(decide_ms);
+        metrics.decide_ms_max = metrics.decide_ms_max.max(decide_ms);
+        if let Some(report) = &batch.report {
+            device.network_quality = Some(NetworkQuality::of(report));
+            device.report = Some(report.clone());
+            if let Some(round_trip_ms) = report.round_trip_ms {
+                metrics.round_trips += 1;
+                metrics.round_trip_ms_total =
+                    metrics.round_trip_ms_total.saturating_add(round_trip_ms);
+                metrics.round_trip_ms_max = metrics.round_trip_ms_max.max(round_trip_ms);
+            }
+        }
+        let device = Some(device);
         let seq = self.store.tables().next_seq(user);
         self.store.commit(Commit {
             user: user.clone(),
@@ -152,7 +181,8 @@ impl<S: ServerStore> Server<S> {
                     op_count: batch.ops.len() as u64,
                     statuses,
                     checksum: batch.checksum.clone(),
-                    received_at_ms: now,
+                    received_at_ms: received_at,
+                    decide_ms: Some(decide_ms),
                 },
             )),
             device,
@@ -164,6 +194,22 @@ impl<S: ServerStore> Server<S> {
             server_time_ms: now,
             results,
         })
+    }
+
+    /// The device's row and the metrics window with one more op of `status` counted.
+    fn counted_op(
+        &self,
+        user: &UserId,
+        device_id: &DeviceId,
+        status: OpStatus,
+        now: Millis,
+    ) -> (DeviceState, MetricsWindow) {
+        let mut device = self.device_state(user, device_id);
+        device.op_count = device.op_count.saturating_add(1);
+        let mut metrics = self.metrics_window(user, now);
+        metrics.ops += 1;
+        count(&mut metrics, status);
+        (device, metrics)
     }
 
     pub(super) fn device_state(&self, user: &UserId, device_id: &DeviceId) -> DeviceState {
@@ -214,11 +260,12 @@ fn history_row(
     result: &OpResult,
     strategy: Option<Strategy>,
     seq: u64,
-    now: Millis,
+    (received_at, now): (Millis, Millis),
 ) -> HistoryRow {
     HistoryRow {
         seq,
         at_ms: now,
+        duration_ms: Some(now.0.saturating_sub(received_at.0)),
         device_id: batch.device_id.clone(),
         op_id: Some(op.op_id.clone()),
         idempotency_key: Some(op.idempotency_key.clone()),

@@ -74,6 +74,7 @@ impl<S: ServerStore> Server<S> {
             status: HistoryStatus::Resolved,
             reason: Some(resolution.into()),
             version: Some(next.as_ref().map_or(current.version, |n| n.version)),
+            duration_ms: None,
             write: next
                 .as_ref()
                 .map(|n| replay::LoggedWrite::Resolution { entity: n.clone() }),

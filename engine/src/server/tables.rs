@@ -78,6 +78,9 @@ pub struct BatchRecord {
     pub checksum: String,
     /// When it arrived (server clock).
     pub received_at_ms: Millis,
+    /// How long the server took from its arrival to its answer, in ms (server clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decide_ms: Option<u64>,
 }
 
 /// The server's tables. Read them through a [`ServerStore`]; change them only by a commit.

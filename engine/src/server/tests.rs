@@ -1022,3 +1022,87 @@ fn a_resolution_that_would_orphan_a_live_child_is_refused_and_changes_nothing() 
         .unwrap();
     replay::verify(server.tables()).unwrap();
 }
+
+#[test]
+fn the_server_keeps_each_devices_report_its_network_quality_and_the_batches_timings() {
+    use super::wire::NetworkQuality;
+    use crate::op::ClientReport;
+    let mut server = Server::new(SyncConfig::default());
+    let ann = user("ann");
+    let report = |round_trip_ms: Option<u64>, failed_requests: u64| ClientReport {
+        pending: 3,
+        blocked: 1,
+        failed: 2,
+        round_trip_ms,
+        failed_requests,
+    };
+    // A batch that arrived at NOW, its ops decided 40 and 90 ms later, answered at 120.
+    let at = |ms: u64| Millis(NOW.0 + ms);
+    let batch = Batch::reporting(
+        "b-1".into(),
+        "phone".into(),
+        vec![session(1, "s1"), session(2, "s2")],
+        Some(report(Some(80), 0)),
+    );
+    server.admit_batch(&batch).unwrap();
+    let results = vec![
+        server.handle_op(&ann, &batch, &batch.ops[0], NOW, at(40)),
+        server.handle_op(&ann, &batch, &batch.ops[1], NOW, at(90)),
+    ];
+    server
+        .finish_batch(&ann, &batch, results, NOW, at(120))
+        .unwrap();
+    let durations: Vec<Option<u64>> = server
+        .history(&ann, 10)
+        .unwrap()
+        .iter()
+        .map(|row| row.duration_ms)
+        .collect();
+    assert_eq!(durations, [Some(90), Some(40)], "newest first");
+    let record = &server.tables().sync_batches[&(ann.clone(), "b-1".into())];
+    assert_eq!((record.received_at_ms, record.decide_ms), (NOW, Some(120)));
+    let state = server.state(&ann, &"phone".into()).unwrap();
+    assert_eq!(state.device.report, Some(report(Some(80), 0)));
+    assert_eq!(state.device.network_quality, Some(NetworkQuality::Good));
+    // Worse reports: a slow answer, failures, a round trip at u64's maximum.
+    for (n, (round_trip_ms, failed, quality)) in [
+        (Some(700), 0, NetworkQuality::Fair),
+        (None, 1, NetworkQuality::Fair),
+        (Some(100), 3, NetworkQuality::Poor),
+        (Some(u64::MAX), 0, NetworkQuality::Poor),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let batch = Batch::reporting(
+            BatchId(format!("b-worse-{n}")),
+            "phone".into(),
+            vec![],
+            Some(report(round_trip_ms, failed)),
+        );
+        server.handle_batch(&ann, &batch, at(200)).unwrap();
+        let state = server.state(&ann, &"phone".into()).unwrap();
+        assert_eq!(state.device.network_quality, Some(quality));
+    }
+    // The metrics window sums what it saw, saturating rather than wrapping.
+    let window = server.metrics(&ann).pop().unwrap();
+    assert_eq!(
+        (window.batches, window.decide_ms_max, window.decide_ms_total),
+        (5, 120, 120)
+    );
+    assert_eq!(window.round_trips, 4);
+    assert_eq!(
+        (window.round_trip_ms_max, window.round_trip_ms_total),
+        (u64::MAX, u64::MAX)
+    );
+    // A batch without a report leaves the last one in place.
+    server
+        .handle_batch(
+            &ann,
+            &Batch::new("b-9".into(), "phone".into(), vec![]),
+            at(300),
+        )
+        .unwrap();
+    let state = server.state(&ann, &"phone".into()).unwrap();
+    assert_eq!(state.device.network_quality, Some(NetworkQuality::Poor));
+}

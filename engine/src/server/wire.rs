@@ -4,7 +4,7 @@
 use crate::conflict::ServerEntity;
 use crate::entity::EntityType;
 use crate::ids::{BatchId, ConflictId, DeviceId, EntityId, IdempotencyKey, OpId};
-use crate::op::OpKind;
+use crate::op::{ClientReport, OpKind};
 use crate::strategy::Strategy;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -526,6 +526,9 @@ pub struct HistoryRow {
     pub reason: Option<Reason>,
     /// The entity's version afterwards, if it exists.
     pub version: Option<u64>,
+    /// For an op: the time from its batch's arrival to its commit, in ms (server clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
     /// What the step wrote, for the reference replay; absent when it changed nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write: Option<LoggedWrite>,
@@ -546,6 +549,12 @@ pub struct DeviceState {
     pub pull_cursor: u64,
     /// When it last pulled (server clock).
     pub last_pull_at_ms: Option<Millis>,
+    /// What it reported about itself with its last batch (queue by status, round trip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ClientReport>,
+    /// Its network quality, from that report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_quality: Option<NetworkQuality>,
 }
 
 /// Aggregated counts of one window of `sync_metrics`.
@@ -569,6 +578,49 @@ pub struct MetricsWindow {
     pub blocked: u64,
     /// Ops asked to retry.
     pub retries: u64,
+    /// Sum of the batches' decision times (arrival to answer), in ms.
+    #[serde(default)]
+    pub decide_ms_total: u64,
+    /// Longest decision time of a batch, in ms.
+    #[serde(default)]
+    pub decide_ms_max: u64,
+    /// Batches whose device reported a round trip.
+    #[serde(default)]
+    pub round_trips: u64,
+    /// Sum of the round trips devices reported, in ms (their clocks).
+    #[serde(default)]
+    pub round_trip_ms_total: u64,
+    /// Longest round trip a device reported, in ms.
+    #[serde(default)]
+    pub round_trip_ms_max: u64,
+}
+
+/// How a device's requests have been going, from its last report: `good` when its last
+/// request was answered within 500 ms and none failed since, `poor` when three or more
+/// failed in a row or the round trip took 2 s or more, `fair` in between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkQuality {
+    /// Answered quickly, nothing failing.
+    Good,
+    /// Slow answers or a failure or two.
+    Fair,
+    /// Very slow answers or failing requests.
+    Poor,
+}
+
+impl NetworkQuality {
+    /// The quality a report shows.
+    pub fn of(report: &ClientReport) -> NetworkQuality {
+        let round_trip_ms = report.round_trip_ms.unwrap_or(0);
+        if report.failed_requests >= 3 || round_trip_ms >= 2_000 {
+            NetworkQuality::Poor
+        } else if report.failed_requests >= 1 || round_trip_ms >= 500 {
+            NetworkQuality::Fair
+        } else {
+            NetworkQuality::Good
+        }
+    }
 }
 
 /// The answer to `GET /api/sync/state`.

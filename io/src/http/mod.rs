@@ -394,9 +394,11 @@ async fn post_batch(
     rockhound_engine::server::check_batch(&batch, verify)?;
     let mut results = Vec::with_capacity(batch.ops.len());
     for op in &batch.ops {
-        results.push(
-            state.with_server_unflushed(|server| Ok(server.handle_op(&user, &batch, op, now)))?,
-        );
+        // Each op is decided at its own time: its history row keeps how long it waited.
+        let op_now = (state.clock)().max(now);
+        results.push(state.with_server_unflushed(|server| {
+            Ok(server.handle_op(&user, &batch, op, now, op_now))
+        })?);
         if let Some(crash) = &state.crash_point
             && crash(results.len(), batch.ops.len())
         {
@@ -413,7 +415,8 @@ async fn post_batch(
     // The batch's record, then one flush for all its ops (and any other request's commits
     // made meanwhile); if a flush failed since the batch began, none of it is answered.
     let response = state.with_server(|server| {
-        let response = server.finish_batch(&user, &batch, results, now)?;
+        let answered_at = (state.clock)().max(now);
+        let response = server.finish_batch(&user, &batch, results, now, answered_at)?;
         server.flush_for(epoch)?;
         Ok(response)
     })?;

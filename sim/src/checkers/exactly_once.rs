@@ -81,6 +81,7 @@ mod tests {
                     status: HistoryStatus::Op(OpStatus::Applied),
                     reason: None,
                     version: Some(1),
+                    duration_ms: None,
                     write: Some(LoggedWrite::Op {
                         kind: OpKind::Create,
                         base_version: 0,

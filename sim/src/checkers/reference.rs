@@ -417,6 +417,7 @@ mod tests {
             status: HistoryStatus::Op(OpStatus::Applied),
             reason: None,
             version: None,
+            duration_ms: None,
             write: Some(LoggedWrite::Op {
                 kind,
                 base_version: base,

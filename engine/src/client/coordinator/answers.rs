@@ -28,7 +28,7 @@ impl<S: QueueStore> Coordinator<S> {
         };
         self.in_flight = None;
         self.metrics.batches_answered += 1;
-        self.last_sync_at = Some(now);
+        self.answered(now);
         self.telemetry(
             TelemetryKind::SyncBatchSuccess,
             None,
@@ -303,7 +303,7 @@ impl<S: QueueStore> Coordinator<S> {
             return;
         }
         self.in_flight = None;
-        self.last_sync_at = Some(now);
+        self.answered(now);
         self.pull_failures = 0;
         for change in &page.changes {
             if change.deleted && self.config.planted.client.ignores_pulled_deletes {
@@ -339,7 +339,7 @@ impl<S: QueueStore> Coordinator<S> {
             return;
         };
         self.in_flight = None;
-        self.last_sync_at = Some(now);
+        self.answered(now);
         let done = match &result {
             Ok(()) => true,
             Err(code) => code == ErrorCode::AlreadyResolved.as_str(),
@@ -384,7 +384,7 @@ impl<S: QueueStore> Coordinator<S> {
             return;
         }
         self.in_flight = None;
-        self.last_sync_at = Some(now);
+        self.answered(now);
         self.pull_failures = 0;
         let listing = self.listing.get_or_insert_with(Default::default);
         for record in &page.conflicts {

@@ -9,7 +9,7 @@ use crate::client::record::Record;
 use crate::client::store::QueueStore;
 use crate::entity::Priority;
 use crate::ids::BatchId;
-use crate::op::{Batch, Op};
+use crate::op::{Batch, ClientReport, Op};
 use crate::time::Millis;
 use std::collections::BTreeSet;
 
@@ -86,6 +86,7 @@ impl<S: QueueStore> Coordinator<S> {
             return;
         }
         crate::coverage::hit("client.retry_after_honoured");
+        self.failed_requests = self.failed_requests.saturating_add(1);
         if let Some((InFlight::Batch { batch_id, .. }, _)) = &self.in_flight {
             let batch_id = batch_id.clone();
             self.telemetry(TelemetryKind::SyncBatchError, None, Some(batch_id), None);
@@ -123,6 +124,33 @@ impl<S: QueueStore> Coordinator<S> {
 
     /// The next request to send, if any. Call after every event until it returns `None`.
     pub fn poll(&mut self, now: Millis) -> Option<Request> {
+        let request = self.next_request(now);
+        if request.is_some() {
+            self.sent_at = now;
+        }
+        request
+    }
+
+    /// An answer to the request in flight arrived at `now`: its round trip is measured.
+    pub(super) fn answered(&mut self, now: Millis) {
+        self.last_sync_at = Some(now);
+        self.metrics.last_round_trip_ms = Some(now.0.saturating_sub(self.sent_at.0));
+        self.failed_requests = 0;
+    }
+
+    /// What the device says about itself with a batch (its queue, its requests so far).
+    fn report(&self) -> ClientReport {
+        let stats = self.queue.stats();
+        ClientReport {
+            pending: (stats.pending + stats.in_flight) as u64,
+            blocked: stats.blocked as u64,
+            failed: (stats.rejected + stats.error + stats.expired) as u64,
+            round_trip_ms: self.metrics.last_round_trip_ms,
+            failed_requests: self.failed_requests,
+        }
+    }
+
+    fn next_request(&mut self, now: Millis) -> Option<Request> {
         self.tick(now);
         if !self.online || self.in_flight.is_some() || now < self.quiet_until {
             return None;
@@ -247,7 +275,13 @@ impl<S: QueueStore> Coordinator<S> {
             },
             deadline,
         ));
-        Request::Batch(Batch::new(batch_id, self.device_id.clone(), ops))
+        let report = self.report();
+        Request::Batch(Batch::reporting(
+            batch_id,
+            self.device_id.clone(),
+            ops,
+            Some(report),
+        ))
     }
 
     /// When the caller should call [`Coordinator::poll`] next, if nothing else happens first.
@@ -322,6 +356,7 @@ impl<S: QueueStore> Coordinator<S> {
 
     pub(super) fn fail_request(&mut self, now: Millis, reason: String) {
         let (in_flight, _) = self.in_flight.take().expect("a request is in flight");
+        self.failed_requests = self.failed_requests.saturating_add(1);
         match in_flight {
             InFlight::Batch { batch_id, seqs } => {
                 self.metrics.batches_failed += 1;

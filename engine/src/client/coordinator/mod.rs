@@ -262,6 +262,10 @@ pub struct Coordinator<S: QueueStore> {
     log_records: usize,
     online: bool,
     in_flight: Option<(InFlight, Millis)>,
+    /// When the last request left (its answer's round trip is measured from it).
+    sent_at: Millis,
+    /// Requests failed since the last answered one.
+    failed_requests: u64,
     batch_count: u64,
     pull_due: bool,
     pull_failures: u32,
@@ -341,6 +345,8 @@ impl<S: QueueStore> Coordinator<S> {
             log_records,
             online: false,
             in_flight: None,
+            sent_at: now,
+            failed_requests: 0,
             batch_count: 0,
             pull_due: true,
             pull_failures: 0,

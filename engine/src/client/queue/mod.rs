@@ -34,7 +34,19 @@ pub struct Queue {
     ready: BTreeSet<(Priority, u64)>,
     backing_off: BTreeSet<(Millis, u64)>,
     expiry: BTreeSet<(Millis, u64)>,
+    /// How many entries hold each status (kept as statuses change, so `stats` is O(1)).
+    counts: [usize; STATUS_COUNT],
     ttl_ms: u64,
+}
+
+/// The number of [`Status`] values.
+const STATUS_COUNT: usize = 8;
+
+/// Moves one op's status from what `slot` holds to `status`, keeping `counts`.
+fn set_status(counts: &mut [usize; STATUS_COUNT], slot: &mut Status, status: Status) {
+    counts[*slot as usize] -= 1;
+    counts[status as usize] += 1;
+    *slot = status;
 }
 
 impl Queue {
@@ -96,24 +108,18 @@ impl Queue {
         }
     }
 
-    /// Counts by status, in O(n).
+    /// Counts by status, in O(1).
     pub fn stats(&self) -> QueueStats {
-        let mut stats = QueueStats {
+        let count = |status: Status| self.counts[status as usize];
+        QueueStats {
+            pending: count(Status::Pending),
             ready: self.ready.len(),
-            ..QueueStats::default()
-        };
-        for entry in self.entries.values() {
-            match entry.status {
-                Status::Pending => stats.pending += 1,
-                Status::InFlight => stats.in_flight += 1,
-                Status::Rejected => stats.rejected += 1,
-                Status::Error => stats.error += 1,
-                Status::Expired => stats.expired += 1,
-                Status::Blocked => stats.blocked += 1,
-                Status::Applied | Status::Conflict => unreachable!("settled ops leave the queue"),
-            }
+            in_flight: count(Status::InFlight),
+            rejected: count(Status::Rejected),
+            error: count(Status::Error),
+            expired: count(Status::Expired),
+            blocked: count(Status::Blocked),
         }
-        stats
     }
 
     /// The seqs of the ops in `status`.
@@ -178,6 +184,7 @@ impl Queue {
                 .insert((entry.enqueued_at_ms.plus_ms(self.ttl_ms), seq));
         }
         let status = entry.status;
+        self.counts[status as usize] += 1;
         self.entries.insert(seq, entry);
         if status == Status::Pending {
             self.index_pending(seq);
@@ -282,7 +289,7 @@ impl Queue {
             self.unindex(seq);
             let entry = self.entries.get_mut(&seq).expect("selected ops are queued");
             assert_eq!(entry.status, Status::Pending);
-            entry.status = Status::InFlight;
+            set_status(&mut self.counts, &mut entry.status, Status::InFlight);
         }
     }
 
@@ -291,7 +298,7 @@ impl Queue {
     pub fn requeue(&mut self, seq: u64) {
         let entry = self.entries.get_mut(&seq).expect("requeued ops are queued");
         assert_eq!(entry.status, Status::InFlight);
-        entry.status = Status::Pending;
+        set_status(&mut self.counts, &mut entry.status, Status::Pending);
         self.index_pending(seq);
         self.release_if_ready(seq);
     }
@@ -316,10 +323,10 @@ impl Queue {
         }
         let entry = self.entries.get_mut(&seq).expect("still queued");
         if dead {
-            entry.status = Status::Error;
+            set_status(&mut self.counts, &mut entry.status, Status::Error);
             return self.block_dependants(seq);
         }
-        entry.status = Status::Pending;
+        set_status(&mut self.counts, &mut entry.status, Status::Pending);
         entry.next_attempt_at_ms = next_attempt_at_ms;
         // A blocker that failed while this op was in flight with it (a parent dead-lettered
         // in the same batch) could not block it then: it blocks it now.
@@ -362,6 +369,7 @@ impl Queue {
                 self.release_if_ready(dependant_seq);
             }
         }
+        self.counts[entry.status as usize] -= 1;
         entry.status = status;
         entry
     }
@@ -381,7 +389,7 @@ impl Queue {
         self.unindex(seq);
         let entry = self.entries.get_mut(&seq).expect("failed ops are queued");
         let enqueued_at_ms = entry.enqueued_at_ms;
-        entry.status = status;
+        set_status(&mut self.counts, &mut entry.status, status);
         entry.reason = Some(reason.to_owned());
         entry.blocked_by = None;
         self.expiry
@@ -393,7 +401,7 @@ impl Queue {
     pub fn block(&mut self, seq: u64, cause: OpId) -> Vec<u64> {
         self.unindex(seq);
         let entry = self.entries.get_mut(&seq).expect("blocked ops are queued");
-        entry.status = Status::Blocked;
+        set_status(&mut self.counts, &mut entry.status, Status::Blocked);
         entry.reason = Some("dependency_failed".to_owned());
         entry.blocked_by = Some(cause);
         let mut blocked = vec![seq];
@@ -421,7 +429,7 @@ impl Queue {
             }
             self.unindex(dependant_seq);
             let dependant = self.entries.get_mut(&dependant_seq).expect("present");
-            dependant.status = Status::Blocked;
+            set_status(&mut self.counts, &mut dependant.status, Status::Blocked);
             dependant.blocked_by = Some(cause.clone());
             dependant.reason = Some("dependency_failed".to_owned());
             stack.extend(dependant.dependants.iter().copied());
@@ -445,13 +453,13 @@ impl Queue {
             // It waits on an op that failed for good (a rejected parent): blocked behind
             // it, never pending forever; the ops it blocked stay blocked.
             let entry = self.entries.get_mut(&seq).expect("present");
-            entry.status = Status::Blocked;
+            set_status(&mut self.counts, &mut entry.status, Status::Blocked);
             entry.blocked_by = Some(blocker);
             entry.reason = Some("dependency_failed".to_owned());
             return Vec::new();
         }
         let entry = self.entries.get_mut(&seq).expect("present");
-        entry.status = Status::Pending;
+        set_status(&mut self.counts, &mut entry.status, Status::Pending);
         self.index_pending(seq);
         self.promote(now);
         let mut unblocked = Vec::new();
@@ -480,7 +488,7 @@ impl Queue {
                 dependant.blocked_by = Some(other);
                 continue;
             }
-            dependant.status = Status::Pending;
+            set_status(&mut self.counts, &mut dependant.status, Status::Pending);
             dependant.blocked_by = None;
             dependant.reason = None;
             stack.extend(dependant.dependants.iter().copied());
@@ -498,6 +506,7 @@ impl Queue {
         assert!(entry.dependants.is_empty(), "undo the newest insert first");
         self.unindex(seq);
         let entry = self.entries.remove(&seq).expect("present");
+        self.counts[entry.status as usize] -= 1;
         self.by_op.remove(&entry.op.op_id);
         self.expiry
             .remove(&(entry.enqueued_at_ms.plus_ms(self.ttl_ms), seq));
@@ -521,6 +530,7 @@ impl Queue {
     pub fn discard(&mut self, seq: u64) -> Entry {
         let entry = self.entries.remove(&seq).expect("discarded ops are queued");
         assert!(entry.status.is_failed() || entry.status == Status::Blocked);
+        self.counts[entry.status as usize] -= 1;
         self.by_op.remove(&entry.op.op_id);
         self.expiry
             .remove(&(entry.enqueued_at_ms.plus_ms(self.ttl_ms), seq));
@@ -552,10 +562,16 @@ impl Queue {
             .collect()
     }
 
-    /// Checks the index against the entries (for tests and debug assertions): `waiting`,
-    /// `dependants`, `ready` and `backing_off` all agree with the statuses.
+    /// Checks the index against the entries (for tests and debug assertions): the status
+    /// counts, `waiting`, `dependants`, `ready` and `backing_off` all agree with the
+    /// statuses.
     pub fn check_index(&self, now: Millis) {
         assert_eq!(self.by_op.len(), self.entries.len(), "one op id per entry");
+        let mut counted = [0; STATUS_COUNT];
+        for entry in self.entries.values() {
+            counted[entry.status as usize] += 1;
+        }
+        assert_eq!(self.counts, counted, "the status counts match the entries");
         for (op_id, seq) in &self.by_op {
             let entry = self.entries.get(seq);
             assert!(
