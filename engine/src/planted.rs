@@ -35,6 +35,10 @@ pub struct ServerBugs {
     /// A create is stored with a field nobody wrote (`reviewed = false`, a default the
     /// server fills in; caught by `provenance`).
     pub invents_fields: bool,
+    /// An op's commit is split in two: its write now, its idempotency record held in
+    /// memory until the batch's record (lost when the server dies between the two; caught
+    /// by `exactly_once` under a crash inside a batch).
+    pub splits_commit: bool,
 }
 
 /// Bugs of the client coordinator.
@@ -125,6 +129,8 @@ struct PlantedTable {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     server_invents_fields: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    server_splits_commit: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_sends_child_before_parent: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_ignores_priority: bool,
@@ -161,6 +167,7 @@ impl From<PlantedTable> for Planted {
                 panics_on_reused_key: t.server_panics_on_reused_key,
                 orphans_children: t.server_orphans_children,
                 invents_fields: t.server_invents_fields,
+                splits_commit: t.server_splits_commit,
             },
             client: ClientBugs {
                 sends_child_before_parent: t.client_sends_child_before_parent,
@@ -194,6 +201,7 @@ impl From<Planted> for PlantedTable {
             server_panics_on_reused_key: p.server.panics_on_reused_key,
             server_orphans_children: p.server.orphans_children,
             server_invents_fields: p.server.invents_fields,
+            server_splits_commit: p.server.splits_commit,
             client_sends_child_before_parent: p.client.sends_child_before_parent,
             client_ignores_priority: p.client.ignores_priority,
             client_retries_immediately: p.client.retries_immediately,

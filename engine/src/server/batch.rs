@@ -110,10 +110,15 @@ impl<S: ServerStore> Server<S> {
         if let Some(record) = &conflict {
             result.conflict_id = Some(record.conflict_id.clone());
         }
-        let idempotency = idempotency.map(|(key, mut record)| {
+        let mut idempotency = idempotency.map(|(key, mut record)| {
             record.result = result.clone();
             (key, record)
         });
+        if self.config.planted.server.splits_commit
+            && let Some((key, record)) = idempotency.take()
+        {
+            self.held_keys.push((user.clone(), key, record));
+        }
         let committed = self.store.commit(Commit {
             user: user.clone(),
             seq,
@@ -147,6 +152,22 @@ impl<S: ServerStore> Server<S> {
         received_at: Millis,
         now: Millis,
     ) -> Result<BatchResponse, RequestError> {
+        for (held_user, key, record) in std::mem::take(&mut self.held_keys) {
+            let tables = self.store.tables();
+            if tables
+                .sync_idempotency_keys
+                .contains_key(&(held_user.clone(), key.clone()))
+            {
+                continue;
+            }
+            let seq = self.store.tables().next_seq(&held_user);
+            self.store.commit(Commit {
+                user: held_user,
+                seq,
+                idempotency: Some((key, record)),
+                ..Commit::default()
+            })?;
+        }
         let mut statuses = BTreeMap::new();
         for result in &results {
             *statuses.entry(result.status).or_insert(0) += 1;

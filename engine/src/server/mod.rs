@@ -19,9 +19,10 @@ pub use admission::check_batch;
 pub use decide::decision_code;
 
 use crate::config::SyncConfig;
+use crate::ids::{IdempotencyKey, UserId};
 use crate::time::{DAY_MS, HOUR_MS};
 pub use tables::{AnyStore, StoreError};
-use tables::{MemoryStore, ServerStore, Tables};
+use tables::{IdempotencyRecord, MemoryStore, ServerStore, Tables};
 use wire::ErrorCode;
 
 /// The most changes one pull page returns.
@@ -128,6 +129,9 @@ pub struct Server<S: ServerStore = MemoryStore> {
     config: SyncConfig,
     store: S,
     capacity: Capacity,
+    /// What the server holds beside its store (lost by a crash, [`Server::lose_memory`]):
+    /// only the idempotency records a planted split commit defers to the batch's end.
+    held_keys: Vec<(UserId, IdempotencyKey, IdempotencyRecord)>,
 }
 
 /// How much the server's tables may hold before a write is answered `retry` with
@@ -180,7 +184,14 @@ impl<S: ServerStore> Server<S> {
             config,
             store,
             capacity: Capacity::default(),
+            held_keys: Vec::new(),
         }
+    }
+
+    /// The server process died: whatever it held beside its store is gone (what was
+    /// committed survives in the store).
+    pub fn lose_memory(&mut self) {
+        self.held_keys.clear();
     }
 
     /// Sets how much the tables may hold (an operator adding or losing disk).
@@ -218,6 +229,7 @@ impl<S: ServerStore> Server<S> {
             config: self.config,
             store: Box::new(self.store),
             capacity: self.capacity,
+            held_keys: self.held_keys,
         }
     }
 

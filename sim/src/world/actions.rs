@@ -205,6 +205,7 @@ pub(super) fn apply(
         Action::CrashServer => {
             if *server_up {
                 sim.crash("server");
+                server.lock().lose_memory();
                 *server_up = false;
             }
             return;

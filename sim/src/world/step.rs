@@ -146,6 +146,7 @@ impl World<'_> {
         let fired = std::mem::take(&mut self.server_faults.lock().crashed);
         if fired && self.server_up {
             self.sim.crash("server");
+            self.server.lock().lose_memory();
             self.server_up = false;
             self.server_restart_at_ms = Some(t_ms + MID_BATCH_RESTART_MS);
             self.record(t_ms, TraceEvent::ServerCrashed { mid_batch: true });
