@@ -261,6 +261,10 @@ pub const POINTS: &[Point] = &[
         "a pull answered with more pages to come",
     ),
     (
+        "client.damaged_answer_refused",
+        "an answer that did not match its checksum was taken as no answer",
+    ),
+    (
         "client.conflicts_paged",
         "a listing of the user's open conflicts answered with more pages to come",
     ),

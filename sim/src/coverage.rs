@@ -59,6 +59,10 @@ pub const SIM_POINTS: &[Point] = &[
     ("sim.step.cleanup_server", "the server ran its cleanup"),
     ("sim.step.server_room", "the server's disk filled up"),
     (
+        "sim.step.damage_answer",
+        "one bit of a device's next answer was flipped",
+    ),
+    (
         "sim.step.cut_answer",
         "a device's next answer was cut short",
     ),
@@ -79,6 +83,10 @@ pub const SIM_POINTS: &[Point] = &[
     ("sim.net.duplicated", "a request arrived twice"),
     ("sim.net.corrupted", "a request was damaged on the way"),
     ("sim.net.answer_cut", "an answer arrived cut short"),
+    (
+        "sim.net.answer_damaged",
+        "an answer arrived with one bit flipped",
+    ),
     ("sim.net.replayed", "an old batch was sent again"),
     ("sim.net.partitioned", "a request met a partition"),
     (

@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rockhound_engine::client::{Coordinator, Request};
 use rockhound_engine::ids::EntityId;
 use rockhound_engine::planted::Planted;
+use rockhound_engine::server::seal::Sealed;
 use rockhound_engine::server::wire::{BatchResponse, ChangesPage, ConflictsPage};
 use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{Batch, EntityType, Millis, OpKind};
@@ -55,6 +56,8 @@ pub struct Link {
     pub duplicate_next: bool,
     /// Cut the next answer short (the connection broke while it arrived).
     pub cut_answer_next: bool,
+    /// One bit of the next answer is flipped.
+    pub damage_answer_next: bool,
 }
 
 /// Everything the step loop and the device task share about one device.
@@ -221,45 +224,9 @@ fn deliver(ctx: &DeviceCtx, incarnation: u64, request: &Request, outcome: Outcom
         let kind = request_kind(request);
         match outcome {
             Outcome::Failed(reason) => coordinator.on_request_failed(now, &reason),
-            Outcome::Answer(response) if response.status == 200 => match request {
-                Request::Batch(_) => {
-                    match serde_json::from_slice::<BatchResponse>(&response.body) {
-                        Ok(answer) => {
-                            events.push(TraceEvent::Answered {
-                                batch_id: Some(answer.batch_id.clone()),
-                                results: answer
-                                    .results
-                                    .iter()
-                                    .map(|r| (r.op_id.clone(), r.status, r.reason))
-                                    .collect(),
-                            });
-                            coordinator.on_batch_response(now, &answer);
-                        }
-                        Err(e) => coordinator.on_request_failed(now, &format!("bad answer: {e}")),
-                    }
-                }
-                Request::Pull { .. } => match serde_json::from_slice::<ChangesPage>(&response.body)
-                {
-                    Ok(page) => {
-                        events.push(TraceEvent::Pulled {
-                            keys: page
-                                .changes
-                                .iter()
-                                .map(|c| (c.entity_type, c.entity_id.clone()))
-                                .collect(),
-                        });
-                        coordinator.on_pull_response(now, &page);
-                    }
-                    Err(e) => coordinator.on_request_failed(now, &format!("bad answer: {e}")),
-                },
-                Request::Resolve { .. } => coordinator.on_resolve_response(now, Ok(())),
-                Request::Conflicts { .. } => {
-                    match serde_json::from_slice::<ConflictsPage>(&response.body) {
-                        Ok(page) => coordinator.on_conflicts_response(now, &page),
-                        Err(e) => coordinator.on_request_failed(now, &format!("bad answer: {e}")),
-                    }
-                }
-            },
+            Outcome::Answer(response) if response.status == 200 => {
+                take_answer(coordinator, request, &response, now, &mut events);
+            }
             Outcome::Answer(response) => {
                 let code = error_code(&response);
                 events.push(TraceEvent::HttpError {
@@ -282,6 +249,61 @@ fn deliver(ctx: &DeviceCtx, incarnation: u64, request: &Request, outcome: Outcom
         ctx.record(now, event);
     }
     ctx.flush(now);
+}
+
+/// Hands a 200 answer to the coordinator. A damaged answer goes to it too (it refuses it);
+/// the trace records only answers the device took.
+fn take_answer(
+    coordinator: &mut Coordinator<SimStore>,
+    request: &Request,
+    response: &Response,
+    now: Millis,
+    events: &mut Vec<TraceEvent>,
+) {
+    match request {
+        Request::Batch(_) => {
+            match serde_json::from_slice::<BatchResponse>(&response.body) {
+                // A damaged answer goes to the coordinator, which refuses it;
+                // the trace records only answers the device took.
+                Ok(answer) if !answer.intact() => {
+                    coordinator.on_batch_response(now, &answer);
+                }
+                Ok(answer) => {
+                    events.push(TraceEvent::Answered {
+                        batch_id: Some(answer.batch_id.clone()),
+                        results: answer
+                            .results
+                            .iter()
+                            .map(|r| (r.op_id.clone(), r.status, r.reason))
+                            .collect(),
+                    });
+                    coordinator.on_batch_response(now, &answer);
+                }
+                Err(e) => coordinator.on_request_failed(now, &format!("bad answer: {e}")),
+            }
+        }
+        Request::Pull { .. } => match serde_json::from_slice::<ChangesPage>(&response.body) {
+            Ok(page) if !page.intact() => coordinator.on_pull_response(now, &page),
+            Ok(page) => {
+                events.push(TraceEvent::Pulled {
+                    keys: page
+                        .changes
+                        .iter()
+                        .map(|c| (c.entity_type, c.entity_id.clone()))
+                        .collect(),
+                });
+                coordinator.on_pull_response(now, &page);
+            }
+            Err(e) => coordinator.on_request_failed(now, &format!("bad answer: {e}")),
+        },
+        Request::Resolve { .. } => coordinator.on_resolve_response(now, Ok(())),
+        Request::Conflicts { .. } => {
+            match serde_json::from_slice::<ConflictsPage>(&response.body) {
+                Ok(page) => coordinator.on_conflicts_response(now, &page),
+                Err(e) => coordinator.on_request_failed(now, &format!("bad answer: {e}")),
+            }
+        }
+    }
 }
 
 fn error_code(response: &Response) -> String {
@@ -454,6 +476,24 @@ async fn send(ctx: &DeviceCtx, request: &Request, deadline: Millis) -> Outcome {
                 sim_now(ctx.epoch_ms),
                 TraceEvent::Net {
                     what: NetFault::AnswerCut,
+                    request: kind,
+                },
+            );
+            Outcome::Answer(response)
+        }
+        Outcome::Answer(mut response)
+            if ctx.state.borrow().link.damage_answer_next && !response.body.is_empty() =>
+        {
+            let bit = {
+                let mut state = ctx.state.borrow_mut();
+                state.link.damage_answer_next = false;
+                state.rng.random_range(0..response.body.len() * 8)
+            };
+            response.body[bit / 8] ^= 1 << (bit % 8);
+            ctx.record(
+                sim_now(ctx.epoch_ms),
+                TraceEvent::Net {
+                    what: NetFault::AnswerDamaged,
                     request: kind,
                 },
             );

@@ -265,7 +265,8 @@ fn swarm_action(
         },
         1 => Action::RetryDead { device },
         2 => Action::Replay { device },
-        3 if rng.random_bool(0.5) => Action::CutAnswer { device },
+        3 if rng.random_bool(0.25) => Action::CutAnswer { device },
+        3 if rng.random_bool(0.33) => Action::DamageAnswer { device },
         3 => Action::Corrupt { device },
         4 if rng.random_bool(0.3) => Action::Sync { device },
         4 if !victims.is_empty() => Action::Forge {

@@ -42,6 +42,8 @@ pub enum NetFault {
     Corrupted,
     /// The answer arrived cut short (half its body).
     AnswerCut,
+    /// One bit of the answer was flipped on the way.
+    AnswerDamaged,
     /// An earlier batch was sent again, verbatim.
     Replayed,
     /// The device could not reach the server.

@@ -97,6 +97,7 @@ fn answer(batch: &crate::op::Batch, status: OpStatus, reason: Option<&str>) -> B
                 reason: reason.map(|r| serde_json::from_value(serde_json::Value::from(r)).unwrap()),
             })
             .collect(),
+        checksum: None,
     }
 }
 
@@ -524,6 +525,7 @@ fn no_conflicts() -> crate::server::wire::ConflictsPage {
         conflicts: vec![],
         next_cursor: 0,
         has_more: false,
+        checksum: None,
     }
 }
 
@@ -762,6 +764,7 @@ fn a_listing_page_that_promises_more_but_does_not_advance_fails_instead_of_loopi
         changes: vec![],
         next_cursor: 0,
         has_more: false,
+        checksum: None,
     };
     device.on_pull_response(T0, &nothing);
     assert!(matches!(
@@ -1147,6 +1150,7 @@ mod model {
                                     changes: vec![],
                                     next_cursor: 0,
                                     has_more: false,
+                                    checksum: None,
                                 },
                             );
                         }
@@ -1160,6 +1164,7 @@ mod model {
                                     conflicts: vec![],
                                     next_cursor: 0,
                                     has_more: false,
+                                    checksum: None,
                                 },
                             );
                         }
@@ -1213,6 +1218,7 @@ mod model {
                                 batch_id: batch.batch_id,
                                 server_time_ms: self.now,
                                 results,
+                                checksum: None,
                             },
                         );
                     }
@@ -1436,6 +1442,7 @@ fn the_batching_window_holds_a_small_batch_but_never_a_full_one_or_priority_0() 
         changes: vec![],
         next_cursor: 0,
         has_more: false,
+        checksum: None,
     };
     device.on_pull_response(T0, &nothing);
     // A finished pull is followed by the listing of open conflicts; there are none.
@@ -1595,6 +1602,7 @@ fn each_batch_carries_the_devices_queue_and_how_its_requests_have_been_going() {
         changes: vec![],
         next_cursor: 0,
         has_more: false,
+        checksum: None,
     };
     device.on_pull_response(T0.plus_ms(30), &nothing);
     assert_eq!(device.metrics().last_round_trip_ms, Some(30));
@@ -1623,4 +1631,52 @@ fn each_batch_carries_the_devices_queue_and_how_its_requests_have_been_going() {
     let again = batch(device.poll(retry_at));
     assert_eq!(sent.report.unwrap().failed_requests, 1);
     assert_eq!(again.report.unwrap().failed_requests, 2);
+}
+
+#[test]
+fn an_answer_that_does_not_match_its_checksum_is_taken_as_no_answer() {
+    let config = SyncConfig::default();
+    let mut server = Server::new(config.clone());
+    let ann = UserId("ann".into());
+    let mut phone = device("phone", &config);
+    phone.enqueue(T0, T0, session("s1")).unwrap();
+    phone.set_online(T0, true);
+    let sent = batch(phone.poll(T0));
+    let mut answer = server.handle_batch(&ann, &sent, T0).unwrap();
+    assert!(answer.checksum.is_some(), "the server seals its answers");
+    // A bit flipped on the way turned the version the server gave into another one.
+    answer.results[0].version = Some(7);
+    phone.take_events();
+    phone.on_batch_response(T0, &answer);
+    assert_eq!(
+        status_of(&phone, &sent.ops[0].op_id),
+        Some(Status::Pending),
+        "not settled on a damaged answer"
+    );
+    assert!(phone.take_events().iter().any(|e| matches!(
+        e,
+        Event::RequestFailed { reason, .. } if reason.contains("checksum")
+    )));
+    // The resend (after its backoff) comes back a duplicate: applied once.
+    let later = T0.plus_ms(120_000);
+    drive(&mut phone, &mut server, &ann, later);
+    assert_eq!(phone.stats().pending, 0);
+    assert_eq!(phone.metrics().duplicates, 1);
+    // A damaged pull page changes nothing in the replica.
+    let mut tablet = device("tablet", &config);
+    tablet.set_online(later, true);
+    assert!(matches!(tablet.poll(later), Some(Request::Pull { .. })));
+    let mut page = server
+        .changes(&ann, Some(&DeviceId("tablet".into())), 0, 100, later)
+        .unwrap();
+    page.changes[0].version = 9;
+    tablet.on_pull_response(later, &page);
+    assert!(tablet.replica().entities().is_empty());
+    // An answer from a server that does not seal (no checksum) is taken as it is.
+    page.checksum = None;
+    page.changes[0].version = 1;
+    let next = tablet.next_wake_at().unwrap();
+    assert!(matches!(tablet.poll(next), Some(Request::Pull { .. })));
+    tablet.on_pull_response(next, &page);
+    assert_eq!(tablet.replica().entities().len(), 1);
 }

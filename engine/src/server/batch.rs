@@ -3,13 +3,14 @@
 
 use super::decide::{OpOutcome, Stored, conflict_id};
 use super::replay;
+use super::seal::Sealed;
 use super::tables::{BatchRecord, Commit, IdempotencyRecord, QueueRow, ServerStore};
 use super::wire::{
     BatchResponse, DeviceState, HistoryRow, HistoryStatus, MetricsWindow, NetworkQuality, OpResult,
     OpStatus, Refusal,
 };
 use super::{METRICS_WINDOW_MS, RequestError, Server};
-use crate::ids::{DeviceId, UserId};
+use crate::ids::{DeviceId, IdempotencyKey, UserId};
 use crate::op::{Batch, Op};
 use crate::strategy::Strategy;
 use crate::time::Millis;
@@ -110,15 +111,11 @@ impl<S: ServerStore> Server<S> {
         if let Some(record) = &conflict {
             result.conflict_id = Some(record.conflict_id.clone());
         }
-        let mut idempotency = idempotency.map(|(key, mut record)| {
+        let idempotency = idempotency.map(|(key, mut record)| {
             record.result = result.clone();
             (key, record)
         });
-        if self.config.planted.server.splits_commit
-            && let Some((key, record)) = idempotency.take()
-        {
-            self.held_keys.push((user.clone(), key, record));
-        }
+        let idempotency = self.hold_if_split(user, idempotency);
         let committed = self.store.commit(Commit {
             user: user.clone(),
             seq,
@@ -214,7 +211,25 @@ impl<S: ServerStore> Server<S> {
             batch_id: batch.batch_id.clone(),
             server_time_ms: now,
             results,
-        })
+            checksum: None,
+        }
+        .sealed())
+    }
+
+    /// The planted split commit keeps an op's idempotency record in memory, to commit it
+    /// with the batch's record; a correct server commits it with the op.
+    fn hold_if_split(
+        &mut self,
+        user: &UserId,
+        idempotency: Option<(IdempotencyKey, IdempotencyRecord)>,
+    ) -> Option<(IdempotencyKey, IdempotencyRecord)> {
+        match idempotency {
+            Some((key, record)) if self.config.planted.server.splits_commit => {
+                self.held_keys.push((user.clone(), key, record));
+                None
+            }
+            other => other,
+        }
     }
 
     /// The device's row and the metrics window with one more op of `status` counted.

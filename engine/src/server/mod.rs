@@ -12,6 +12,7 @@ mod decide;
 mod reads;
 pub mod replay;
 mod resolve;
+pub mod seal;
 pub mod tables;
 pub mod wire;
 

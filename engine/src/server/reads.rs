@@ -1,6 +1,7 @@
 //! The reads: pulled changes, conflicts (whole or paged), state, history and metrics, each
 //! confined to the asking user.
 
+use super::seal::Sealed;
 use super::tables::{Commit, ServerStore};
 use super::wire;
 use super::wire::{
@@ -85,7 +86,9 @@ impl<S: ServerStore> Server<S> {
             changes,
             next_cursor,
             has_more,
-        })
+            checksum: None,
+        }
+        .sealed())
     }
 
     /// The user's conflicts, optionally by status, oldest first (every one: for tests and
@@ -138,7 +141,9 @@ impl<S: ServerStore> Server<S> {
             conflicts,
             next_cursor,
             has_more: entries.next().is_some(),
-        })
+            checksum: None,
+        }
+        .sealed())
     }
 
     /// Handles `GET /api/sync/state?device_id=…`.

@@ -358,6 +358,10 @@ pub struct BatchResponse {
     pub server_time_ms: Millis,
     /// One result per op, in request order.
     pub results: Vec<OpResult>,
+    /// SHA-256 of the answer's JCS encoding without this member (docs/api.md): set by this
+    /// server on every answer, checked by the client when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 /// One change in a pull page.
@@ -388,6 +392,10 @@ pub struct ChangesPage {
     pub next_cursor: u64,
     /// Whether more changes wait beyond this page.
     pub has_more: bool,
+    /// SHA-256 of the answer's JCS encoding without this member (docs/api.md): set by this
+    /// server on every answer, checked by the client when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 /// The answer to `GET /api/sync/conflicts`: one page of the user's conflicts, oldest first.
@@ -400,6 +408,10 @@ pub struct ConflictsPage {
     pub next_cursor: u64,
     /// Whether more conflicts wait beyond this page.
     pub has_more: bool,
+    /// SHA-256 of the answer's JCS encoding without this member (docs/api.md): set by this
+    /// server on every answer, checked by the client when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 /// Whether a conflict awaits a person.

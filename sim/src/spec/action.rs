@@ -171,6 +171,13 @@ pub enum Action {
         /// The device.
         device: String,
     },
+    /// One bit of the device's next answer is flipped on the way: a server-sealed answer no
+    /// longer matches its checksum (or no longer parses), and the device must take it as no
+    /// answer rather than act on what it says.
+    DamageAnswer {
+        /// The device.
+        device: String,
+    },
     /// The device's next request is delivered twice.
     Duplicate {
         /// The device.
@@ -238,6 +245,7 @@ impl Action {
             | Action::Replay { device }
             | Action::Corrupt { device }
             | Action::CutAnswer { device }
+            | Action::DamageAnswer { device }
             | Action::Duplicate { device }
             | Action::Forge { device, .. }
             | Action::Hostile { device, .. }
@@ -272,6 +280,7 @@ impl Action {
             Action::Resolve { .. } => "resolve",
             Action::Replay { .. } => "replay",
             Action::CutAnswer { .. } => "cut_answer",
+            Action::DamageAnswer { .. } => "damage_answer",
             Action::Corrupt { .. } => "corrupt",
             Action::Duplicate { .. } => "duplicate",
             Action::Forge { .. } => "forge",

@@ -323,6 +323,7 @@ pub(super) fn apply(
         Action::Replay { .. } => ctx.state.borrow_mut().pending_replays += 1,
         Action::Corrupt { .. } => ctx.state.borrow_mut().link.corrupt_next = true,
         Action::CutAnswer { .. } => ctx.state.borrow_mut().link.cut_answer_next = true,
+        Action::DamageAnswer { .. } => ctx.state.borrow_mut().link.damage_answer_next = true,
         Action::Duplicate { .. } => ctx.state.borrow_mut().link.duplicate_next = true,
         Action::Forge { victim_device, .. } => {
             let victim = &devices.by_name[victim_device];

@@ -8,6 +8,7 @@ use crate::client::queue::{Entry, Status};
 use crate::client::record::Record;
 use crate::client::store::QueueStore;
 use crate::ids::{ConflictId, OpId};
+use crate::server::seal::Sealed;
 use crate::server::wire::{
     BatchResponse, ChangesPage, ConflictStatus, ConflictsPage, DecisionCode, ErrorCode, OpResult,
     OpStatus, Reason, Refusal,
@@ -19,7 +20,15 @@ use std::collections::{BTreeMap, BTreeSet};
 impl<S: QueueStore> Coordinator<S> {
     /// The server answered the batch in flight. An answer for another batch (one that timed
     /// out or was abandoned) is ignored: its ops go again and come back as duplicates.
+    ///
+    /// An answer whose checksum does not match its content was damaged on the way: it fails
+    /// the request like no answer (each op counts an attempt and goes again; what the
+    /// server did comes back as duplicates).
     pub fn on_batch_response(&mut self, now: Millis, response: &BatchResponse) {
+        if matches!(self.in_flight, Some((InFlight::Batch { .. }, _))) && !response.intact() {
+            self.refuse_damaged(now);
+            return;
+        }
         let seqs = match &self.in_flight {
             Some((InFlight::Batch { batch_id, seqs }, _)) if *batch_id == response.batch_id => {
                 seqs.clone()
@@ -302,6 +311,10 @@ impl<S: QueueStore> Coordinator<S> {
         if !matches!(self.in_flight, Some((InFlight::Pull, _))) {
             return;
         }
+        if !page.intact() {
+            self.refuse_damaged(now);
+            return;
+        }
         self.in_flight = None;
         self.answered(now);
         self.pull_failures = 0;
@@ -377,6 +390,10 @@ impl<S: QueueStore> Coordinator<S> {
         if !matches!(self.in_flight, Some((InFlight::Conflicts, _))) {
             return;
         }
+        if !page.intact() {
+            self.refuse_damaged(now);
+            return;
+        }
         let listing = self.listing.get_or_insert_with(Default::default);
         if page.has_more && page.next_cursor <= listing.cursor {
             // A page that promises more but moves nothing would be asked for forever.
@@ -441,5 +458,12 @@ impl<S: QueueStore> Coordinator<S> {
             .collect();
         self.events.push(Event::ConflictsListed { open });
         self.compact_if_needed();
+    }
+
+    /// The answer to the request in flight does not match its own checksum: it is taken as
+    /// no answer.
+    fn refuse_damaged(&mut self, now: Millis) {
+        crate::coverage::hit("client.damaged_answer_refused");
+        self.fail_request(now, "damaged answer (checksum mismatch)".to_owned());
     }
 }
