@@ -9,6 +9,7 @@ use rockhound_engine::client::observe::Event;
 use rockhound_engine::ids::{BatchId, ConflictId, EntityId, OpId};
 use rockhound_engine::planted::Planted;
 use rockhound_engine::server::wire::{HistoryRow, OpStatus, Reason};
+use rockhound_engine::strategy::Strategy;
 use rockhound_engine::{EntityType, Millis, SyncConfig};
 use serde::Serialize;
 use serde_json::Value;
@@ -175,6 +176,28 @@ pub enum TraceEvent {
     ServerCrashed {
         /// Always true (a scheduled `crash_server` is a step).
         mid_batch: bool,
+    },
+    /// The server decided one op of a batch and committed it (when it happened, before the
+    /// answer left): the outcome, the strategy that decided it and the server version it met.
+    Decided {
+        /// The op's user.
+        user: String,
+        /// The op.
+        op_id: OpId,
+        /// Its status.
+        status: OpStatus,
+        /// Its reason.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<Reason>,
+        /// The entity's version afterwards.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
+        /// The server's version the op met (for a write that was decided).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        met_version: Option<u64>,
+        /// The strategy that decided it (for a write that was decided).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        strategy: Option<Strategy>,
     },
     /// A batch answer, op by op.
     Answered {

@@ -17,9 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rockhound_engine::ids::{ConflictId, check_id};
-use rockhound_engine::server::wire::{ConflictStatus, ErrorCode, ResolveRequest};
+use rockhound_engine::server::wire::{ConflictStatus, ErrorCode, OpResult, ResolveRequest};
 use rockhound_engine::server::{AnyStore, RequestError, Server};
-use rockhound_engine::{Batch, DeviceId, Millis, UserId};
+use rockhound_engine::{Batch, DeviceId, Millis, Op, UserId};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -71,7 +71,14 @@ pub struct AppState {
     /// `overload` step sets it; `None` (`rockhound serve`, which sheds connections over
     /// its cap instead): never.
     pub shed: Option<Shed>,
+    /// Told each op's decision as it is committed, with the user, the op and its result
+    /// (the simulation traces decisions when they happen); `None` (`rockhound serve`):
+    /// nobody.
+    pub decided: Option<Decided>,
 }
+
+/// See [`AppState::decided`].
+pub type Decided = Arc<dyn Fn(&UserId, &Op, &OpResult) + Send + Sync>;
 
 /// See [`AppState::crash_point`].
 pub type CrashPoint = Arc<dyn Fn(usize, usize) -> bool + Send + Sync>;
@@ -94,6 +101,7 @@ impl AppState {
             yield_between_ops: false,
             crash_point: None,
             shed: None,
+            decided: None,
         }
     }
 
@@ -396,9 +404,12 @@ async fn post_batch(
     for op in &batch.ops {
         // Each op is decided at its own time: its history row keeps how long it waited.
         let op_now = (state.clock)().max(now);
-        results.push(state.with_server_unflushed(|server| {
-            Ok(server.handle_op(&user, &batch, op, now, op_now))
-        })?);
+        let result = state
+            .with_server_unflushed(|server| Ok(server.handle_op(&user, &batch, op, now, op_now)))?;
+        if let Some(decided) = &state.decided {
+            decided(&user, op, &result);
+        }
+        results.push(result);
         if let Some(crash) = &state.crash_point
             && crash(results.len(), batch.ops.len())
         {

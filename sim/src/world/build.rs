@@ -10,9 +10,11 @@ use crate::workload::{self};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rockhound_engine::client::Coordinator;
+use rockhound_engine::server::replay::LoggedWrite;
+use rockhound_engine::server::wire::OpResult;
 use rockhound_engine::server::{AnyStore, Server};
 use rockhound_engine::testing::sim_store::SimStore;
-use rockhound_engine::{DeviceId, Millis, SyncConfig, UserId};
+use rockhound_engine::{DeviceId, Millis, Op, SyncConfig, UserId};
 use rockhound_io::http::{self, AppState, Clock};
 use rockhound_io::sqlite_store::SqliteStore;
 use std::cell::RefCell;
@@ -141,6 +143,12 @@ fn serve(
         (now < until).then(|| until.since_ms(now))
     }));
     let server_state = app.server.clone();
+    let (tables, decisions) = (app.server.clone(), faults.clone());
+    app.decided = Some(Arc::new(move |user, op, result| {
+        let event = decision(&tables.lock(), user, op, result);
+        let t_ms = sim_now(epoch_ms).0 - epoch_ms;
+        decisions.lock().decided.push((t_ms, event));
+    }));
     sim.host("server", move || {
         let app = app.clone();
         async move {
@@ -249,4 +257,40 @@ pub(super) struct ServerFaults {
     pub after_ops: Option<usize>,
     /// Whether it fired and the host is still to be killed.
     pub crashed: bool,
+    /// Decisions the server made since the world last looked, with their simulated time,
+    /// for the trace.
+    pub decided: Vec<(u64, TraceEvent)>,
+}
+
+/// The trace's record of one op's decision, with what the server met: the strategy that
+/// decided it and, for a conflict, the server's version at the time (otherwise the op's
+/// base version, which it matched).
+fn decision(server: &Server<AnyStore>, user: &UserId, op: &Op, result: &OpResult) -> TraceEvent {
+    let tables = server.tables();
+    let row = tables
+        .user_seqs
+        .get(user)
+        .and_then(|seq| tables.sync_history.get(&(user.clone(), *seq)))
+        .filter(|row| row.op_id.as_ref() == Some(&op.op_id));
+    let strategy = row.and_then(|row| match &row.write {
+        Some(LoggedWrite::Op { strategy, .. }) => *strategy,
+        _ => None,
+    });
+    let conflict = result
+        .conflict_id
+        .as_ref()
+        .and_then(|id| tables.sync_conflicts.get(id));
+    let met_version = match conflict {
+        Some((_, record)) => Some(record.server_version),
+        None => strategy.map(|_| op.base_version),
+    };
+    TraceEvent::Decided {
+        user: user.0.clone(),
+        op_id: op.op_id.clone(),
+        status: result.status,
+        reason: result.reason,
+        version: result.version,
+        met_version,
+        strategy,
+    }
 }

@@ -143,6 +143,10 @@ impl World<'_> {
     /// starts it again [`MID_BATCH_RESTART_MS`] later (unless something restarted it
     /// before).
     fn crash_or_restart_mid_batch(&mut self, t_ms: u64) {
+        let decided = std::mem::take(&mut self.server_faults.lock().decided);
+        for (at_ms, event) in decided {
+            self.trace.borrow_mut().record(at_ms, "server", event);
+        }
         let fired = std::mem::take(&mut self.server_faults.lock().crashed);
         if fired && self.server_up {
             self.sim.crash("server");

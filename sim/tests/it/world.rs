@@ -86,3 +86,68 @@ fn the_same_seed_gives_the_same_bytes_and_different_seeds_differ() {
         );
     }
 }
+
+/// Every op the server committed was traced as decided when it happened: before any
+/// device took its answer, with the status and version the final log holds.
+#[test]
+fn server_decisions_are_traced_when_made_and_agree_with_the_log() {
+    use rockhound_sim::trace::TraceEvent;
+    let spec = RunSpec {
+        faults: Some(FaultSpec::default()),
+        ..small_spec()
+    };
+    let outcome = rockhound_sim::world::run(&spec, 3).unwrap();
+    let lines = &outcome.trace.lines;
+    let mut decided = std::collections::BTreeMap::new();
+    let mut checked = 0;
+    for (index, line) in lines.iter().enumerate() {
+        match &line.event {
+            TraceEvent::Decided {
+                user,
+                op_id,
+                status,
+                version,
+                ..
+            } => {
+                decided
+                    .entry((user.clone(), op_id.clone()))
+                    .or_insert_with(Vec::new)
+                    .push((index, line.t_ms, *status, *version));
+            }
+            TraceEvent::Answered {
+                batch_id: Some(_),
+                results,
+            } => {
+                let user = spec
+                    .users
+                    .iter()
+                    .find(|u| u.devices.contains(&line.host))
+                    .unwrap();
+                for (op_id, status, _) in results {
+                    let seen = decided.get(&(user.name.clone(), op_id.clone()));
+                    assert!(
+                        seen.is_some_and(|d| d
+                            .iter()
+                            .any(|(i, t, s, _)| *i < index && *t <= line.t_ms && s == status)),
+                        "{op_id} answered {status:?} at line {index} without an earlier decision"
+                    );
+                    checked += 1;
+                }
+            }
+            TraceEvent::FinalCommit { user, row } => {
+                if let Some(op_id) = &row.op_id
+                    && row.action != rockhound_engine::server::wire::HistoryAction::Resolve
+                {
+                    let seen = &decided[&(user.clone(), op_id.clone())];
+                    assert!(
+                        seen.iter().any(|(_, _, _, v)| *v == row.version),
+                        "{op_id}'s commit (version {:?}) was never traced as decided",
+                        row.version
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(checked > 10, "only {checked} answered ops");
+}
