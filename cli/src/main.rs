@@ -102,6 +102,22 @@ enum Command {
         /// The second trace.
         b: PathBuf,
     },
+    /// The life of one op, told in order: enqueue, each batch it rode in, each failure and
+    /// the wait it drew, the server's decision and why, the answer its device took, the
+    /// pulls that carried it to the other devices, where it ended. FILE is a trace (`.jsonl`,
+    /// from `run --trace`) or a scenario, which is run first; without `--op`, the ops its
+    /// violations name. Exit 0 told, 1 the run broke a rule (its ops told), 2 unreadable or
+    /// no such op
+    Explain {
+        /// A trace (`.jsonl`) or a scenario file.
+        file: PathBuf,
+        /// The seed of a scenario (default: the file's own, else 0).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The op (its id, as the trace writes it).
+        #[arg(long)]
+        op: Option<String>,
+    },
     /// Run a scenario file with its recorded seed and check its recorded digest.
     Replay {
         /// The scenario file (from `export`, `explore` or `shrink`).
@@ -222,6 +238,9 @@ fn main() -> ExitCode {
             return ExitCode::from(commands::export(file.as_deref(), seed, &out));
         }
         Command::Diff { a, b } => return ExitCode::from(commands::diff(&a, &b)),
+        Command::Explain { file, seed, op } => {
+            return ExitCode::from(commands::explain(&file, seed, op.as_deref()));
+        }
         Command::Replay { file, seed, trace } => {
             return ExitCode::from(commands::replay(&file, seed, trace.as_deref()));
         }

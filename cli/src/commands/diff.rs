@@ -60,7 +60,9 @@ pub fn diff(a: &Path, b: &Path) -> Exit {
 }
 
 /// The lines of a trace file, each with its parsed JSON.
-fn read(path: &Path) -> Result<Vec<(String, Value)>, String> {
+/// A JSON Lines trace: each line's text and value; the first line that is not JSON is an
+/// error naming it.
+pub(super) fn read(path: &Path) -> Result<Vec<(String, Value)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     text.lines()

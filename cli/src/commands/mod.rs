@@ -9,6 +9,7 @@
 
 mod check;
 mod diff;
+mod explain;
 mod explore;
 mod files;
 mod print;
@@ -18,6 +19,7 @@ mod run;
 
 pub use check::check;
 pub use diff::diff;
+pub use explain::explain;
 pub use explore::explore;
 pub use files::{export, replay, shrink};
 use print::report;

@@ -659,3 +659,70 @@ fn a_junit_file_that_cannot_be_written_exits_with_the_usage_code() {
     assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot write the JUnit results"));
 }
+
+#[test]
+fn explain_tells_an_ops_life_in_order_and_the_ops_a_violation_names() {
+    // From a scenario: the tablet's edit meets a manual conflict and is resolved.
+    let told = rockhound(&[
+        "explain",
+        "scenarios/conflict_manual.toml",
+        "--op",
+        "tablet:0",
+    ]);
+    assert_eq!(told.status.code(), Some(0), "{}", stdout(&told));
+    let text = stdout(&told);
+    let order = [
+        "enqueued: update field_session ridge",
+        "sent in batch tablet:0:1 (1 of 1)",
+        "server decided: conflict (manual) by manual, meeting version 2",
+        "its device took the answer: conflict (manual)",
+        "pulled its entity",
+        "in the server's log: commit",
+    ];
+    let mut from = 0;
+    for sentence in order {
+        let at = text[from..]
+            .find(sentence)
+            .unwrap_or_else(|| panic!("{sentence:?} missing or out of order in\n{text}"));
+        from += at + sentence.len();
+    }
+    // From a failing run without --op: the violations, then each op they name, which the
+    // server decided twice.
+    let failing = rockhound(&[
+        "explain",
+        "scenarios/negative/exactly_once_server_splits_commit.toml",
+    ]);
+    assert_eq!(failing.status.code(), Some(1), "{}", stdout(&failing));
+    let text = stdout(&failing);
+    assert!(text.contains("exactly_once violated"), "{text}");
+    for op in ["op phone:1:", "op phone:2:"] {
+        let story = &text[text.find(op).unwrap_or_else(|| panic!("{op} in {text}"))..];
+        assert!(story.matches("server decided").count() >= 2, "{story}");
+    }
+    // From a trace file; an op that is not there, and a file that is not a trace.
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    let ran = rockhound(&[
+        "run",
+        "scenarios/answer_damaged.toml",
+        "--no-recheck",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert_eq!(ran.status.code(), Some(0));
+    let told = rockhound(&["explain", trace.to_str().unwrap(), "--op", "phone:0"]);
+    assert_eq!(told.status.code(), Some(0));
+    assert!(
+        stdout(&told).contains("server decided: duplicate"),
+        "{}",
+        stdout(&told)
+    );
+    let missing = rockhound(&["explain", trace.to_str().unwrap(), "--op", "nope"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no op nope"));
+    let not_json = dir.path().join("bad.jsonl");
+    std::fs::write(&not_json, "{\"t_ms\": 1}\nhalf a line").unwrap();
+    let refused = rockhound(&["explain", not_json.to_str().unwrap(), "--op", "x"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("line 2: not JSON"));
+}
