@@ -764,6 +764,7 @@ fn a_listing_page_that_promises_more_but_does_not_advance_fails_instead_of_loopi
         changes: vec![],
         next_cursor: 0,
         has_more: false,
+        open_conflicts: None,
         checksum: None,
     };
     device.on_pull_response(T0, &nothing);
@@ -1150,6 +1151,7 @@ mod model {
                                     changes: vec![],
                                     next_cursor: 0,
                                     has_more: false,
+                                    open_conflicts: None,
                                     checksum: None,
                                 },
                             );
@@ -1442,6 +1444,7 @@ fn the_batching_window_holds_a_small_batch_but_never_a_full_one_or_priority_0() 
         changes: vec![],
         next_cursor: 0,
         has_more: false,
+        open_conflicts: None,
         checksum: None,
     };
     device.on_pull_response(T0, &nothing);
@@ -1602,6 +1605,7 @@ fn each_batch_carries_the_devices_queue_and_how_its_requests_have_been_going() {
         changes: vec![],
         next_cursor: 0,
         has_more: false,
+        open_conflicts: None,
         checksum: None,
     };
     device.on_pull_response(T0.plus_ms(30), &nothing);

@@ -86,9 +86,16 @@ impl<S: ServerStore> Server<S> {
             changes,
             next_cursor,
             has_more,
+            open_conflicts: Some(self.open_conflicts(user)),
             checksum: None,
         }
         .sealed())
+    }
+
+    /// How many of the user's conflicts wait for a person.
+    fn open_conflicts(&self, user: &UserId) -> u64 {
+        let counts = self.store.tables().user_counts.get(user);
+        counts.map_or(0, |counts| counts.open_conflicts)
     }
 
     /// The user's conflicts, optionally by status, oldest first (every one: for tests and

@@ -392,6 +392,10 @@ pub struct ChangesPage {
     pub next_cursor: u64,
     /// Whether more changes wait beyond this page.
     pub has_more: bool,
+    /// How many of the user's conflicts wait for a person (lets a device skip listing
+    /// them when it shows none and none wait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_conflicts: Option<u64>,
     /// SHA-256 of the answer's JCS encoding without this member (docs/api.md): set by this
     /// server on every answer, checked by the client when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -331,8 +331,11 @@ impl<S: QueueStore> Coordinator<S> {
         }
         self.replica.cursor = self.replica.cursor.max(page.next_cursor);
         self.pull_due = page.has_more;
-        // A finished pull is followed by a listing of the user's open conflicts.
-        self.conflicts_due |= !page.has_more;
+        // A finished pull is followed by a listing of the user's open conflicts, unless the
+        // server says none wait and the device shows none.
+        let shows_none = !self.conflicts.values().any(|c| c.open);
+        let none_wait = page.open_conflicts == Some(0);
+        self.conflicts_due |= !page.has_more && (!shows_none || !none_wait);
         if page.has_more {
             crate::coverage::hit("client.pull_paged");
         }
