@@ -39,6 +39,10 @@ pub struct ServerBugs {
     /// memory until the batch's record (lost when the server dies between the two; caught
     /// by `exactly_once` under a crash inside a batch).
     pub splits_commit: bool,
+    /// Idempotency keys are looked up without the user: another user's op under the same
+    /// key is taken for a resend of this one (caught by `conflict_oracle` and `convergence`
+    /// when a forged request borrows the ids a victim's next op will carry).
+    pub shares_keys_across_users: bool,
 }
 
 /// Bugs of the client coordinator.
@@ -72,6 +76,10 @@ pub struct ClientBugs {
     /// A conflict resolved on another device stays open here after a listing (caught by
     /// `conflict_visibility`).
     pub keeps_conflicts_resolved_elsewhere: bool,
+    /// Answers are taken without checking their checksum: a damaged answer that still
+    /// parses is acted on (caught by `convergence` and `provenance` when a bit of a pull
+    /// page flips).
+    pub ignores_answer_checksum: bool,
 }
 
 /// Bugs of the simulated queue store.
@@ -131,6 +139,10 @@ struct PlantedTable {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     server_splits_commit: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
+    server_shares_keys_across_users: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    client_ignores_answer_checksum: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_sends_child_before_parent: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     client_ignores_priority: bool,
@@ -168,6 +180,7 @@ impl From<PlantedTable> for Planted {
                 orphans_children: t.server_orphans_children,
                 invents_fields: t.server_invents_fields,
                 splits_commit: t.server_splits_commit,
+                shares_keys_across_users: t.server_shares_keys_across_users,
             },
             client: ClientBugs {
                 sends_child_before_parent: t.client_sends_child_before_parent,
@@ -180,6 +193,7 @@ impl From<PlantedTable> for Planted {
                 telemetry_skips_duplicates: t.client_telemetry_skips_duplicates,
                 ignores_retry_after: t.client_ignores_retry_after,
                 keeps_conflicts_resolved_elsewhere: t.client_keeps_conflicts_resolved_elsewhere,
+                ignores_answer_checksum: t.client_ignores_answer_checksum,
             },
             store: StoreBugs {
                 acks_before_fsync: t.store_acks_before_fsync,
@@ -202,6 +216,8 @@ impl From<Planted> for PlantedTable {
             server_orphans_children: p.server.orphans_children,
             server_invents_fields: p.server.invents_fields,
             server_splits_commit: p.server.splits_commit,
+            server_shares_keys_across_users: p.server.shares_keys_across_users,
+            client_ignores_answer_checksum: p.client.ignores_answer_checksum,
             client_sends_child_before_parent: p.client.sends_child_before_parent,
             client_ignores_priority: p.client.ignores_priority,
             client_retries_immediately: p.client.retries_immediately,

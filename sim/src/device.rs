@@ -11,9 +11,8 @@ use hyper::Method;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rockhound_engine::client::{Coordinator, Request};
-use rockhound_engine::ids::EntityId;
+use rockhound_engine::ids::{EntityId, OpId};
 use rockhound_engine::planted::Planted;
-use rockhound_engine::server::seal::Sealed;
 use rockhound_engine::server::wire::{BatchResponse, ChangesPage, ConflictsPage};
 use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{Batch, EntityType, Millis, OpKind};
@@ -263,28 +262,29 @@ fn take_answer(
     match request {
         Request::Batch(_) => {
             match serde_json::from_slice::<BatchResponse>(&response.body) {
-                // A damaged answer goes to the coordinator, which refuses it;
-                // the trace records only answers the device took.
-                Ok(answer) if !answer.intact() => {
-                    coordinator.on_batch_response(now, &answer);
-                }
+                // The trace records only answers the device took (a damaged one it refuses).
                 Ok(answer) => {
+                    if !coordinator.on_batch_response(now, &answer) {
+                        return;
+                    }
                     events.push(TraceEvent::Answered {
                         batch_id: Some(answer.batch_id.clone()),
+                        sent: Vec::new(),
                         results: answer
                             .results
                             .iter()
                             .map(|r| (r.op_id.clone(), r.status, r.reason))
                             .collect(),
                     });
-                    coordinator.on_batch_response(now, &answer);
                 }
                 Err(e) => coordinator.on_request_failed(now, &format!("bad answer: {e}")),
             }
         }
         Request::Pull { .. } => match serde_json::from_slice::<ChangesPage>(&response.body) {
-            Ok(page) if !page.intact() => coordinator.on_pull_response(now, &page),
             Ok(page) => {
+                if !coordinator.on_pull_response(now, &page) {
+                    return;
+                }
                 events.push(TraceEvent::Pulled {
                     keys: page
                         .changes
@@ -292,7 +292,6 @@ fn take_answer(
                         .map(|c| (c.entity_type, c.entity_id.clone()))
                         .collect(),
                 });
-                coordinator.on_pull_response(now, &page);
             }
             Err(e) => coordinator.on_request_failed(now, &format!("bad answer: {e}")),
         },
@@ -555,17 +554,18 @@ pub async fn replay(ctx: DeviceCtx) {
     );
     let result = tokio::time::timeout(
         Duration::from_secs(10),
-        exchange(Method::POST, "/api/sync/batch", &token, Some(body)),
+        exchange(Method::POST, "/api/sync/batch", &token, Some(body.clone())),
     )
     .await;
     if let Ok(Ok(response)) = result {
-        record_answer(&ctx, RequestKind::Batch, &response);
+        record_answer(&ctx, RequestKind::Batch, &body, &response);
     }
 }
 
 /// Records the answer to a request sent beside the coordinator: a batch answer as
-/// `answered`, an error status as `http_error` (other successes carry nothing to check).
-fn record_answer(ctx: &DeviceCtx, request: RequestKind, response: &Response) {
+/// `answered` (with the op ids `body` carried), an error status as `http_error` (other
+/// successes carry nothing to check).
+fn record_answer(ctx: &DeviceCtx, request: RequestKind, body: &[u8], response: &Response) {
     let now = sim_now(ctx.epoch_ms);
     if response.status != 200 {
         let code = error_code(response);
@@ -591,9 +591,25 @@ fn record_answer(ctx: &DeviceCtx, request: RequestKind, response: &Response) {
             TraceEvent::Answered {
                 batch_id: None,
                 results,
+                sent: op_ids_in(body),
             },
         );
     }
+}
+
+/// The op ids of a batch body, as far as it reads as one (a damaged body gives fewer).
+fn op_ids_in(body: &[u8]) -> Vec<OpId> {
+    let Ok(batch) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    batch
+        .get("ops")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|op| op.get("op_id")?.as_str())
+        .map(|id| OpId(id.to_owned()))
+        .collect()
 }
 
 /// A request a hostile or forging client builds by hand, sent beside the coordinator's
@@ -654,13 +670,14 @@ pub async fn send_raw(ctx: DeviceCtx, requests: Vec<RawRequest>) {
             ctx.record(sim_now(ctx.epoch_ms), TraceEvent::Wrote { writes });
         }
         let token = ctx.state.borrow().token.clone();
+        let body = request.body.clone().unwrap_or_default();
         let result = tokio::time::timeout(
             Duration::from_secs(10),
             exchange(request.method.clone(), &request.path, &token, request.body),
         )
         .await;
         match result {
-            Ok(Ok(response)) => record_answer(&ctx, request.kind, &response),
+            Ok(Ok(response)) => record_answer(&ctx, request.kind, &body, &response),
             _ => ctx.record(
                 sim_now(ctx.epoch_ms),
                 TraceEvent::Net {

@@ -207,6 +207,10 @@ pub enum TraceEvent {
         batch_id: Option<BatchId>,
         /// `(op, status, reason)`.
         results: Vec<(OpId, OpStatus, Option<Reason>)>,
+        /// For an answer nobody takes: the op ids its request carried (the `isolation`
+        /// checker's record of what the device asked about).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sent: Vec<OpId>,
     },
     /// Values a hand-built request or a person writes outside the workload's steps (a
     /// custom resolution, a hostile or forged batch): the `provenance` checker's record

@@ -520,6 +520,18 @@ fn telemetry_follows_the_configuration() {
     }
 }
 
+/// An empty last pull page; `open_conflicts` as the server would count them (`None`: a
+/// server that does not say).
+fn no_changes(open_conflicts: Option<u64>) -> crate::server::wire::ChangesPage {
+    crate::server::wire::ChangesPage {
+        changes: vec![],
+        next_cursor: 0,
+        has_more: false,
+        open_conflicts,
+        checksum: None,
+    }
+}
+
 fn no_conflicts() -> crate::server::wire::ConflictsPage {
     crate::server::wire::ConflictsPage {
         conflicts: vec![],
@@ -760,13 +772,7 @@ fn a_listing_page_that_promises_more_but_does_not_advance_fails_instead_of_loopi
     let mut device = open(SyncConfig::default());
     device.set_online(T0, true);
     assert!(matches!(device.poll(T0), Some(Request::Pull { .. })));
-    let nothing = crate::server::wire::ChangesPage {
-        changes: vec![],
-        next_cursor: 0,
-        has_more: false,
-        open_conflicts: None,
-        checksum: None,
-    };
+    let nothing = no_changes(None);
     device.on_pull_response(T0, &nothing);
     assert!(matches!(
         device.poll(T0),
@@ -1145,16 +1151,7 @@ mod model {
                             self.last_batch = Some(batch);
                         }
                         Some(Request::Pull { .. }) => {
-                            self.device.on_pull_response(
-                                self.now,
-                                &crate::server::wire::ChangesPage {
-                                    changes: vec![],
-                                    next_cursor: 0,
-                                    has_more: false,
-                                    open_conflicts: None,
-                                    checksum: None,
-                                },
-                            );
+                            self.device.on_pull_response(self.now, &no_changes(None));
                         }
                         Some(Request::Resolve { .. }) => {
                             self.device.on_resolve_response(self.now, Ok(()))
@@ -1440,13 +1437,7 @@ fn the_batching_window_holds_a_small_batch_but_never_a_full_one_or_priority_0() 
     device.set_online(T0, true);
     // Coming online asks for a pull; nothing is pulled.
     assert!(matches!(device.poll(T0), Some(Request::Pull { .. })));
-    let nothing = crate::server::wire::ChangesPage {
-        changes: vec![],
-        next_cursor: 0,
-        has_more: false,
-        open_conflicts: None,
-        checksum: None,
-    };
+    let nothing = no_changes(None);
     device.on_pull_response(T0, &nothing);
     // A finished pull is followed by the listing of open conflicts; there are none.
     assert!(matches!(
@@ -1601,13 +1592,7 @@ fn each_batch_carries_the_devices_queue_and_how_its_requests_have_been_going() {
     device.set_online(T0, true);
     assert!(matches!(device.poll(T0), Some(Request::Pull { .. })));
     // The pull's answer comes 30 ms later: the round trip.
-    let nothing = crate::server::wire::ChangesPage {
-        changes: vec![],
-        next_cursor: 0,
-        has_more: false,
-        open_conflicts: None,
-        checksum: None,
-    };
+    let nothing = no_changes(None);
     device.on_pull_response(T0.plus_ms(30), &nothing);
     assert_eq!(device.metrics().last_round_trip_ms, Some(30));
     assert!(matches!(
@@ -1683,4 +1668,21 @@ fn an_answer_that_does_not_match_its_checksum_is_taken_as_no_answer() {
     assert!(matches!(tablet.poll(next), Some(Request::Pull { .. })));
     tablet.on_pull_response(next, &page);
     assert_eq!(tablet.replica().entities().len(), 1);
+}
+
+#[test]
+fn the_listing_after_a_pull_is_skipped_only_when_none_wait_and_the_device_shows_none() {
+    let listing_follows = |open_conflicts| {
+        let mut device = open(SyncConfig::default());
+        device.set_online(T0, true);
+        assert!(matches!(device.poll(T0), Some(Request::Pull { .. })));
+        assert!(device.on_pull_response(T0, &no_changes(open_conflicts)));
+        matches!(device.poll(T0), Some(Request::Conflicts { cursor: 0, .. }))
+    };
+    assert!(
+        !listing_follows(Some(0)),
+        "none wait, none shown: no listing"
+    );
+    assert!(listing_follows(Some(1)), "one waits: it is listed");
+    assert!(listing_follows(None), "a server that does not say: listed");
 }

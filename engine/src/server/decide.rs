@@ -2,13 +2,13 @@
 //! what of the op is stored. Nothing is written here; [`super::batch`] commits the outcome.
 
 use super::admission::{ParentRefusal, clears_needed_parent};
-use super::tables::{EntityKey, ServerStore};
+use super::tables::{EntityKey, IdempotencyRecord, ServerStore};
 use super::wire::{
     ConflictRecord, ConflictStatus, DecisionCode, OpResult, OpStatus, Refusal, ResolvedBy,
 };
 use super::{ENTITY_BYTES_MAX, Server};
 use crate::conflict::{self, Case, Decision, Detection, Invalid, ServerEntity, Strategy, Write};
-use crate::ids::{ConflictId, UserId};
+use crate::ids::{ConflictId, IdempotencyKey, UserId};
 use crate::op::{Batch, Op, OpKind};
 use crate::time::Millis;
 
@@ -35,6 +35,23 @@ impl<S: ServerStore> Server<S> {
         self.decide_write(user, batch, op, now)
     }
 
+    /// The record kept under `user`'s `key`. Keys are the user's: another user's op may
+    /// carry the same one (unless the planted bug looks them up across users).
+    fn idempotency_record(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+    ) -> Option<&IdempotencyRecord> {
+        let keys = &self.store.tables().sync_idempotency_keys;
+        if self.config.planted.server.shares_keys_across_users {
+            return keys
+                .iter()
+                .find(|((_, other), _)| other == key)
+                .map(|(_, record)| record);
+        }
+        keys.get(&(user.clone(), key.clone()))
+    }
+
     /// What is decided from the op alone and its key: integrity, ids, a duplicate, a reused
     /// key or op id, shape and age. `None`: the op goes on.
     fn screen(&self, user: &UserId, op: &Op, now: Millis) -> Option<OpOutcome> {
@@ -49,9 +66,8 @@ impl<S: ServerStore> Server<S> {
         if op.validate_ids().is_err() {
             return Some(OpOutcome::unstored(op, Refusal::InvalidOp, Stored::Nothing));
         }
-        if let Some(record) = tables
-            .sync_idempotency_keys
-            .get(&(user.clone(), op.idempotency_key.clone()))
+        if let Some(record) = self
+            .idempotency_record(user, &op.idempotency_key)
             .filter(|_| !self.config.planted.server.ignores_idempotency)
         {
             if record.op_checksum != op.checksum {

@@ -54,7 +54,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
         if row.write.is_none() || row.action == HistoryAction::Resolve {
             continue;
         }
-        if let Some(op) = facts.ops.get(op_id) {
+        if let Some(op) = facts.op_of(user, op_id) {
             for dependency in &op.depends_on {
                 if !decided.contains(&(*user, dependency)) {
                     violations.push(facts.violation(

@@ -2,10 +2,18 @@
 //! the server, however often it is sent, replayed or duplicated. The two are checked apart:
 //! a server that keyed its memory by op id alone would pass the first and fail the second
 //! when two ops share a key.
+//!
+//! And the other half, at least once: no op is answered `duplicate`, or refused as reusing
+//! an idempotency key or an op id, unless its user sent that key (or op id) before. Keys
+//! and op ids are the user's own; another user's op under the same ids must not stand in
+//! for this one (its write would be lost, with an answer that reads as settled).
 
 use super::{Checker, Facts, Violation};
-use rockhound_engine::server::wire::{HistoryAction, HistoryRow};
-use std::collections::BTreeMap;
+use rockhound_engine::server::HISTORY_RETENTION_MS;
+use rockhound_engine::server::wire::{
+    HistoryAction, HistoryRow, HistoryStatus, OpStatus, Reason, Refusal,
+};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Runs the checker.
 pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
@@ -35,6 +43,48 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
                 format!("idempotency key {key} of {user}"),
             ));
         }
+    }
+    violations.extend(never_sent_before(facts));
+    violations
+}
+
+/// Rows that claim an earlier op of their user (a `duplicate`, a reused key or op id) when
+/// the log holds none. A row the server's cleanup may have removed (older than the history
+/// retention) counts as possibly there.
+fn never_sent_before(facts: &Facts<'_>) -> Vec<Violation> {
+    let mut keys: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut op_ids: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut violations = Vec::new();
+    for (line, user, row) in &facts.commits {
+        let key = row.idempotency_key.as_ref().map(|k| k.as_str());
+        let op_id = row.op_id.as_ref().map(|o| o.as_str());
+        let claimed = match (row.status, row.reason) {
+            (HistoryStatus::Op(OpStatus::Duplicate), _)
+            | (_, Some(Reason::Refused(Refusal::IdempotencyKeyReused))) => key
+                .filter(|k| !keys.contains(&(user, k)))
+                .map(|k| ("idempotency key", k)),
+            (_, Some(Reason::Refused(Refusal::OpIdReused))) => op_id
+                .filter(|o| !op_ids.contains(&(user, o)))
+                .map(|o| ("op id", o)),
+            _ => None,
+        };
+        let may_be_cleaned = row.at_ms.0.saturating_sub(facts.epoch_ms) >= HISTORY_RETENTION_MS;
+        if let Some((what, id)) = claimed.filter(|_| !may_be_cleaned) {
+            violations.push(facts.violation(
+                Checker::ExactlyOnce,
+                *line,
+                format!(
+                    "op {} of {user} was answered {}{} (commit {}), but {user} never sent {what} {id} before",
+                    op_id.unwrap_or("?"),
+                    row.status,
+                    row.reason.map(|r| format!(" {r}")).unwrap_or_default(),
+                    row.seq
+                ),
+                &[*line],
+            ));
+        }
+        keys.extend(key.map(|k| (*user, k)));
+        op_ids.extend(op_id.map(|o| (*user, o)));
     }
     violations
 }

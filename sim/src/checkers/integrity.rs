@@ -8,11 +8,11 @@ use rockhound_engine::server::replay::LoggedWrite;
 /// Runs the checker.
 pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
     let mut violations = Vec::new();
-    for (line, _, row) in &facts.commits {
+    for (line, user, row) in &facts.commits {
         let (Some(op_id), Some(LoggedWrite::Op { payload, .. })) = (&row.op_id, &row.write) else {
             continue;
         };
-        let Some(op) = facts.ops.get(op_id) else {
+        let Some(op) = facts.op_of(user, op_id) else {
             continue;
         };
         let Some(sealed) = &op.payload_sha256 else {

@@ -1,11 +1,13 @@
 //! Isolation: no user reads or changes another user's data — no pull delivers, no replica
 //! holds and no commit of one user touches an entity another user owns, and no batch
 //! answer carries an op the device's user did not send (its own devices' ops, or the
-//! hand-built ops of its hostile and forged requests, `<device>-x…` and
-//! `<device>:forged:…`).
+//! hand-built ops of the hostile, forged or replayed request it answers, which may reuse
+//! an op id of another user: legal, and the answer is about this user's op).
 
 use super::{Checker, Facts, Violation};
 use crate::trace::TraceEvent;
+use rockhound_engine::ids::OpId;
+use rockhound_engine::server::wire::{OpStatus, Reason};
 
 /// Runs the checker.
 pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
@@ -20,8 +22,19 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             .map(|(line, owner, _)| (*line, *owner))
     };
     for (index, line) in facts.lines.iter().enumerate() {
-        if let TraceEvent::Answered { results, .. } = &line.event {
-            violations.extend(foreign_answers(facts, index, results));
+        if let TraceEvent::Answered {
+            batch_id,
+            results,
+            sent,
+        } = &line.event
+        {
+            violations.extend(foreign_answers(
+                facts,
+                index,
+                results,
+                sent,
+                batch_id.is_some(),
+            ));
             continue;
         }
         let TraceEvent::Pulled { keys } = &line.event else {
@@ -76,30 +89,27 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
     violations
 }
 
-/// The ops of a batch answer to `facts.lines[index]`'s device that its user never sent.
+/// The ops of a batch answer to `facts.lines[index]`'s device that its user never sent: an
+/// answer the coordinator took may name only its user's ops; an answer nobody takes (a
+/// replayed, forged or hostile batch) only the ops its request carried. An op id another
+/// user also used is this user's own op when this user sent it.
 fn foreign_answers(
     facts: &Facts<'_>,
     index: usize,
-    results: &[(
-        rockhound_engine::ids::OpId,
-        rockhound_engine::server::wire::OpStatus,
-        Option<rockhound_engine::server::wire::Reason>,
-    )],
+    results: &[(OpId, OpStatus, Option<Reason>)],
+    sent: &[OpId],
+    taken: bool,
 ) -> Vec<Violation> {
     let host = &facts.lines[index].host;
     let user = facts.users.get(host).map_or("", String::as_str);
-    let hand_built = |op: &str| {
-        facts.users.iter().any(|(device, owner)| {
-            owner == user
-                && (op.starts_with(&format!("{device}-x"))
-                    || op.starts_with(&format!("{device}:forged:")))
-        })
-    };
     results
         .iter()
-        .filter(|(op_id, _, _)| match facts.ops.get(op_id) {
-            Some(op) => op.user != user,
-            None => !hand_built(op_id.as_str()),
+        .filter(|(op_id, _, _)| {
+            if taken {
+                facts.op_of(user, op_id).is_none()
+            } else {
+                !sent.contains(op_id)
+            }
         })
         .map(|(op_id, _, _)| {
             let lines: Vec<usize> = std::iter::once(index)
@@ -133,18 +143,27 @@ mod tests {
         }
     }
 
-    fn answered(host: &str, op: &str) -> TraceLine {
+    /// An answer about `op` to `host`: taken by its coordinator, or (with `sent`) to a
+    /// hand-built request that carried `sent`.
+    fn answered(host: &str, op: &str, sent: Option<&[&str]>) -> TraceLine {
         line(
             host,
             TraceEvent::Answered {
-                batch_id: None,
+                batch_id: sent
+                    .is_none()
+                    .then(|| rockhound_engine::BatchId("b".into())),
                 results: vec![(OpId(op.into()), OpStatus::Applied, None)],
+                sent: sent
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|id| OpId((*id).into()))
+                    .collect(),
             },
         )
     }
 
     #[test]
-    fn an_answer_about_another_users_op_is_caught_and_own_hand_built_ops_are_not() {
+    fn an_answer_about_an_op_its_user_did_not_send_is_caught_and_a_borrowed_op_id_is_not() {
         let run = line(
             "world",
             TraceEvent::Run {
@@ -174,16 +193,27 @@ mod tests {
                 },
             },
         );
-        let leak = [run.clone(), bobs.clone(), answered("phone", "laptop:0")];
-        let violations = check(&Facts::new(&leak));
-        assert_eq!(violations.len(), 1, "{violations:?}");
-        assert!(violations[0].message.contains("op laptop:0"));
+        let leaks = [
+            // Taken by ann's coordinator, about bob's op.
+            answered("phone", "laptop:0", None),
+            // To ann's hand-built request, about an op it did not carry.
+            answered("phone", "laptop:0", Some(&["phone-x1-op1"])),
+            // Taken by bob's coordinator, about an op nobody enqueued.
+            answered("laptop", "laptop:1", None),
+        ];
+        for leak in leaks {
+            let lines = [run.clone(), bobs.clone(), leak];
+            let violations = check(&Facts::new(&lines));
+            assert_eq!(violations.len(), 1, "{violations:?}");
+            assert!(violations[0].message.contains("op laptop:"));
+        }
         let own = [
             run,
             bobs,
-            answered("laptop", "laptop:0"),
-            answered("phone", "phone-x1-op1"),
-            answered("phone", "phone:forged:5"),
+            answered("laptop", "laptop:0", None),
+            answered("phone", "phone-x1-op1", Some(&["phone-x1-op1"])),
+            // Ann borrowed bob's op id in a request of her own: legal, and about her op.
+            answered("phone", "laptop:0", Some(&["laptop:0", "phone:forged:5"])),
         ];
         assert!(check(&Facts::new(&own)).is_empty());
     }

@@ -120,7 +120,8 @@ pub struct Facts<'a> {
     pub config: SyncConfig,
     /// Device → user.
     pub users: BTreeMap<String, String>,
-    /// Every acknowledged op.
+    /// Every acknowledged op. Op ids are unique among the honest devices' ops, but another
+    /// user may send the same id (legal, see [`Facts::op_of`]).
     pub ops: BTreeMap<OpId, OpFacts>,
     /// Final device snapshots: device → (line, queue, replica).
     pub final_devices: BTreeMap<String, FinalDevice<'a>>,
@@ -230,6 +231,12 @@ impl<'a> Facts<'a> {
             }
         }
         facts
+    }
+
+    /// The acknowledged op `op_id` of `user`: what the server logs under a user's name is
+    /// that user's, and an op id another user also used names a different op.
+    pub fn op_of(&self, user: &str, op_id: &OpId) -> Option<&OpFacts> {
+        self.ops.get(op_id).filter(|op| op.user == user)
     }
 
     /// A violation at trace line `at`, quoting `lines`.

@@ -73,6 +73,7 @@ fn across_batches(facts: &Facts<'_>) -> Vec<Violation> {
             TraceEvent::Answered {
                 batch_id: Some(_),
                 results,
+                ..
             } => {
                 if let Some((ops, true)) = view.latest {
                     let taken = results.iter().filter(|(id, status, _)| {

@@ -90,6 +90,7 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
             TraceEvent::Answered {
                 batch_id: Some(batch_id),
                 results,
+                ..
             } => {
                 let batch = batches.entry((host, batch_id)).or_default();
                 batch.answer.get_or_insert((index, results));

@@ -306,11 +306,11 @@ fn bad_resolutions(ctx: &DeviceCtx, f: &Forger) -> Vec<RawRequest> {
     requests
 }
 
-/// Two forged requests from `ctx` with its own token, each sent on its own: a batch
-/// claiming the victim's device, and a batch from its own device updating an entity of the
-/// victim's user.
+/// Three forged requests from `ctx` with its own token, each sent on its own: a batch
+/// claiming the victim's device, a batch from its own device updating an entity of the
+/// victim's user, and [`borrowed_ids`].
 pub(super) fn forgeries(ctx: &DeviceCtx, victim: &DeviceCtx, now: Millis) -> Vec<Vec<RawRequest>> {
-    let (victim_device, target) = {
+    let (victim_device, target, victim_next_seq) = {
         let state = victim.state.borrow();
         let target = state.coordinator.as_ref().and_then(|c| {
             c.replica()
@@ -319,7 +319,8 @@ pub(super) fn forgeries(ctx: &DeviceCtx, victim: &DeviceCtx, now: Millis) -> Vec
                 .find(|(_, e)| !e.deleted)
                 .map(|(key, e)| (key.clone(), e.version))
         });
-        (state.name.clone(), target)
+        let next_seq = state.coordinator.as_ref().map_or(1, |c| c.next_seq());
+        (state.name.clone(), target, next_seq)
     };
     let own = ctx.state.borrow().name.clone();
     let ((entity_type, entity_id), version) = target.unwrap_or((
@@ -344,14 +345,15 @@ pub(super) fn forgeries(ctx: &DeviceCtx, victim: &DeviceCtx, now: Millis) -> Vec
         checksum: String::new(),
     }
     .sealed();
-    [victim_device, own]
+    let borrowed = borrowed_ids(&own, &victim_device, victim_next_seq, now);
+    [(victim_device, vec![op]), (own.clone(), vec![borrowed])]
         .into_iter()
         .enumerate()
-        .map(|(n, device)| {
+        .map(|(n, (device, ops))| {
             let batch = Batch::new(
                 BatchId(format!("forged-{n}-{}", now.0)),
                 DeviceId(device),
-                vec![op.clone()],
+                ops,
             );
             let body = serde_json::to_vec(&batch).expect("batches serialize");
             vec![raw(
@@ -362,4 +364,29 @@ pub(super) fn forgeries(ctx: &DeviceCtx, victim: &DeviceCtx, now: Millis) -> Vec
             )]
         })
         .collect()
+}
+
+/// Ids that collide across users: a create of the device's own new entity under the op id
+/// and idempotency key the victim's *next* op will carry (`<victim>:<seq>`, as its
+/// coordinator names them). Legal, and isolated: the server applies it for this user, and
+/// the victim's op of the same ids, when it comes, is decided as if this one never
+/// happened (a server that looked ids up without the user would answer it `duplicate` or
+/// `idempotency_key_reused`, and the victim's write would be lost).
+fn borrowed_ids(own: &str, victim_device: &str, victim_next_seq: u64, now: Millis) -> Op {
+    let entity_id = EntityId(format!("{own}:forged:{}-borrowed", now.0));
+    Op {
+        op_id: OpId(format!("{victim_device}:{victim_next_seq}")),
+        idempotency_key: IdempotencyKey(format!("{victim_device}:{victim_next_seq}:key")),
+        entity_type: EntityType::Tag,
+        entity_id: entity_id.clone(),
+        kind: OpKind::Create,
+        base_version: 0,
+        payload: json!({"id": entity_id.0, "label": "borrowed ids"}),
+        client_timestamp_ms: now,
+        priority: EntityType::Tag.default_priority(),
+        depends_on: vec![],
+        created_at_ms: now,
+        checksum: String::new(),
+    }
+    .sealed()
 }

@@ -117,6 +117,7 @@ fn server_decisions_are_traced_when_made_and_agree_with_the_log() {
             TraceEvent::Answered {
                 batch_id: Some(_),
                 results,
+                ..
             } => {
                 let user = spec
                     .users

@@ -23,12 +23,18 @@ impl<S: QueueStore> Coordinator<S> {
     ///
     /// An answer whose checksum does not match its content was damaged on the way: it fails
     /// the request like no answer (each op counts an attempt and goes again; what the
-    /// server did comes back as duplicates).
-    pub fn on_batch_response(&mut self, now: Millis, response: &BatchResponse) {
-        if matches!(self.in_flight, Some((InFlight::Batch { .. }, _))) && !response.intact() {
+    /// server did comes back as duplicates). Returns false when it refused the answer as
+    /// damaged.
+    pub fn on_batch_response(&mut self, now: Millis, response: &BatchResponse) -> bool {
+        if matches!(self.in_flight, Some((InFlight::Batch { .. }, _))) && self.damaged(response) {
             self.refuse_damaged(now);
-            return;
+            return false;
         }
+        self.take_batch_response(now, response);
+        true
+    }
+
+    fn take_batch_response(&mut self, now: Millis, response: &BatchResponse) {
         let seqs = match &self.in_flight {
             Some((InFlight::Batch { batch_id, seqs }, _)) if *batch_id == response.batch_id => {
                 seqs.clone()
@@ -306,15 +312,21 @@ impl<S: QueueStore> Coordinator<S> {
         });
     }
 
-    /// The server answered the pull in flight.
-    pub fn on_pull_response(&mut self, now: Millis, page: &ChangesPage) {
+    /// The server answered the pull in flight. Returns false when it refused the page as
+    /// damaged.
+    pub fn on_pull_response(&mut self, now: Millis, page: &ChangesPage) -> bool {
         if !matches!(self.in_flight, Some((InFlight::Pull, _))) {
-            return;
+            return true;
         }
-        if !page.intact() {
+        if self.damaged(page) {
             self.refuse_damaged(now);
-            return;
+            return false;
         }
+        self.take_pull_response(now, page);
+        true
+    }
+
+    fn take_pull_response(&mut self, now: Millis, page: &ChangesPage) {
         self.in_flight = None;
         self.answered(now);
         self.pull_failures = 0;
@@ -393,7 +405,7 @@ impl<S: QueueStore> Coordinator<S> {
         if !matches!(self.in_flight, Some((InFlight::Conflicts, _))) {
             return;
         }
-        if !page.intact() {
+        if self.damaged(page) {
             self.refuse_damaged(now);
             return;
         }
@@ -465,6 +477,12 @@ impl<S: QueueStore> Coordinator<S> {
 
     /// The answer to the request in flight does not match its own checksum: it is taken as
     /// no answer.
+    /// Whether an answer does not match its checksum (never, with the planted bug that
+    /// ignores answer checksums).
+    fn damaged(&self, answer: &impl Sealed) -> bool {
+        !self.config.planted.client.ignores_answer_checksum && !answer.intact()
+    }
+
     fn refuse_damaged(&mut self, now: Millis) {
         crate::coverage::hit("client.damaged_answer_refused");
         self.fail_request(now, "damaged answer (checksum mismatch)".to_owned());

@@ -378,6 +378,12 @@ impl<S: QueueStore> Coordinator<S> {
         &self.device_id
     }
 
+    /// The seq the next enqueued op gets: its op id is `<device>:<seq>` and its idempotency
+    /// key `<device>:<seq>:key`.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &SyncConfig {
         &self.config
