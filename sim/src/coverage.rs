@@ -106,6 +106,10 @@ pub const SIM_POINTS: &[Point] = &[
         "a user's edit was refused by the client",
     ),
     (
+        "sim.enqueue.blocking",
+        "an edit the user waits on enqueued (priority 0, not a delete)",
+    ),
+    (
         "sim.dependency_chain_3",
         "an op enqueued at the end of a dependency chain of depth 3",
     ),

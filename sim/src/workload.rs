@@ -24,6 +24,9 @@ pub enum Planned {
 }
 
 /// Minerals the workload writes, for readable traces.
+/// In the wider workload, the share of creates and updates the user waits on (priority 0).
+pub const BLOCKING_SHARE: f64 = 0.05;
+
 const MINERALS: [&str; 8] = [
     "agate",
     "jasper",

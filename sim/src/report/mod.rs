@@ -377,12 +377,14 @@ fn lost_edits(lines: &[TraceLine]) -> u64 {
                         entity_type,
                         id,
                         fields,
+                        ..
                     }
                     | Action::Update {
                         device,
                         entity_type,
                         id,
                         fields,
+                        ..
                     } => Some((
                         device.as_str(),
                         (*entity_type, EntityId(id.clone())),

@@ -116,6 +116,9 @@ pub enum Action {
         /// Its fields (parents by `<parent>_id`).
         #[serde(default)]
         fields: Map<String, Value>,
+        /// The user waits on it (`useSync`'s blocking flag): it goes at priority 0.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        blocking: bool,
     },
     /// The user changes fields of an entity.
     Update {
@@ -127,8 +130,11 @@ pub enum Action {
         id: String,
         /// The changed fields.
         fields: Map<String, Value>,
+        /// The user waits on it (`useSync`'s blocking flag): it goes at priority 0.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        blocking: bool,
     },
-    /// The user deletes an entity.
+    /// The user deletes an entity (always at priority 0).
     Delete {
         /// The device.
         device: String,

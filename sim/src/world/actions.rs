@@ -18,7 +18,7 @@ use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{DeviceId, EntityType, Millis, OpKind, SyncConfig, delta};
 
 /// The scripted step an edit amounts to.
-pub(super) fn edit_action(device: &str, edit: &Edit) -> Action {
+pub(super) fn edit_action(device: &str, edit: &Edit, blocking: bool) -> Action {
     let device = device.to_owned();
     let entity_type = edit.entity_type;
     let id = edit.entity_id.0.clone();
@@ -31,6 +31,7 @@ pub(super) fn edit_action(device: &str, edit: &Edit) -> Action {
                 entity_type,
                 id,
                 fields,
+                blocking,
             }
         }
         EditAction::Update(fields) => Action::Update {
@@ -38,6 +39,7 @@ pub(super) fn edit_action(device: &str, edit: &Edit) -> Action {
             entity_type,
             id,
             fields: fields.clone(),
+            blocking,
         },
         EditAction::Delete => Action::Delete {
             device,
@@ -47,31 +49,45 @@ pub(super) fn edit_action(device: &str, edit: &Edit) -> Action {
     }
 }
 
-/// The edit a create, update or delete step makes (the inverse of [`edit_action`]).
-fn step_edit(action: &Action) -> Option<Edit> {
-    let (entity_type, id, edit) = match action {
+/// The edit a create, update or delete step makes, and whether the user waits on it (the
+/// inverse of [`edit_action`]).
+fn step_edit(action: &Action) -> Option<(Edit, bool)> {
+    let (entity_type, id, edit, blocking) = match action {
         Action::Create {
             entity_type,
             id,
             fields,
+            blocking,
             ..
-        } => (entity_type, id, EditAction::Create(fields.clone())),
+        } => (
+            entity_type,
+            id,
+            EditAction::Create(fields.clone()),
+            *blocking,
+        ),
         Action::Update {
             entity_type,
             id,
             fields,
+            blocking,
             ..
-        } => (entity_type, id, EditAction::Update(fields.clone())),
+        } => (
+            entity_type,
+            id,
+            EditAction::Update(fields.clone()),
+            *blocking,
+        ),
         Action::Delete {
             entity_type, id, ..
-        } => (entity_type, id, EditAction::Delete),
+        } => (entity_type, id, EditAction::Delete, false),
         _ => return None,
     };
-    Some(Edit {
+    let edit = Edit {
         entity_type: *entity_type,
         entity_id: EntityId(id.clone()),
         action: edit,
-    })
+    };
+    Some((edit, blocking))
 }
 
 /// The entities a device's user can see there: its local view.
@@ -105,7 +121,13 @@ fn enqueue_edit(
     now: Millis,
     wall: Millis,
     edit: Edit,
+    blocking: bool,
 ) -> Result<Option<OpId>, EnqueueError> {
+    if blocking {
+        let op_id = coordinator.enqueue_blocking(now, wall, edit)?;
+        rockhound_engine::coverage::hit("sim.enqueue.blocking");
+        return Ok(Some(op_id));
+    }
     if let EditAction::Update(fields) = &edit.action
         && let Some(original) = coordinator.entity(edit.entity_type, &edit.entity_id)
     {
@@ -116,7 +138,9 @@ fn enqueue_edit(
     coordinator.enqueue(now, wall, edit).map(Some)
 }
 
-pub(super) fn enqueue(ctx: &DeviceCtx, now: Millis, edit: Edit) {
+/// Enqueues `edit` on the device (at priority 0 when the user waits on it) and traces
+/// what came of it.
+pub(super) fn enqueue(ctx: &DeviceCtx, now: Millis, edit: Edit, blocking: bool) {
     let t_ms = now.0 - ctx.epoch_ms;
     let entity_type = edit.entity_type;
     let entity_id = edit.entity_id.clone();
@@ -131,7 +155,7 @@ pub(super) fn enqueue(ctx: &DeviceCtx, now: Millis, edit: Edit) {
         let mut state = ctx.state.borrow_mut();
         let wall = state.wall(now);
         match state.coordinator.as_mut() {
-            Some(coordinator) => enqueue_edit(coordinator, now, wall, edit)
+            Some(coordinator) => enqueue_edit(coordinator, now, wall, edit, blocking)
                 .map_err(|e| e.to_string())
                 .map(|op_id| {
                     op_id.map(|op_id| {
@@ -262,7 +286,8 @@ pub(super) fn apply(
         }
         Action::Skew { offset_ms, .. } => ctx.state.borrow_mut().wall_offset_ms = *offset_ms,
         Action::Create { .. } | Action::Update { .. } | Action::Delete { .. } => {
-            enqueue(ctx, now, step_edit(action).expect("an edit step"));
+            let (edit, blocking) = step_edit(action).expect("an edit step");
+            enqueue(ctx, now, edit, blocking);
         }
         Action::Sync { .. } => {
             if let Some(c) = ctx.state.borrow_mut().coordinator.as_mut() {

@@ -8,7 +8,9 @@ use super::{CONVERGENCE_CHECK_MS, World};
 use crate::spec::{Action, SpecError};
 use crate::trace::{Phase, TraceEvent};
 use crate::workload::{self, Planned};
+use rand::Rng;
 use rockhound_engine::Millis;
+use rockhound_engine::client::coordinator::EditAction;
 
 /// How long a server killed inside a batch stays down.
 pub const MID_BATCH_RESTART_MS: u64 = 2_000;
@@ -124,19 +126,24 @@ impl World<'_> {
             .get_mut(device)
             .expect("every device has a counter");
         let visible = visible_entities(ctx);
+        let wide = self.spec.workload.as_ref().is_some_and(|w| w.wide);
         let edit = workload::user_edit(
             device,
             counter,
             &visible,
             &mut self.choice_rng,
             self.spec.planted.sim.nondeterministic_ids,
-            self.spec.workload.as_ref().is_some_and(|w| w.wide),
+            wide,
         );
+        // The wider workload's user now and then waits on a save (priority 0).
+        let blocking = wide
+            && !matches!(edit.action, EditAction::Delete)
+            && self.choice_rng.random_bool(workload::BLOCKING_SHARE);
         // Recorded as the step it amounts to, so that `export` can write the run out as
         // explicit steps.
-        let action = edit_action(device, &edit);
+        let action = edit_action(device, &edit, blocking);
         self.record(t_ms, TraceEvent::Step { action });
-        enqueue(ctx, now, edit);
+        enqueue(ctx, now, edit, blocking);
     }
 
     /// Kills the server host once an armed mid-batch crash fired inside a batch, and
