@@ -71,6 +71,10 @@ enum Command {
     },
     /// Swarm testing: one random scenario per seed; failing seeds are saved as files.
     Explore(ExploreArgs),
+    /// Combine the results of `explore --shard K/N --format json` runs (each shard's folder:
+    /// its `results.jsonl` and saved scenario files) into one summary, one coverage table
+    /// and one folder of failing seeds, as one unsharded `explore` would report them.
+    Merge(commands::MergeArgs),
     /// Delta-debug a failing run into a minimal scenario that fails the same checker.
     Shrink {
         /// The failing scenario; without it, the swarm scenario of `--seed`.
@@ -231,6 +235,7 @@ fn main() -> ExitCode {
             return ExitCode::from(commands::compare(&files, seeds, &out));
         }
         Command::Explore(args) => return ExitCode::from(commands::explore(&args)),
+        Command::Merge(args) => return ExitCode::from(commands::merge(&args)),
         Command::Shrink { file, seed, out } => {
             return ExitCode::from(commands::shrink(file.as_deref(), seed, &out));
         }

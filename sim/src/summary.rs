@@ -7,7 +7,7 @@ use rockhound_engine::client::Status;
 use rockhound_engine::server::wire::{OpStatus, Refusal};
 
 /// Counts over a whole run.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     /// Devices.
     pub devices: usize,

@@ -147,6 +147,7 @@ pub fn explore(args: &ExploreArgs) -> Exit {
     });
     progress.finish_and_clear();
     let summary = Summary {
+        seeds: seeds.clone(),
         ran: ran.load(Ordering::Relaxed),
         total,
         shard,
@@ -202,7 +203,16 @@ impl Output<'_> {
         let gate = (self.coverage, self.out, self.coverage_gate);
         if self.format == Format::Json {
             // The summary and the failures' details go to stderr: stdout is JSON lines only.
-            codes.push(print_json(records, &table));
+            let (k, n) = summary.shard;
+            let more = serde_json::json!({
+                "seeds": format!("{}..{}", summary.seeds.start(), summary.seeds.end()),
+                "shard": format!("{k}/{n}"),
+                "ran": summary.ran,
+                "total": summary.total,
+                "interrupted": summary.interrupted,
+            });
+            let more = more.as_object().cloned().unwrap_or_default();
+            codes.push(print_json(records, &table, more));
             codes.push(coverage_verdict(&table, gate, false));
             let (k, n) = summary.shard;
             eprintln!(
@@ -218,6 +228,7 @@ impl Output<'_> {
 
 /// How far an `explore` got.
 struct Summary {
+    seeds: RangeInclusive<u64>,
     ran: u64,
     total: u64,
     shard: (u64, u64),
@@ -418,7 +429,7 @@ fn progress_bar(total: u64) -> ProgressBar {
 /// with the gate, fails when a declared point is reached by no seed.
 /// Writes the coverage table and applies the gate; with `text` the table and the verdict
 /// are printed on stdout, else the verdict goes to stderr (stdout holds JSON lines).
-fn coverage_verdict(
+pub(super) fn coverage_verdict(
     table: &Table,
     (coverage, out, gate): (Option<&Path>, &Path, bool),
     text: bool,

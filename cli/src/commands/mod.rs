@@ -1,17 +1,19 @@
-//! The simulation commands of the `rockhound` binary: `run`, `check`, `explore`, `shrink`,
-//! `export` and `replay`. Each returns its exit code (docs/simulation.md): 0 when every checker holds,
+//! The simulation commands of the `rockhound` binary: `run`, `check`, `explore`, `merge`,
+//! `shrink`, `export`, `replay`, `diff` and `explain`. Each returns its exit code (docs/simulation.md): 0 when every checker holds,
 //! 1 on a violation, 2 on a bad scenario or bad arguments, 3 when a determinism re-run
 //! disagrees, 4 when `explore --coverage-gate` finds a declared point no seed reached.
 //!
 //! This file holds what the commands share (exit codes, argument structs, running jobs on
 //! threads); each command lives in its own file: `run.rs` (`run`, `compare`), `check.rs`,
-//! `explore.rs`, `files.rs` (`shrink`, `export`, `replay`) and `print.rs` (one run's verdict).
+//! `explore.rs`, `merge.rs`, `files.rs` (`shrink`, `export`, `replay`), `diff.rs`,
+//! `explain.rs`, and `print.rs` (one run's verdict).
 
 mod check;
 mod diff;
 mod explain;
 mod explore;
 mod files;
+mod merge;
 mod print;
 mod results;
 pub use results::Format;
@@ -22,6 +24,7 @@ pub use diff::diff;
 pub use explain::explain;
 pub use explore::explore;
 pub use files::{export, replay, shrink};
+pub use merge::{MergeArgs, merge};
 use print::report;
 pub use run::{compare, run};
 
@@ -39,9 +42,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How a command ends, as its process exit code. Ordered by precedence: when runs end
 /// differently, the command ends as the worst of them ([`worst`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Exit {
     /// Every checker held (exit 0).
+    #[default]
     Ok,
     /// `explore --coverage-gate`: a declared coverage point no seed reached (exit 4).
     CoverageGap,

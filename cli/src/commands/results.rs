@@ -5,7 +5,7 @@
 use super::{Done, Exit, Job, code_of};
 use rockhound_sim::coverage::{self, Table};
 use rockhound_sim::runner::Checked;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -19,8 +19,8 @@ pub enum Format {
     Json,
 }
 
-/// One run, as `--format json` prints it.
-#[derive(Debug, Serialize)]
+/// One run, as `--format json` prints it (and `merge` reads it back).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RunRecord {
     /// The scenario's name.
     pub scenario: String,
@@ -29,7 +29,7 @@ pub struct RunRecord {
     /// The trace digest (empty when the run could not start).
     pub digest: String,
     /// `ok`, `violation`, `nondeterminism` or `error`.
-    pub result: &'static str,
+    pub result: String,
     /// Each checker: whether it ran, and what it found.
     pub verdicts: Vec<VerdictRecord>,
     /// Unmet expectations of the scenario file.
@@ -45,13 +45,13 @@ pub struct RunRecord {
     /// Why it could not run, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Its exit code, for the summary.
+    /// Its exit code, for the summary (read back from `result`).
     #[serde(skip)]
     pub code: Exit,
 }
 
 /// One checker's verdict.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct VerdictRecord {
     /// The checker.
     pub checker: String,
@@ -59,6 +59,16 @@ pub struct VerdictRecord {
     pub ran: bool,
     /// Its violations, each as the text the terminal shows.
     pub violations: Vec<String>,
+}
+
+/// The exit code a record's `result` stands for (the inverse of [`result_name`]).
+pub(super) fn exit_of(result: &str) -> Exit {
+    match result {
+        "ok" => Exit::Ok,
+        "nondeterminism" => Exit::Nondeterminism,
+        "violation" => Exit::Violation,
+        _ => Exit::Usage,
+    }
 }
 
 fn result_name(code: Exit) -> &'static str {
@@ -79,7 +89,7 @@ pub(super) fn record(job: &Job, result: Result<&Checked, &str>, wall_s: f64) -> 
                 scenario: job.label.clone(),
                 seed: job.seed,
                 digest: checked.outcome.digest.clone(),
-                result: result_name(code),
+                result: result_name(code).to_owned(),
                 verdicts: verdicts(checked),
                 unmet: checked.outcome.unmet.clone(),
                 counts: Some(checked.outcome.summary.clone()),
@@ -97,7 +107,7 @@ pub(super) fn record(job: &Job, result: Result<&Checked, &str>, wall_s: f64) -> 
             scenario: job.label.clone(),
             seed: job.seed,
             digest: String::new(),
-            result: "error",
+            result: "error".to_owned(),
             verdicts: Vec::new(),
             unmet: Vec::new(),
             counts: None,
@@ -135,26 +145,31 @@ fn verdicts(checked: &Checked) -> Vec<VerdictRecord> {
 }
 
 /// Prints one JSON object per run, then the summary (runs, each result's count, the worst
-/// result, the coverage table); returns the worst exit code.
-pub(super) fn print_json(records: &[RunRecord], table: &Table) -> Exit {
+/// result, the coverage table, and the members of `more`); returns the worst exit code.
+pub(super) fn print_json(
+    records: &[RunRecord],
+    table: &Table,
+    more: serde_json::Map<String, serde_json::Value>,
+) -> Exit {
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
     for record in records {
-        *counts.entry(record.result).or_default() += 1;
+        *counts.entry(record.result.as_str()).or_default() += 1;
         println!(
             "{}",
             serde_json::to_string(record).expect("a record serializes")
         );
     }
     let code = super::worst(records.iter().map(|r| r.code));
-    let summary = serde_json::json!({
-        "summary": {
-            "runs": records.len(),
-            "results": counts,
-            "result": result_name(code),
-            "coverage": table.to_json(),
-        }
+    let mut summary = serde_json::json!({
+        "runs": records.len(),
+        "results": counts,
+        "result": result_name(code),
+        "coverage": table.to_json(),
     });
-    println!("{summary}");
+    if let Some(members) = summary.as_object_mut() {
+        members.extend(more);
+    }
+    println!("{}", serde_json::json!({ "summary": summary }));
     code
 }
 
@@ -199,9 +214,9 @@ pub(super) fn write_junit(path: &Path, records: &[RunRecord]) -> std::io::Result
             let _ = write!(
                 cases,
                 "\n      <failure message=\"{} (seed {})\" type=\"{}\">{}</failure>\n    ",
-                xml(record.result),
+                xml(&record.result),
                 record.seed,
-                xml(record.result),
+                xml(&record.result),
                 xml(&text)
             );
         }

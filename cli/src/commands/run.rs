@@ -134,7 +134,7 @@ fn output(work: &[Job], results: Vec<Option<Done>>, plan: &RunPlan<'_>) -> Exit 
     }
     let table = coverage_of(work, &results);
     if plan.format == Format::Json {
-        let code = print_json(&records, &table);
+        let code = print_json(&records, &table, serde_json::Map::new());
         return worst([code, report_coverage(&table, false, plan.coverage)]);
     }
     let code = finish(work, results, plan.trace, plan.brief);

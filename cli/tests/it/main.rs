@@ -6,4 +6,5 @@ mod database;
 mod hardening;
 mod http;
 mod layout;
+mod merge;
 mod reports;
