@@ -6,18 +6,18 @@
 #![allow(missing_docs, clippy::disallowed_methods)]
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use rockhound_benches::{NOW, config, device_with, edit, queue_with};
+use rockhound_benches::{
+    NOW, config, conflict_case, device_with, drawers_batch, edit, op, queue_with,
+    server_with_sessions, specimen,
+};
 use rockhound_engine::client::coordinator::Coordinator;
 use rockhound_engine::client::store::QueueStore;
-use rockhound_engine::conflict::{self, Detection, ServerEntity, Strategy, Write};
+use rockhound_engine::conflict::{self, Detection, Strategy, Write};
 use rockhound_engine::server::Server;
 use rockhound_engine::testing::sim_store::SimStore;
-use rockhound_engine::{
-    Batch, BatchId, DeviceId, EntityId, EntityType, IdempotencyKey, Millis, Op, OpId, OpKind,
-    UserId, delta,
-};
+use rockhound_engine::{Batch, DeviceId, OpKind, UserId, delta};
 use rockhound_io::file_store::FileStore;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -87,33 +87,6 @@ fn batch_selection(c: &mut Criterion) {
     group.finish();
 }
 
-fn op(n: u64, kind: OpKind, base_version: u64, payload: Value, at: Millis) -> Op {
-    Op {
-        op_id: OpId(format!("op-{n}")),
-        idempotency_key: IdempotencyKey(format!("key-{n}")),
-        entity_type: EntityType::Specimen,
-        entity_id: EntityId(format!("specimen-{n}")),
-        kind,
-        base_version,
-        payload,
-        client_timestamp_ms: at,
-        priority: EntityType::Specimen.default_priority(),
-        depends_on: vec![],
-        created_at_ms: at,
-        checksum: String::new(),
-    }
-    .sealed()
-}
-
-fn specimen() -> Value {
-    json!({
-        "id": "specimen-1", "find_log_id": "find-1", "name": "banded agate",
-        "weight_g": 212, "dimensions_mm": [64, 41, 22], "locality": "Crooked Creek, OR",
-        "notes": "fortification banding, one polished face", "tags": ["agate", "favourites"],
-        "acquired": "2026-06-14"
-    })
-}
-
 fn checksum_and_delta(c: &mut Criterion) {
     let typical = op(1, OpKind::Create, 0, specimen(), NOW);
     c.bench_function("checksum/typical_op", |b| {
@@ -131,42 +104,6 @@ fn checksum_and_delta(c: &mut Criterion) {
     c.bench_function("delta/apply", |b| {
         b.iter(|| black_box(delta::patched(&original, &patch)))
     });
-}
-
-/// A server entity at version 2 (created by the phone, changed by the tablet) and a stale
-/// update from a third device: the update-update case every strategy decides.
-fn conflict_case() -> (ServerEntity, Op, DeviceId) {
-    let create = op(1, OpKind::Create, 0, specimen(), NOW);
-    let phone = DeviceId("phone".into());
-    let tablet = DeviceId("tablet".into());
-    let created = conflict::commit(
-        None,
-        &conflict::apply_clean(None, &Write::of(&create, &phone)),
-        &Write::of(&create, &phone),
-    )
-    .expect("a create makes an entity");
-    let change = op(
-        2,
-        OpKind::Update,
-        1,
-        json!({"weight_g": 208, "tags": ["agate", "polished"]}),
-        Millis(NOW.0 + 1_000),
-    );
-    let write = Write::of(&change, &tablet);
-    let changed = conflict::commit(
-        Some(&created),
-        &conflict::apply_clean(Some(&created), &write),
-        &write,
-    )
-    .expect("an update changes the entity");
-    let stale = op(
-        3,
-        OpKind::Update,
-        1,
-        json!({"notes": "cut and polished", "tags": ["agate", "cut"]}),
-        Millis(NOW.0 + 2_000),
-    );
-    (changed, stale, DeviceId("laptop".into()))
 }
 
 fn conflicts(c: &mut Criterion) {
@@ -194,54 +131,10 @@ fn conflicts(c: &mut Criterion) {
     group.finish();
 }
 
-/// A server that already holds `sessions` field sessions of user ann.
-fn server_with_sessions(sessions: usize) -> Server {
-    let mut server = Server::new(config(10_000));
-    let ann = UserId::from("ann");
-    for chunk in 0..sessions.div_ceil(50) {
-        let ops = (0..50)
-            .map(|k| chunk * 50 + k)
-            .filter(|n| *n < sessions)
-            .map(|n| {
-                let mut o = op(
-                    n as u64,
-                    OpKind::Create,
-                    0,
-                    json!({"id": format!("s-{n}"), "site": "Crooked Creek"}),
-                    NOW,
-                );
-                o.entity_type = EntityType::FieldSession;
-                o.entity_id = EntityId(format!("s-{n}"));
-                o.priority = EntityType::FieldSession.default_priority();
-                o.sealed()
-            })
-            .collect();
-        let batch = Batch::new(
-            BatchId(format!("seed-{chunk}")),
-            DeviceId("phone".into()),
-            ops,
-        );
-        server.handle_batch(&ann, &batch, NOW).expect("applies");
-    }
-    server
-}
-
 fn server(c: &mut Criterion) {
     let ann = UserId::from("ann");
-    // 50 new specimens' worth of creates, checksums verified, on a server with history.
-    let batch = {
-        let ops = (0..50u64)
-            .map(|n| {
-                let mut o = op(1_000 + n, OpKind::Create, 0, specimen(), NOW);
-                o.entity_type = EntityType::StorageLocation;
-                o.entity_id = EntityId(format!("drawer-{n}"));
-                o.payload = json!({"id": format!("drawer-{n}"), "cabinet": "oak", "drawer": n});
-                o.priority = EntityType::StorageLocation.default_priority();
-                o.sealed()
-            })
-            .collect();
-        Batch::new(BatchId("bench".into()), DeviceId("phone".into()), ops)
-    };
+    // 50 new storage locations' worth of creates, checksums verified, on a server with history.
+    let batch = drawers_batch();
     let mut group = c.benchmark_group("server");
     group.throughput(Throughput::Elements(50));
     group.bench_function("apply_batch_50", |b| {
