@@ -3,6 +3,7 @@
 use super::results::Format;
 use super::run::{RunPlan, run_plan};
 use super::{CheckArgs, Exit};
+use rockhound_sim::report::{history, page};
 use rockhound_sim::scenario::{self};
 use std::path::{Path, PathBuf};
 
@@ -78,6 +79,10 @@ pub fn check(args: &CheckArgs) -> Exit {
         format: args.format,
         junit: args.junit.as_deref(),
     });
+    let code = match &args.report {
+        Some(out) => super::worst([code, throughput_page(dir, out)]),
+        None => code,
+    };
     say(format!(
         "suite: {}",
         if code == Exit::Ok {
@@ -87,4 +92,24 @@ pub fn check(args: &CheckArgs) -> Exit {
         }
     ));
     code
+}
+
+/// Beside the suite's reports, the simulation's throughput history (`throughput.md`), when
+/// the repository beside the suite's folder has `benches/throughput-history.csv`.
+fn throughput_page(suite: &Path, out: &Path) -> Exit {
+    let root = suite.parent().unwrap_or_else(|| Path::new("."));
+    let file = root.join("benches").join("throughput-history.csv");
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return Exit::Ok;
+    };
+    let written = history::parse(&text)
+        .map_err(|e| format!("{}: {e}", file.display()))
+        .and_then(|rows| page::write_all(out, &history::files(&rows)).map_err(|e| e.to_string()));
+    match written {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!("error: {e}");
+            Exit::Usage
+        }
+    }
 }

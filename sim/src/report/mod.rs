@@ -7,6 +7,7 @@
 //! commit, `Cargo.lock` digest) comes from the caller.
 
 pub mod compare;
+pub mod history;
 pub mod page;
 pub mod svg;
 
