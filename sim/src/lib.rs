@@ -11,6 +11,7 @@
 pub mod checkers;
 pub mod coverage;
 pub mod device;
+pub mod explain;
 pub mod explore;
 pub mod export;
 pub mod net;

@@ -97,7 +97,13 @@ pub struct RunReport {
     /// Fields whose final server value is not the value of the edit made last in true
     /// (simulated) time: edits lost to the wrong winner.
     pub lost_edits: u64,
+    /// When a checker fired: the story of each op its violations name (at most
+    /// [`STORIES_MAX`]), as `rockhound explain` tells it.
+    pub stories: Vec<(String, Vec<String>)>,
 }
+
+/// The most op stories a report tells.
+pub const STORIES_MAX: usize = 5;
 
 impl RunReport {
     /// The result in a word or three: `holds`, `bug caught by X`, or `FAILED`.
@@ -155,6 +161,7 @@ impl RunReport {
             conflicts: conflicts(lines),
             failed: failed(lines),
             lost_edits: lost_edits(lines),
+            stories: stories(checked),
         }
     }
 }
@@ -427,4 +434,22 @@ fn lost_edits(lines: &[TraceLine]) -> u64 {
                 .is_some_and(|entity| entity.get(field).unwrap_or(&Value::Null) != *value)
         })
         .count() as u64
+}
+
+/// The stories of the ops the run's violations name, at most [`STORIES_MAX`].
+fn stories(checked: &Checked) -> Vec<(String, Vec<String>)> {
+    let named = crate::explain::named_ops(checked.verdicts());
+    if named.is_empty() {
+        return Vec::new();
+    }
+    let values = crate::explain::as_values(&checked.outcome.trace.lines);
+    named
+        .into_iter()
+        .take(STORIES_MAX)
+        .map(|op| {
+            let story = crate::explain::story(&values, &op);
+            (op, story)
+        })
+        .filter(|(_, story)| !story.is_empty())
+        .collect()
 }

@@ -180,6 +180,15 @@ fn run_markdown(
     for unmet in &report.unmet {
         let _ = writeln!(md, "\nUnmet expectation: {unmet}");
     }
+    if !report.stories.is_empty() {
+        md.push_str("\n## The ops the violations name\n\nAs `rockhound explain` tells them:\n");
+        for (op, story) in &report.stories {
+            let _ = writeln!(md, "\n`{op}`:\n");
+            for sentence in story {
+                let _ = writeln!(md, "- {sentence}");
+            }
+        }
+    }
     md.push_str("\n## Counts\n\n| | |\n|---|---|\n");
     for (label, value) in counts(report) {
         let _ = writeln!(md, "| {label} | {value} |");
@@ -253,6 +262,16 @@ fn run_html(report: &RunReport, provenance: &Provenance, plots: &[(&str, &str, S
             "<p class=\"bad\">Unmet expectation: {}</p>",
             escape(unmet)
         );
+    }
+    if !report.stories.is_empty() {
+        body.push_str("<h2>The ops the violations name</h2>\n<p>As <code>rockhound explain</code> tells them:</p>\n");
+        for (op, story) in &report.stories {
+            let _ = writeln!(body, "<p><code>{}</code>:</p><ul>", escape(op));
+            for sentence in story {
+                let _ = writeln!(body, "<li>{}</li>", escape(sentence));
+            }
+            body.push_str("</ul>\n");
+        }
     }
     body.push_str("<h2>Counts</h2><table>\n");
     for (label, value) in counts(report) {
