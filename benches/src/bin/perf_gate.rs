@@ -213,21 +213,29 @@ fn count(name: &str, scratch: &Path) -> Result<u64, String> {
 /// their counts differ between machines, while the binary's own code runs the same
 /// instructions on any x86-64 that valgrind emulates.
 ///
-/// The format: `ob=` names the object of the cost lines that follow (`(id) path` the first
-/// time, `(id)` after), a cost line is `<position> <Ir>`, and the cost line after a
-/// `calls=` line is a call's inclusive cost, already counted in its callee.
+/// The format: `ob=` names the object of the cost lines that follow, `cob=` the object of
+/// a call's callee; an object is `(id) path` where its id first appears (in either) and
+/// `(id)` after. A cost line is `<position> <Ir>`, and the cost line after a `calls=` line
+/// is a call's inclusive cost, already counted in its callee.
 fn own_instructions(text: &str, exe: &str) -> u64 {
     let mut objects: BTreeMap<&str, &str> = BTreeMap::new();
     let mut in_exe = false;
     let mut after_call = false;
     let mut own = 0u64;
     for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("ob=") {
+        let (object, current) = match (line.strip_prefix("ob="), line.strip_prefix("cob=")) {
+            (Some(rest), _) => (Some(rest), true),
+            (None, Some(rest)) => (Some(rest), false),
+            (None, None) => (None, false),
+        };
+        if let Some(rest) = object {
             let (id, path) = rest.split_once(' ').unwrap_or((rest, ""));
             if !path.is_empty() {
                 objects.insert(id, path);
             }
-            in_exe = objects.get(id).is_some_and(|p| *p == exe);
+            if current {
+                in_exe = objects.get(id).is_some_and(|p| *p == exe);
+            }
             continue;
         }
         if line.starts_with("calls=") {
@@ -378,12 +386,19 @@ mod tests {
 events: Ir
 summary: 1000
 
+ob=(3) /lib/ld.so
+fn=(9) start
+cob=(2) /bin/gate
+cfn=(2) main
+calls=1 0
+0 1000
+
 ob=(1) /lib/libc.so.6
 fl=(1) memcpy.S
 fn=(1) memcpy
 5 300
 
-ob=(2) /bin/gate
+ob=(2)
 fl=(2) gate.rs
 fn=(2) measured
 10 40
