@@ -9,6 +9,7 @@ use super::{
 use rockhound_sim::report::RunReport;
 use rockhound_sim::report::compare;
 use rockhound_sim::report::page::{self, Provenance};
+use rockhound_sim::report::trace_page;
 use rockhound_sim::spec::ServerStoreKind;
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
@@ -199,7 +200,9 @@ pub(super) fn write_reports(
         if runs_of[job.label.as_str()] > 1 {
             report.name = format!("{}-seed-{}", job.label, job.seed);
         }
-        page::write_all(dir, &page::run_files(&report, &provenance))?;
+        let mut files = page::run_files(&report, &provenance);
+        files.push(trace_page::file(&report, checked, &provenance));
+        page::write_all(dir, &files)?;
         reports.push(report);
     }
     page::write_all(dir, &page::suite_files(&reports, &provenance))

@@ -1,6 +1,8 @@
 //! Integration tests of the `rockhound` binary, one test binary (one `mod` per area): the
-//! commands' contract, `serve` over real sockets and its hardening, and the reports baseline.
+//! commands' contract, `serve` over real sockets and its hardening, the reports baseline and
+//! the trace page in a real browser.
 
+mod browser;
 mod cli;
 mod database;
 mod hardening;

@@ -1,5 +1,6 @@
 //! Design validation reports (docs/reports.md): what a run's trace says, as numbers ([`RunReport`]),
-//! as SVG plots ([`svg`]) and as Markdown and self-contained HTML pages ([`page`]); design
+//! as SVG plots ([`svg`]), as Markdown and self-contained HTML pages ([`page`]) and an
+//! interactive trace page ([`trace_page`]); design
 //! comparisons of one scenario under several configurations ([`compare`]).
 //!
 //! Everything here is a function of the trace (and the spec), so a report is as
@@ -10,6 +11,7 @@ pub mod compare;
 pub mod history;
 pub mod page;
 pub mod svg;
+pub mod trace_page;
 
 use crate::runner::Checked;
 use crate::spec::{Action, RunSpec};

@@ -166,11 +166,13 @@ fn run_markdown(
     }
     let _ = writeln!(
         md,
-        "- result: **{}**\n- seed: {}\n- trace digest: `{}`\n- reproduce: `{}`\n\n{}\n",
+        "- result: **{}**\n- seed: {}\n- trace digest: `{}`\n- reproduce: `{}`\n- interactive trace: [{}]({})\n\n{}\n",
         report.result(),
         report.seed,
         report.digest,
         report.reproduce,
+        super::trace_page::file_name(report),
+        super::trace_page::file_name(report),
         provenance.line()
     );
     md.push_str("## Checkers\n\n| checker | verdict |\n|---|---|\n");
@@ -234,12 +236,14 @@ fn run_html(report: &RunReport, provenance: &Provenance, plots: &[(&str, &str, S
     }
     let _ = writeln!(
         body,
-        "<ul><li>result: <span class=\"{}\">{}</span></li><li>seed: {}</li><li>trace digest: <code>{}</code></li><li>reproduce: <code>{}</code></li></ul>\n<p>{}</p>",
+        "<ul><li>result: <span class=\"{}\">{}</span></li><li>seed: {}</li><li>trace digest: <code>{}</code></li><li>reproduce: <code>{}</code></li><li>interactive trace: <a href=\"{}\">{}</a></li></ul>\n<p>{}</p>",
         if report.passed { "ok" } else { "bad" },
         report.result(),
         report.seed,
         report.digest,
         escape(&report.reproduce),
+        escape(&super::trace_page::file_name(report)),
+        escape(&super::trace_page::file_name(report)),
         escape(&provenance.line())
     );
     body.push_str("<h2>Checkers</h2><table><tr><th>checker</th><th>verdict</th></tr>\n");

@@ -2,4 +2,5 @@
 //! and the real sockets' tests live in `cli/tests`.
 
 mod scenarios;
+mod trace_page;
 mod world;
