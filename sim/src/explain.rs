@@ -63,12 +63,12 @@ pub fn story(lines: &[Value], op: &str) -> Vec<String> {
     let mut entity: Option<(String, String)> = None;
     // Another user may use the same op id (legal): the story is of the op its user's
     // device enqueued, and the server's lines of that user.
-    let (mut device, user) = owner(lines, op);
+    let users = devices_users(lines);
+    let (mut device, user) = owner(lines, op, &users);
     let of_user = |line: &Value, field: &str| {
         user.as_ref()
             .is_none_or(|user| line[field].as_str() == Some(user.as_str()))
     };
-    let users = devices_users(lines);
     let host_of_user = |host: &str| {
         user.as_ref()
             .is_none_or(|user| users.get(host).is_some_and(|u| u == user))
@@ -235,7 +235,11 @@ fn answered(line: &Value, op: &str) -> Option<String> {
 
 /// The device that enqueued `op` and its user, when a device did (a hand-built op has
 /// neither: its story is every line that names it).
-fn owner(lines: &[Value], op: &str) -> (String, Option<String>) {
+fn owner(
+    lines: &[Value],
+    op: &str,
+    users: &std::collections::BTreeMap<String, String>,
+) -> (String, Option<String>) {
     let device = lines.iter().find_map(|line| {
         let event = &line["event"];
         (line["kind"] == "client" && event["event"] == "enqueued" && event["op_id"] == op)
@@ -244,7 +248,7 @@ fn owner(lines: &[Value], op: &str) -> (String, Option<String>) {
     let Some(device) = device else {
         return (String::new(), None);
     };
-    let user = devices_users(lines).get(&device).cloned();
+    let user = users.get(&device).cloned();
     (device, user)
 }
 

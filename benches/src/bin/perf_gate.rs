@@ -305,14 +305,17 @@ fn main() -> ExitCode {
 /// Counts every path (or `only`), then checks them against the baseline or writes it.
 fn gate(update: bool, only: Option<&str>, scratch: &Path) -> ExitCode {
     let path = workspace().join(BASELINE);
-    let baseline: Option<Baseline> = std::fs::read_to_string(&path)
+    let baseline: Option<Baseline> = match std::fs::read_to_string(&path)
         .ok()
         .map(|text| serde_json::from_str(&text))
         .transpose()
-        .unwrap_or_else(|e| {
+    {
+        Ok(baseline) => baseline,
+        Err(e) => {
             eprintln!("error: {} is not a baseline: {e}", path.display());
-            std::process::exit(2);
-        });
+            return ExitCode::from(2);
+        }
+    };
     let threshold = baseline.as_ref().map_or(THRESHOLD_PCT, |b| b.threshold_pct);
     let mut counted = BTreeMap::new();
     let mut regressions = 0;

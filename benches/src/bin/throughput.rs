@@ -80,12 +80,16 @@ fn record(machine: &str, dry_run: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Today's date in UTC, `YYYY-MM-DD` (days since the epoch, by the civil calendar).
+/// Today's date in UTC, `YYYY-MM-DD`.
 fn today() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    civil_date(i64::try_from(secs / 86_400).unwrap_or(0))
+}
+
+/// The civil date (`YYYY-MM-DD`) `days` after 1970-01-01.
+fn civil_date(days: i64) -> String {
     // Howard Hinnant's days-to-civil.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -116,4 +120,22 @@ fn commit(root: &Path) -> String {
     let dirty =
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     if dirty { format!("{hash}+dirty") } else { hash }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_date;
+
+    #[test]
+    fn days_since_the_epoch_become_civil_dates() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(-1), "1969-12-31");
+        // 2024 is a leap year (divisible by 4), 2000 too (by 400), 2100 is not (by 100).
+        assert_eq!(civil_date(19_782), "2024-02-29");
+        assert_eq!(civil_date(19_783), "2024-03-01");
+        assert_eq!(civil_date(11_016), "2000-02-29");
+        assert_eq!(civil_date(47_540), "2100-02-28");
+        assert_eq!(civil_date(47_541), "2100-03-01");
+        assert_eq!(civil_date(20_789), "2026-12-02");
+    }
 }

@@ -171,14 +171,22 @@ fn read_shard(path: &Path) -> Result<Shard, String> {
             )
         })
     };
+    let count = |name: &str| {
+        field(name)?.as_u64().ok_or_else(|| {
+            format!(
+                "{}: the summary's `{name}` is not a count of seeds",
+                file.display()
+            )
+        })
+    };
     let shard_text = field("shard")?.as_str().unwrap_or_default();
     let shard = super::parse_shard(shard_text).map_err(|e| format!("{}: {e}", file.display()))?;
     Ok(Shard {
         dir,
         shard,
         seeds: field("seeds")?.as_str().unwrap_or_default().to_owned(),
-        ran: field("ran")?.as_u64().unwrap_or_default(),
-        total: field("total")?.as_u64().unwrap_or_default(),
+        ran: count("ran")?,
+        total: count("total")?,
         records,
     })
 }

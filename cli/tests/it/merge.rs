@@ -3,7 +3,7 @@
 //! the same failures saved, the same coverage table — and shards that do not make up one
 //! range are refused.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -163,4 +163,37 @@ fn merged_shards_equal_one_unsharded_run_and_shards_of_no_one_range_are_refused(
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("results.jsonl"), &output.stdout).unwrap();
     refused(&[s1, s2, other.to_str().unwrap()], "does not belong");
+
+    // Shard 3's summary line alone: a shard stopped before its first seed. Merged, with a
+    // note that it ran none of its seeds; with a count that is not a number: refused.
+    let summary_line = std::fs::read_to_string(shards_dir.join(s3).join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .find(|line| line.contains("\"summary\""))
+        .unwrap()
+        .to_owned();
+    let mut summary: Value = serde_json::from_str(&summary_line).unwrap();
+    summary["summary"]["ran"] = json!(0);
+    let empty = shards_dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("results.jsonl"), format!("{summary}\n")).unwrap();
+    let output = rockhound_in(
+        &shards_dir,
+        &[
+            "merge",
+            s1,
+            s2,
+            empty.to_str().unwrap(),
+            "--out",
+            "with-empty",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("shard 3/3 ran 0 of its"), "{output:?}");
+    summary["summary"]["ran"] = json!("all of them");
+    std::fs::write(empty.join("results.jsonl"), format!("{summary}\n")).unwrap();
+    refused(
+        &[s1, s2, empty.to_str().unwrap()],
+        "`ran` is not a count of seeds",
+    );
 }

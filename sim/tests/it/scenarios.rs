@@ -299,6 +299,13 @@ fn scenario_values_beyond_their_limits_are_refused_at_their_line() {
             format!("{HEAD}[[steps]]\nat_ms = 0\ndo = \"overload\"\nms = 18446744073709551615\n"),
         ),
         (
+            // A delete always goes at priority 0: `blocking` has no meaning there.
+            "blocking_delete",
+            format!(
+                "{HEAD}[[steps]]\nat_ms = 0\ndo = \"delete\"\ndevice = \"phone\"\nentity_type = \"tag\"\nid = \"t\"\nblocking = true\n"
+            ),
+        ),
+        (
             "reboot_clock",
             format!(
                 "{HEAD}[[steps]]\nat_ms = 0\ndo = \"crash\"\ndevice = \"phone\"\n\n[[steps]]\nat_ms = 1\ndo = \"restart\"\ndevice = \"phone\"\nclock_offset_ms = -9223372036854775808\n"
