@@ -1686,3 +1686,41 @@ fn the_listing_after_a_pull_is_skipped_only_when_none_wait_and_the_device_shows_
     assert!(listing_follows(Some(1)), "one waits: it is listed");
     assert!(listing_follows(None), "a server that does not say: listed");
 }
+
+#[test]
+fn the_log_is_compacted_as_ops_settle_and_a_restart_reads_the_compacted_log() {
+    // Without compaction the log only grows: every op leaves its enqueue and its status
+    // records behind. With it the durable log shrinks whenever it holds more than twice the
+    // live records plus the slack, so over enough settled ops it must shrink at least once.
+    let config = SyncConfig::default();
+    let mut server = Server::new(config.clone());
+    let user = UserId("ann".into());
+    let mut device = device("d1", &config);
+    device.set_online(T0, true);
+    let ops = super::coordinator::COMPACT_SLACK_RECORDS + 200;
+    let (mut shrank, mut largest) = (0, 0);
+    let mut before = device.store().durable_bytes();
+    for i in 0..ops {
+        let now = T0.plus_ms(1_000 * (i as u64 + 1));
+        device.enqueue(now, now, session(&format!("s{i}"))).unwrap();
+        drive(&mut device, &mut server, &user, now);
+        let after = device.store().durable_bytes();
+        if after < before {
+            shrank += 1;
+        }
+        largest = largest.max(after);
+        before = after;
+    }
+    assert!(shrank >= 1, "the log never shrank over {ops} settled ops");
+    assert_eq!(
+        device.queue().count(),
+        0,
+        "every op settled and left the queue"
+    );
+    // What the compaction wrote is a log the device reopens from, with nothing lost.
+    let next = device.enqueue(T0, T0, session("after")).unwrap();
+    let reopened = crash(device, 0);
+    assert_eq!(status_of(&reopened, &next), Some(Status::Pending));
+    assert_eq!(reopened.queue().count(), 1);
+    assert!(reopened.store().durable_bytes() <= largest);
+}
