@@ -1724,3 +1724,59 @@ fn the_log_is_compacted_as_ops_settle_and_a_restart_reads_the_compacted_log() {
     assert_eq!(reopened.queue().count(), 1);
     assert!(reopened.store().durable_bytes() <= largest);
 }
+
+/// The next batch the device sends at `now`, answering the pulls before it with empty pages.
+fn next_batch(device: &mut Coordinator<SimStore>, now: Millis) -> crate::op::Batch {
+    for _ in 0..5 {
+        match device.poll(now) {
+            Some(Request::Batch(batch)) => return batch,
+            Some(Request::Pull { .. }) => {
+                device.on_pull_response(now, &no_changes(None));
+            }
+            other => panic!("expected a batch or a pull, got {other:?}"),
+        }
+    }
+    panic!("no batch");
+}
+
+#[test]
+fn the_monitor_counts_every_status_in_its_own_sum() {
+    // One op in each status the monitor adds up, so a count that is dropped, doubled or
+    // subtracted shows: expired 1, dead-lettered 2, rejected 1, blocked 1, in flight 1.
+    let config = SyncConfig {
+        max_retries: Some(1),
+        queue_ttl_ms: 7 * DAY_MS,
+        ..SyncConfig::default()
+    };
+    let mut device = open(config);
+    let expired = device.enqueue(T0, T0, session("s0")).unwrap();
+    let t1 = T0.plus_ms(7 * DAY_MS);
+    device.poll(t1);
+    assert_eq!(status_of(&device, &expired), Some(Status::Expired));
+    let dead = device
+        .enqueue_all(t1, t1, vec![session("s1"), session("s2")])
+        .unwrap();
+    device.set_online(t1, true);
+    next_batch(&mut device, t1);
+    device.on_request_failed(t1, "connection reset");
+    for op in &dead {
+        assert_eq!(status_of(&device, op), Some(Status::Error));
+    }
+    let parent = device.enqueue(t1, t1, session("s3")).unwrap();
+    let sent = next_batch(&mut device, t1);
+    let child = device.enqueue(t1, t1, find_log("f3", "s3")).unwrap();
+    device.on_batch_response(t1, &answer(&sent, OpStatus::Rejected, Some("forbidden")));
+    assert_eq!(status_of(&device, &parent), Some(Status::Rejected));
+    assert_eq!(status_of(&device, &child), Some(Status::Blocked));
+    let flying = device.enqueue(t1, t1, session("s4")).unwrap();
+    let sent = next_batch(&mut device, t1);
+    assert_eq!(sent.ops.len(), 1);
+    assert_eq!(status_of(&device, &flying), Some(Status::InFlight));
+    let monitor = device.monitor();
+    assert!(monitor.online);
+    // Waiting on the server or on a person: in flight 1 + blocked 1 + dead-lettered 2.
+    assert_eq!(monitor.pending_count, 4);
+    // Failed: dead-lettered 2 + rejected 1 + expired 1.
+    assert_eq!(monitor.error_count, 4);
+    assert_eq!(monitor.conflict_count, 0);
+}
