@@ -130,7 +130,10 @@
     const pane = document.getElementById("lines");
     clear(pane);
     add(pane, "h3", "Trace lines of " + violation.checker + " (quoted ones highlighted)");
+    let previous = null;
     for (const line of violation.lines) {
+      if (previous !== null && line.n > previous + 1) add(pane, "pre", "…").className = "gap";
+      previous = line.n;
       const pre = add(pane, "pre", "line " + line.n + ": " + line.text);
       pre.setAttribute("data-line", line.n);
       if (line.quoted) pre.classList.add("quoted");

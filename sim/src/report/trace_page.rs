@@ -297,7 +297,7 @@ h1{margin:.2em 0}header p{margin:.2em 0}code{background:#f3f3f3;padding:1px 4px}
 #violations li{cursor:pointer;margin:.3em 0}#violations li.sel{background:#fde8e8}\
 #story ol{padding-left:1.5em;font-family:monospace;font-size:13px}#story li{white-space:pre-wrap}\
 #lines pre{margin:0;font-size:12px;white-space:pre-wrap;word-break:break-all;padding:2px 4px}\
-#lines pre.quoted{background:#fff3cd;font-weight:bold}#lines pre.op{cursor:pointer;text-decoration:underline dotted}";
+#lines pre.quoted{background:#fff3cd;font-weight:bold}#lines pre.gap{color:#888}#lines pre.op{cursor:pointer;text-decoration:underline dotted}";
 
 /// What each mark and band colour means.
 const LEGEND: &str = "<p class=\"legend\">\
