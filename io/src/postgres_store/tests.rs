@@ -184,6 +184,53 @@ fn a_group_the_database_refuses_is_undone_whole_and_its_requests_answered_503() 
 }
 
 #[test]
+fn while_the_database_is_unreachable_every_request_is_503_until_the_tables_are_read_back() {
+    let Some(url) = database("stale") else {
+        return;
+    };
+    let base = std::env::var("ROCKHOUND_TEST_POSTGRES").unwrap();
+    let mut server = postgres(&url);
+    let ann = UserId::from("ann");
+    let first = Batch::new(BatchId::from("b-1"), DeviceId::from("d1"), vec![tag(1)]);
+    server.handle_batch(&ann, &first, NOW).unwrap();
+    let before = server.tables().clone();
+    // The database goes away: no new connections, and the store's own is cut.
+    let mut admin = Client::connect(&base, NoTls).unwrap();
+    admin
+        .batch_execute(
+            "ALTER DATABASE rockhound_test_stale ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = 'rockhound_test_stale'",
+        )
+        .unwrap();
+    let batch = Batch::new(BatchId::from("b-2"), DeviceId::from("d1"), vec![tag(2)]);
+    let unavailable =
+        |answer: Result<_, RequestError>| matches!(answer, Err(RequestError::Unavailable { .. }));
+    // The write fails and so does reading the tables back: the store is stale, and stays
+    // so (every request 503) while the database cannot be reached.
+    assert!(unavailable(server.handle_batch(&ann, &batch, NOW)));
+    assert!(unavailable(server.handle_batch(&ann, &batch, NOW)));
+    admin
+        .batch_execute("ALTER DATABASE rockhound_test_stale ALLOW_CONNECTIONS true")
+        .unwrap();
+    // Reachable again: the first request reads the tables back (and is still answered 503,
+    // its commits gone with the rest); memory is what the database holds.
+    let epoch = server.store_epoch();
+    assert!(unavailable(server.handle_batch(&ann, &batch, NOW)));
+    assert!(server.store_epoch() > epoch);
+    assert_eq!(server.tables(), &before, "memory is back to the database");
+    // The resend goes through, once.
+    let answer = server.handle_batch(&ann, &batch, NOW).unwrap();
+    assert_eq!(
+        answer.results[0].status,
+        rockhound_engine::server::wire::OpStatus::Applied
+    );
+    drop(server);
+    let reopened = PostgresStore::open(&url, NOW).unwrap();
+    assert_eq!(reopened.tables().sync_queue.len(), 2);
+}
+
+#[test]
 fn the_sql_cleanup_removes_exactly_what_the_servers_cleanup_removes() {
     let Some(url) = database("cleanup") else {
         return;
