@@ -1780,3 +1780,29 @@ fn the_monitor_counts_every_status_in_its_own_sum() {
     assert_eq!(monitor.error_count, 4);
     assert_eq!(monitor.conflict_count, 0);
 }
+
+#[test]
+fn one_call_takes_up_to_its_limit_of_edits_and_refuses_one_more_whole() {
+    use super::coordinator::ENQUEUE_ALL_LEN_MAX;
+    let tags = |from: usize, n: usize| -> Vec<Edit> {
+        (from..from + n)
+            .map(|i| create(EntityType::Tag, &format!("t{i}"), json!({"label": "a"})))
+            .collect()
+    };
+    let mut device = open(SyncConfig::default());
+    let error = device
+        .enqueue_all(T0, T0, tags(0, ENQUEUE_ALL_LEN_MAX + 1))
+        .unwrap_err();
+    assert_eq!(
+        error,
+        EnqueueError::TooMany {
+            count: ENQUEUE_ALL_LEN_MAX + 1
+        }
+    );
+    assert_eq!(device.queue().count(), 0, "nothing of the refused call");
+    let ids = device
+        .enqueue_all(T0, T0, tags(0, ENQUEUE_ALL_LEN_MAX))
+        .unwrap();
+    assert_eq!(ids.len(), ENQUEUE_ALL_LEN_MAX);
+    assert_eq!(device.queue().count(), ENQUEUE_ALL_LEN_MAX);
+}
