@@ -1779,6 +1779,10 @@ fn the_monitor_counts_every_status_in_its_own_sum() {
     // Failed: dead-lettered 2 + rejected 1 + expired 1.
     assert_eq!(monitor.error_count, 4);
     assert_eq!(monitor.conflict_count, 0);
+    // The batch tells the server the same: its own op waiting, one blocked, and failed =
+    // dead-lettered 2 + rejected 1 + expired 1.
+    let report = sent.report.expect("a batch carries its device's report");
+    assert_eq!((report.pending, report.blocked, report.failed), (1, 1, 4));
 }
 
 #[test]
