@@ -9,32 +9,39 @@
 //! row is refused by the database itself, and the tables are read back one user at a time.
 //!
 //! Like the SQLite store, the tables are kept in memory as a cache (the engine decides from
-//! them): a commit is checked and applied in memory, and `flush` writes every row the
-//! commits since the last flush changed in one transaction (a group commit; PostgreSQL's
-//! commit is durable before it returns). A failed flush rolls back, reloads the tables and
-//! moves the epoch on, so the requests that made or read those commits are answered 503.
-//! One server per database: the store holds an advisory lock for as long as it is open.
+//! them): a commit is checked and applied in memory, and a flush writes every row the
+//! commits since the last flush changed in one transaction (PostgreSQL's commit is durable
+//! before it returns). The write is a pipeline: `begin_flush` seals the rows under the
+//! server's lock and hands them to the connection's thread, and the request waits for the
+//! commit after releasing the lock, so other requests (other users' batches) are decided
+//! while the database writes; the writes that queue up meanwhile go in the next
+//! transaction together (a group commit across requests and users). Writes are made in the
+//! order they were sealed, and an answer waits for its own write, which covers everything
+//! committed before it. A refused write fails every write sealed after it; the next flush
+//! reads the tables back and moves the epoch on, so every request that made or read those
+//! commits is answered 503. One server per database: the store holds an advisory lock for
+//! as long as it is open.
 //!
 //! The `postgres` client blocks on a runtime of its own, which must not run inside the
 //! server's: the connection lives on a thread of its own and the store sends it jobs.
 
 use crate::pending::Pending;
-use postgres::types::ToSql;
-use postgres::{Client, NoTls, Transaction};
+use connection::{Connection, Write, stopped};
+use postgres::{Client, Transaction};
 use rockhound_engine::entity::EntityType;
 use rockhound_engine::ids::{
     BatchId, ConflictId, DeviceId, EntityId, IdempotencyKey, OpId, UserId,
 };
+use rockhound_engine::server::Flushing;
 use rockhound_engine::server::StoreError;
 use rockhound_engine::server::tables::{Commit, ServerStore, StoredEntity, Tables};
 use rockhound_engine::time::Millis;
-use rows::{Column, Writes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 /// The migrations, in order: version n is the n-th.
 const MIGRATIONS: &[&str] = &[include_str!("postgres_store/migrations/0001_schema.sql")];
@@ -66,116 +73,13 @@ const OWN_TABLES: &[&str] = &[
 /// How many times (100 ms apart) a starting server tries for the lock before it gives up.
 const LOCK_WAIT_TRIES: u32 = 30;
 
-type Job = Box<dyn FnOnce(&mut Session) + Send>;
-
-/// The connection and the statements prepared on it (a flush's statements are prepared
-/// once, not parsed again each time).
-struct Session {
-    client: Client,
-    statements: BTreeMap<&'static str, postgres::Statement>,
-}
-
-/// A connection on a thread of its own.
-struct Connection {
-    jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Connection")
-    }
-}
-
-impl Connection {
-    fn open(url: &str) -> Result<Connection, StoreError> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let (ready, opened) = mpsc::sync_channel(1);
-        let url = url.to_owned();
-        let thread = std::thread::Builder::new()
-            .name("postgres".to_owned())
-            .spawn(move || match Client::connect(&url, NoTls) {
-                Ok(client) => {
-                    let _ = ready.send(Ok(()));
-                    let mut session = Session {
-                        client,
-                        statements: BTreeMap::new(),
-                    };
-                    for job in queue {
-                        let client = &mut session.client;
-                        if client.is_closed() {
-                            // The database went away (a restart): connect again and take
-                            // the server lock back; if either fails, the job fails on the
-                            // closed connection and the next one tries again.
-                            if let Ok(again) = Client::connect(&url, NoTls) {
-                                *client = again;
-                                session.statements.clear();
-                                if !matches!(take_lock(client), Ok(true)) {
-                                    let _ = client.batch_execute(
-                                        "SELECT pg_terminate_backend(pg_backend_pid())",
-                                    );
-                                }
-                            }
-                        }
-                        job(&mut session);
-                    }
-                }
-                Err(error) => {
-                    let _ = ready.send(Err(pg("cannot connect to PostgreSQL")(error)));
-                }
-            })
-            .map_err(|e| fail("cannot start the database thread", e))?;
-        let connection = Connection {
-            jobs: Some(jobs),
-            thread: Some(thread),
-        };
-        opened
-            .recv()
-            .map_err(|_| StoreError("the database thread stopped".to_owned()))??;
-        Ok(connection)
-    }
-
-    /// Runs `job` on the connection and waits for its answer.
-    fn call<R: Send + 'static>(
-        &self,
-        job: impl FnOnce(&mut Session) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        let (answer, answered) = mpsc::sync_channel(1);
-        let stopped = || StoreError("the database connection's thread stopped".to_owned());
-        self.jobs
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(Box::new(move |session| {
-                let _ = answer.send(job(session));
-            }))
-            .map_err(|_| stopped())?;
-        answered.recv().map_err(|_| stopped())?
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        // Closing the queue ends the thread, which closes the connection (and so releases
-        // the advisory lock).
-        self.jobs = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// The server's tables in a PostgreSQL database, kept in memory as well.
 #[derive(Debug)]
 pub struct PostgresStore {
     conn: Connection,
     tables: Tables,
     pending: Pending,
-    /// Months (as `YYYY-MM`) whose history partition is known to exist.
-    months: BTreeSet<String>,
     epoch: u64,
-    /// A failed flush could not read the tables back either: the cache holds commits the
-    /// database does not, so nothing may be answered until a reload succeeds.
-    stale: bool,
 }
 
 fn fail(what: &str, error: impl std::fmt::Display) -> StoreError {
@@ -237,75 +141,67 @@ impl PostgresStore {
         let conn = Connection::open(url)?;
         conn.call(|s| prepare(&mut s.client))?;
         let tables = conn.call(|s| load(&mut s.client))?;
-        let mut store = PostgresStore {
-            conn,
-            tables,
-            pending: Pending::default(),
-            months: BTreeSet::new(),
-            epoch: 0,
-            stale: false,
-        };
         let mut ahead = vec![month(now)];
         for n in 1..=MONTHS_AHEAD {
             ahead.push(month(Millis(now.0 + u64::from(n) * 31 * 86_400_000)));
         }
-        store.ensure_partitions(ahead)?;
-        Ok(store)
+        conn.call(move |s| s.ensure_partitions(&ahead))?;
+        Ok(PostgresStore {
+            conn,
+            tables,
+            pending: Pending::default(),
+            epoch: 0,
+        })
     }
 
-    /// Creates the history partitions of `months` that are not known to exist.
-    fn ensure_partitions(&mut self, months: Vec<String>) -> Result<(), StoreError> {
-        let missing: Vec<String> = months
-            .into_iter()
-            .filter(|m| !self.months.contains(m))
+    /// Seals the commits since the last flush as one write and sends it; `done` is told
+    /// whether it is durable. Nothing to write and nothing under way: `Ok(false)`, and
+    /// `done` is dropped untold.
+    fn send_pending(
+        &mut self,
+        done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+    ) -> Result<bool, StoreError> {
+        if self.conn.broken() {
+            return Err(self.read_back(StoreError(
+                "a write to the database failed; the tables were read back".to_owned(),
+            )));
+        }
+        if self.pending.is_empty() && self.conn.settled() {
+            return Ok(false);
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let months = pending
+            .history
+            .iter()
+            .map(|key| month(self.tables.sync_history[key].at_ms))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        if missing.is_empty() {
-            return Ok(());
+        let sent = rows::pending_writes(&self.tables, &pending).and_then(|writes| {
+            self.conn.write(Write {
+                months,
+                writes,
+                done,
+            })
+        });
+        match sent {
+            Ok(()) => Ok(true),
+            Err(error) => Err(self.read_back(error)),
         }
-        let wanted = missing.clone();
-        self.conn.call(move |session| {
-            for m in wanted {
-                let first = format!("{m}-01 00:00:00+00");
-                session
-                    .client
-                    .execute(
-                        "SELECT rockhound_history_partition($1::text::timestamptz)",
-                        &[&first],
-                    )
-                    .map_err(pg("cannot create a history partition"))?;
-            }
-            Ok(())
-        })?;
-        self.months.extend(missing);
-        Ok(())
     }
 
-    /// Runs `writes` in one transaction, each user's under that user's row-level security.
-    fn write(&self, writes: Writes) -> Result<(), StoreError> {
-        self.conn.call(move |session| {
-            for (sql, _) in writes.statements.values() {
-                if !session.statements.contains_key(sql) {
-                    let statement = session.client.prepare(sql).map_err(pg("cannot prepare"))?;
-                    session.statements.insert(sql, statement);
-                }
-            }
-            let mut tx = session.client.transaction().map_err(pg("cannot begin"))?;
-            let mut current: Option<&String> = None;
-            for ((user, _), (sql, columns)) in &writes.statements {
-                if let Some(user) = user
-                    && current != Some(user)
-                {
-                    set_user(&mut tx, user)?;
-                    current = Some(user);
-                }
-                let params: Vec<&(dyn ToSql + Sync)> = columns.iter().map(Column::param).collect();
-                let statement = &session.statements[sql];
-                tx.execute(statement, &params).map_err(pg("cannot write"))?;
-            }
-            tx.commit().map_err(pg("cannot commit"))
-        })
+    /// Undoes everything not known durable: waits for the writes under way (the load is
+    /// queued behind them), reads the tables back and moves the epoch on. If the database
+    /// cannot be read either, the store stays broken and the next flush tries again.
+    fn read_back(&mut self, error: StoreError) -> StoreError {
+        self.pending = Pending::default();
+        self.epoch += 1;
+        self.conn.progress.broken.store(true, Ordering::SeqCst);
+        if let Ok(tables) = self.conn.call(|s| load(&mut s.client)) {
+            self.tables = tables;
+            self.conn.progress.broken.store(false, Ordering::SeqCst);
+        }
+        error
     }
 }
 
@@ -327,40 +223,31 @@ impl ServerStore for PostgresStore {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        if self.stale {
-            self.pending = Pending::default();
-            self.epoch += 1;
-            self.tables = self.conn.call(|s| load(&mut s.client))?;
-            self.stale = false;
-            return Err(StoreError(
-                "the database was unreachable; the tables were read back".to_owned(),
-            ));
-        }
-        if self.pending.is_empty() {
+        let (done, outcome) = mpsc::sync_channel(1);
+        let tell = Box::new(move |result| {
+            let _ = done.send(result);
+        });
+        if !self.send_pending(tell)? {
             return Ok(());
         }
-        let months = self
-            .pending
-            .history
-            .iter()
-            .map(|key| month(self.tables.sync_history[key].at_ms))
-            .collect();
-        let written = self
-            .ensure_partitions(months)
-            .and_then(|()| rows::pending_writes(&self.tables, &self.pending))
-            .and_then(|writes| self.write(writes));
-        self.pending = Pending::default();
-        let Err(error) = written else {
-            return Ok(());
-        };
-        // Nothing since the last flush holds (the transaction rolled back when it was
-        // dropped): back to what the database says.
-        self.epoch += 1;
-        match self.conn.call(|s| load(&mut s.client)) {
-            Ok(tables) => self.tables = tables,
-            Err(_) => self.stale = true,
+        match outcome.recv().unwrap_or_else(|_| Err(stopped())) {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.read_back(error)),
         }
-        Err(error)
+    }
+
+    fn begin_flush(&mut self) -> Result<Flushing, StoreError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let tell = Box::new(move |result| {
+            let _ = done.send(result);
+        });
+        if !self.send_pending(tell)? {
+            return Ok(Flushing::Done);
+        }
+        // A failure is answered 503 by whoever waits; the next flush reads the tables back.
+        Ok(Flushing::Pending(Box::pin(async move {
+            outcome.await.unwrap_or_else(|_| Err(stopped()))
+        })))
     }
 
     fn epoch(&self) -> u64 {
@@ -371,7 +258,9 @@ impl ServerStore for PostgresStore {
         self.flush()?;
         let mut after = self.tables.clone();
         keep(&mut after);
-        self.write(rows::removals(&self.tables, &after)?)?;
+        let removals = rows::removals(&self.tables, &after)?;
+        self.conn
+            .call(move |s| s.write(std::iter::once(&removals)))?;
         self.tables = after;
         Ok(())
     }
@@ -612,6 +501,7 @@ fn load_user(
     Ok(())
 }
 
+mod connection;
 mod rows;
 #[cfg(test)]
 mod tests;

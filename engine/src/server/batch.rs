@@ -4,7 +4,7 @@
 use super::decide::{OpOutcome, Stored, conflict_id};
 use super::replay;
 use super::seal::Sealed;
-use super::tables::{BatchRecord, Commit, IdempotencyRecord, QueueRow, ServerStore};
+use super::tables::{BatchRecord, Commit, Flushing, IdempotencyRecord, QueueRow, ServerStore};
 use super::wire::{
     BatchResponse, DeviceState, HistoryRow, HistoryStatus, MetricsWindow, NetworkQuality, OpResult,
     OpStatus, Refusal,
@@ -42,6 +42,18 @@ impl<S: ServerStore> Server<S> {
     /// (its commits, or those it read, were undone).
     pub fn flush_for(&mut self, epoch: u64) -> Result<(), RequestError> {
         self.flush()?;
+        self.same_epoch(epoch)
+    }
+
+    /// [`Server::flush_for`] as a flush begun (see [`Server::begin_flush`]): the request's
+    /// answer waits for the returned flush after the server's lock is released.
+    pub fn begin_flush_for(&mut self, epoch: u64) -> Result<Flushing, RequestError> {
+        let flushing = self.begin_flush()?;
+        self.same_epoch(epoch)?;
+        Ok(flushing)
+    }
+
+    fn same_epoch(&self, epoch: u64) -> Result<(), RequestError> {
         if self.store_epoch() != epoch {
             return Err(RequestError::Unavailable {
                 message: "the server's store lost writes this request made or read; nothing \

@@ -22,7 +22,7 @@ pub use decide::decision_code;
 use crate::config::SyncConfig;
 use crate::ids::{IdempotencyKey, UserId};
 use crate::time::{DAY_MS, HOUR_MS};
-pub use tables::{AnyStore, StoreError};
+pub use tables::{AnyStore, Flushing, StoreError};
 use tables::{IdempotencyRecord, MemoryStore, ServerStore, Tables};
 use wire::ErrorCode;
 
@@ -214,6 +214,13 @@ impl<S: ServerStore> Server<S> {
     /// it before any answer leaves.
     pub fn flush(&mut self) -> Result<(), RequestError> {
         Ok(self.store.flush()?)
+    }
+
+    /// Starts making every commit so far durable (see [`ServerStore::begin_flush`]): the
+    /// HTTP layer calls it under the server's lock and waits for it after releasing the
+    /// lock, before any answer leaves.
+    pub fn begin_flush(&mut self) -> Result<Flushing, RequestError> {
+        Ok(self.store.begin_flush()?)
     }
 
     /// The store's epoch (see [`ServerStore::epoch`]).

@@ -370,6 +370,16 @@ pub trait ServerStore {
     fn flush(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Starts making every commit so far durable and returns what to wait on, so that the
+    /// server's lock need not be held while the write is under way (a commit pipeline: the
+    /// next requests are decided while the database writes the last ones). Every commit
+    /// made before the call, by any request, is covered, so a request that waits for it may
+    /// answer everything it made or read. On `Err` (now, or from the wait) nothing since the
+    /// last durable write holds and [`ServerStore::epoch`] moves on no later than the next
+    /// call. By default the store flushes at once.
+    fn begin_flush(&mut self) -> Result<Flushing, StoreError> {
+        self.flush().map(|()| Flushing::Done)
+    }
     /// How many flushes failed: a request that began in an earlier epoch may have seen or
     /// made commits that were undone, and must not be answered as if they held.
     fn epoch(&self) -> u64 {
@@ -377,6 +387,33 @@ pub trait ServerStore {
     }
     /// Removes rows; see `Server::cleanup`. Atomic like a commit, and flushed.
     fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) -> Result<(), StoreError>;
+}
+
+/// A flush begun by [`ServerStore::begin_flush`].
+pub enum Flushing {
+    /// Everything it covers is durable already.
+    Done,
+    /// Durable once this completes; `Err`: it is not, and nothing of it holds.
+    Pending(std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>),
+}
+
+impl Flushing {
+    /// Waits until the flush is durable (no wait at all when it is [`Flushing::Done`]).
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self {
+            Flushing::Done => Ok(()),
+            Flushing::Pending(write) => write.await,
+        }
+    }
+}
+
+impl std::fmt::Debug for Flushing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Flushing::Done => "Flushing::Done",
+            Flushing::Pending(_) => "Flushing::Pending",
+        })
+    }
 }
 
 /// Any store, chosen at run time (`rockhound serve --db`).
@@ -393,6 +430,10 @@ impl ServerStore for AnyStore {
 
     fn flush(&mut self) -> Result<(), StoreError> {
         (**self).flush()
+    }
+
+    fn begin_flush(&mut self) -> Result<Flushing, StoreError> {
+        (**self).begin_flush()
     }
 
     fn epoch(&self) -> u64 {

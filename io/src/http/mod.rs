@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use rockhound_engine::ids::{ConflictId, check_id};
 use rockhound_engine::server::wire::{ConflictStatus, ErrorCode, OpResult, ResolveRequest};
-use rockhound_engine::server::{AnyStore, RequestError, Server};
+use rockhound_engine::server::{AnyStore, Flushing, RequestError, Server};
 use rockhound_engine::{Batch, DeviceId, Millis, Op, UserId};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -112,17 +112,20 @@ impl AppState {
     /// commit whose assertions all run before its first write, so the interrupted step
     /// changed nothing; the lock is not poisoned and the next request is served.
     ///
-    /// The step's commits are flushed (made durable) before the lock is handed on, so no
-    /// answer reports or shows a write that could still be lost.
-    fn with_server<T>(
+    /// The step's commits, and every other commit before the step ended, are made durable
+    /// before it returns, so no answer reports or shows a write that could still be lost.
+    /// The flush begins under the lock and is waited for after the lock is handed on: a
+    /// store with a commit pipeline (PostgreSQL) decides other requests meanwhile.
+    async fn with_server<T>(
         &self,
         step: impl FnOnce(&mut Server<AnyStore>) -> Result<T, RequestError>,
     ) -> Result<T, ApiError> {
-        self.with_server_unflushed(|server| {
+        let (value, flushing) = self.with_server_unflushed(|server| {
             let value = step(server)?;
-            server.flush()?;
-            Ok(value)
-        })
+            Ok((value, server.begin_flush()?))
+        })?;
+        durable(flushing).await?;
+        Ok(value)
     }
 
     /// [`AppState::with_server`] without the flush: for a batch's ops, whose commits the
@@ -153,6 +156,14 @@ impl AppState {
             }
         }
     }
+}
+
+/// Waits for a flush begun under the server's lock; a failed one is answered 503.
+async fn durable(flushing: Flushing) -> Result<(), ApiError> {
+    flushing
+        .wait()
+        .await
+        .map_err(|error| ApiError::from(RequestError::from(error)))
 }
 
 /// An error answer: status, stable code, sentence.
@@ -425,12 +436,12 @@ async fn post_batch(
     }
     // The batch's record, then one flush for all its ops (and any other request's commits
     // made meanwhile); if a flush failed since the batch began, none of it is answered.
-    let response = state.with_server(|server| {
+    let (response, flushing) = state.with_server_unflushed(|server| {
         let answered_at = (state.clock)().max(now);
         let response = server.finish_batch(&user, &batch, results, now, answered_at)?;
-        server.flush_for(epoch)?;
-        Ok(response)
+        Ok((response, server.begin_flush_for(epoch)?))
     })?;
+    durable(flushing).await?;
     Ok(Json(response))
 }
 
@@ -452,9 +463,11 @@ async fn get_changes(
     let Query(query) = query?;
     let now = (state.clock)();
     let limit = query.limit.unwrap_or(PULL_LIMIT_DEFAULT);
-    let page = state.with_server(|server| {
-        server.changes(&user, query.device_id.as_ref(), query.since, limit, now)
-    })?;
+    let page = state
+        .with_server(|server| {
+            server.changes(&user, query.device_id.as_ref(), query.since, limit, now)
+        })
+        .await?;
     Ok(Json(page))
 }
 
@@ -476,7 +489,8 @@ async fn get_conflicts(
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(PULL_LIMIT_DEFAULT);
     let page = state
-        .with_server(|server| server.conflicts_page(&user, query.status, query.since, limit))?;
+        .with_server(|server| server.conflicts_page(&user, query.status, query.since, limit))
+        .await?;
     Ok(Json(page))
 }
 
@@ -493,7 +507,8 @@ async fn post_resolve(
         .map_err(|e| ApiError::malformed(format!("malformed resolve request: {e}")))?;
     let now = (state.clock)();
     let record = state
-        .with_server(|server| server.resolve_conflict(&user, &ConflictId(id), &request, now))?;
+        .with_server(|server| server.resolve_conflict(&user, &ConflictId(id), &request, now))
+        .await?;
     Ok(Json(record))
 }
 
@@ -510,7 +525,9 @@ async fn get_state(
 ) -> ApiResult<rockhound_engine::server::wire::StateResponse> {
     let user = authenticate(&state, &headers)?;
     let Query(query) = query?;
-    let response = state.with_server(|server| server.state(&user, &query.device_id))?;
+    let response = state
+        .with_server(|server| server.state(&user, &query.device_id))
+        .await?;
     Ok(Json(response))
 }
 
@@ -528,7 +545,9 @@ async fn get_history(
     let user = authenticate(&state, &headers)?;
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
-    let rows = state.with_server(|server| server.history(&user, limit))?;
+    let rows = state
+        .with_server(|server| server.history(&user, limit))
+        .await?;
     Ok(Json(serde_json::json!({ "history": rows })))
 }
 
@@ -544,7 +563,9 @@ async fn get_metrics(
 ) -> ApiResult<serde_json::Value> {
     let user = authenticate(&state, &headers)?;
     let Query(MetricsQuery {}) = query?;
-    let windows = state.with_server(|server| Ok(server.metrics(&user)))?;
+    let windows = state
+        .with_server(|server| Ok(server.metrics(&user)))
+        .await?;
     Ok(Json(serde_json::json!({ "windows": windows })))
 }
 
@@ -597,17 +618,22 @@ mod tests {
 
     #[test]
     fn a_panic_inside_a_step_is_answered_500_and_the_next_request_is_served() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let state = state();
         let before = state.server.lock().tables().clone();
-        let error = state
-            .with_server(|_| -> Result<(), RequestError> { panic!("planted engine bug") })
+        let error = runtime
+            .block_on(
+                state.with_server(|_| -> Result<(), RequestError> { panic!("planted engine bug") }),
+            )
             .unwrap_err();
         assert_eq!(
             (error.status, error.code),
             (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
         );
-        let windows = state
-            .with_server(|server| Ok(server.metrics(&UserId::from("ann"))))
+        let windows = runtime
+            .block_on(state.with_server(|server| Ok(server.metrics(&UserId::from("ann")))))
             .unwrap();
         assert!(
             windows.is_empty(),

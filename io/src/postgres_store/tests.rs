@@ -9,6 +9,7 @@
 
 use super::*;
 use crate::store_tests::{NOW, config, drive, op};
+use postgres::NoTls;
 use rockhound_engine::op::{Batch, OpKind};
 use rockhound_engine::server::tables::MemoryStore;
 use rockhound_engine::server::{HISTORY_RETENTION_MS, METRICS_WINDOW_MS, RequestError, Server};
@@ -181,6 +182,158 @@ fn a_group_the_database_refuses_is_undone_whole_and_its_requests_answered_503() 
             .iter()
             .all(|r| r.status == rockhound_engine::server::wire::OpStatus::Applied)
     );
+}
+
+/// A batch as the HTTP layer runs it: decided and committed under the server's lock, its
+/// flush begun there and waited for afterwards.
+fn send(
+    server: &mut Server<PostgresStore>,
+    user: &str,
+    batch_id: &str,
+    ops: Vec<rockhound_engine::op::Op>,
+) -> Result<Flushing, RequestError> {
+    let user = UserId::from(user);
+    let batch = Batch::new(BatchId::from(batch_id), DeviceId::from("d1"), ops);
+    server.admit_batch(&batch)?;
+    let epoch = server.store_epoch();
+    let results = batch
+        .ops
+        .iter()
+        .map(|op| server.handle_op(&user, &batch, op, NOW, NOW))
+        .collect();
+    server.finish_batch(&user, &batch, results, NOW, NOW)?;
+    server.begin_flush_for(epoch)
+}
+
+/// Whether a flush is still under way after the database had a moment to write it.
+fn still_writing(flushing: &mut Flushing) -> bool {
+    let Flushing::Pending(write) = flushing else {
+        return false;
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    write.as_mut().poll(&mut cx).is_pending()
+}
+
+/// The transaction that last wrote an entity (its row's `xmin`).
+fn writer_of(url: &str, user: &str, entity_id: &str) -> u32 {
+    let mut c = client(url);
+    let mut tx = c.transaction().unwrap();
+    set_user(&mut tx, user).unwrap();
+    let xmin: String = tx
+        .query_one(
+            "SELECT xmin::text FROM entities WHERE entity_id = $1",
+            &[&entity_id],
+        )
+        .unwrap()
+        .get(0);
+    xmin.parse().unwrap()
+}
+
+#[test]
+fn while_a_write_waits_on_the_database_other_users_are_decided_and_land_in_the_same_commit() {
+    let Some(url) = database("pipeline") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut server = postgres(&url);
+    // Another session holds a lock every write needs: ann's write waits on it.
+    let mut other = client(&url);
+    let mut blocker = other.transaction().unwrap();
+    blocker
+        .batch_execute("LOCK TABLE counters IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let mut ann = send(&mut server, "ann", "b-1", vec![tag(1)]).unwrap();
+    assert!(still_writing(&mut ann), "ann's write waits for the lock");
+    // The server is not held by it: bob's and cy's batches are decided and committed
+    // meanwhile, and their answers wait behind ann's write (everything before them must
+    // be durable first).
+    let mut bob = send(&mut server, "bob", "b-2", vec![tag(2)]).unwrap();
+    let mut cy = send(&mut server, "cy", "b-3", vec![tag(3)]).unwrap();
+    assert_eq!(
+        server.tables().sync_queue.len(),
+        3,
+        "bob's and cy's ops were decided"
+    );
+    assert!(still_writing(&mut bob) && still_writing(&mut cy));
+    blocker.rollback().unwrap();
+    for flushing in [ann, bob, cy] {
+        runtime.block_on(flushing.wait()).unwrap();
+    }
+    // Bob's and cy's writes queued up while ann's ran, and went in one transaction after it.
+    let ann = writer_of(&url, "ann", "t1");
+    let bob = writer_of(&url, "bob", "t2");
+    assert_eq!(bob, writer_of(&url, "cy", "t3"));
+    assert!(
+        ann < bob,
+        "ann's transaction came first ({ann}, then {bob})"
+    );
+    // A read with nothing to write and nothing under way waits for nothing.
+    assert!(matches!(server.begin_flush().unwrap(), Flushing::Done));
+    let written = server.tables().clone();
+    drop(server);
+    assert_eq!(PostgresStore::open(&url, NOW).unwrap().tables(), &written);
+}
+
+#[test]
+fn a_refused_write_fails_every_write_sealed_after_it_and_the_next_flush_reads_back() {
+    let Some(url) = database("pipeline_refused") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut server = postgres(&url);
+    runtime
+        .block_on(
+            send(&mut server, "ann", "b-1", vec![tag(1)])
+                .unwrap()
+                .wait(),
+        )
+        .unwrap();
+    let before = server.tables().clone();
+    let mut c = client(&url);
+    c.batch_execute(
+        "ALTER TABLE sync_queue ADD CONSTRAINT full_disk CHECK (op_id <> 'op-2') NOT VALID",
+    )
+    .unwrap();
+    let mut other = client(&url);
+    let mut blocker = other.transaction().unwrap();
+    blocker
+        .batch_execute("LOCK TABLE counters IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    // Ann's write will be refused; bob's rows are fine, but they were sealed from tables
+    // that hold ann's commit, and a read saw it too: none of them may be answered.
+    let mut ann = send(&mut server, "ann", "b-2", vec![tag(2)]).unwrap();
+    assert!(still_writing(&mut ann));
+    let bob = send(&mut server, "bob", "b-3", vec![tag(3)]).unwrap();
+    let read = server.begin_flush().unwrap();
+    blocker.rollback().unwrap();
+    let refused = runtime.block_on(ann.wait()).unwrap_err();
+    assert!(refused.0.contains("full_disk"), "{refused}");
+    for flushing in [bob, read] {
+        let refused = runtime.block_on(flushing.wait()).unwrap_err();
+        assert!(refused.0.contains("an earlier write"), "{refused}");
+    }
+    // The next flush reads the tables back, moves the epoch on and is refused itself.
+    let epoch = server.store_epoch();
+    assert!(server.begin_flush().is_err());
+    assert_eq!(server.store_epoch(), epoch + 1);
+    assert_eq!(server.tables(), &before, "memory is back to the database");
+    assert!(matches!(server.begin_flush().unwrap(), Flushing::Done));
+    // Bob's resend goes through.
+    runtime
+        .block_on(
+            send(&mut server, "bob", "b-3", vec![tag(3)])
+                .unwrap()
+                .wait(),
+        )
+        .unwrap();
+    drop(server);
+    let reopened = PostgresStore::open(&url, NOW).unwrap();
+    assert_eq!(reopened.tables().sync_queue.len(), 2, "op-1 and bob's op-3");
 }
 
 #[test]
