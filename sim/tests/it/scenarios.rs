@@ -161,22 +161,9 @@ fn broken_scenario_files_get_errors_with_file_line_and_column() {
 fn backoff_forgives_an_early_resend_only_when_the_schedule_was_not_stored() {
     use rockhound_engine::client::observe::Event;
     use rockhound_sim::trace::TraceEvent;
-    let spec = scenario::load(
-        &files("scenarios")
-            .into_iter()
-            .find(|p| p.ends_with("disk_full_during_retries.toml"))
-            .unwrap(),
-    )
-    .unwrap();
-    let checked = runner::run(&spec, 0, false).unwrap();
-    let backoff = |lines: &[rockhound_sim::trace::TraceLine]| {
-        rockhound_sim::checkers::check(&rockhound_sim::checkers::Facts::new(lines), &spec)
-            .into_iter()
-            .find(|v| v.checker == rockhound_sim::checkers::Checker::Backoff)
-            .unwrap()
-            .violations
-    };
-    let lines = &checked.outcome.trace.lines;
+    let (spec, lines) = library_run("disk_full_during_retries.toml");
+    let backoff = |lines: &[rockhound_sim::trace::TraceLine]| backoff_violations(&spec, lines);
+    let lines = &lines;
     assert!(backoff(lines).is_empty(), "the real run holds");
     let as_if_stored: Vec<_> = lines
         .iter()
@@ -197,6 +184,77 @@ fn backoff_forgives_an_early_resend_only_when_the_schedule_was_not_stored() {
         violations[0]
             .to_string()
             .contains("before the shortest wait for its failure"),
+        "{violations:?}"
+    );
+}
+
+/// A library scenario and the trace of its seed 0.
+fn library_run(
+    name: &str,
+) -> (
+    rockhound_sim::spec::RunSpec,
+    Vec<rockhound_sim::trace::TraceLine>,
+) {
+    let spec = scenario::load(
+        &files("scenarios")
+            .into_iter()
+            .find(|p| p.ends_with(name))
+            .unwrap(),
+    )
+    .unwrap();
+    let checked = runner::run(&spec, 0, false).unwrap();
+    (spec, checked.outcome.trace.lines)
+}
+
+/// What the backoff checker says of `lines`.
+fn backoff_violations(
+    spec: &rockhound_sim::spec::RunSpec,
+    lines: &[rockhound_sim::trace::TraceLine],
+) -> Vec<rockhound_sim::checkers::Violation> {
+    rockhound_sim::checkers::check(&rockhound_sim::checkers::Facts::new(lines), spec)
+        .into_iter()
+        .find(|v| v.checker == rockhound_sim::checkers::Checker::Backoff)
+        .unwrap()
+        .violations
+}
+
+/// The backoff checker counts a dead-letter as a failure of its own: the same trace with
+/// the failure before a dead-letter taken out (as if the coordinator had given up one
+/// attempt early) must be a violation that says so.
+#[test]
+fn backoff_catches_a_dead_letter_one_failure_early() {
+    use rockhound_engine::client::Status;
+    use rockhound_engine::client::observe::Event;
+    use rockhound_sim::trace::TraceEvent;
+    let (spec, lines) = library_run("flaky_dead_letter_retry.toml");
+    assert!(
+        backoff_violations(&spec, &lines).is_empty(),
+        "the real run holds"
+    );
+    let update = |line: &rockhound_sim::trace::TraceLine| match &line.event {
+        TraceEvent::Client {
+            event: Event::Op(update),
+        } => Some(update.clone()),
+        _ => None,
+    };
+    let dead = lines
+        .iter()
+        .position(|l| update(l).is_some_and(|u| u.status == Status::Error))
+        .expect("the run dead-letters an op");
+    let op_id = update(&lines[dead]).unwrap().op_id;
+    assert_eq!(update(&lines[dead]).unwrap().attempts, 3);
+    let last_failure = lines[..dead]
+        .iter()
+        .rposition(|l| update(l).is_some_and(|u| u.op_id == op_id && u.delay_ms.is_some()))
+        .expect("it failed before");
+    let mut early = lines.clone();
+    early.remove(last_failure);
+    let violations = backoff_violations(&spec, &early);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(
+        violations[0].to_string().contains(&format!(
+            "{op_id} dead-lettered after 2 failed attempts; the limit is 3"
+        )),
         "{violations:?}"
     );
 }
