@@ -4,7 +4,7 @@
 //! ended. `rockhound explain` prints it; a failing run's report tells the story of each op
 //! its violations name.
 
-use crate::checkers::Verdict;
+use crate::checkers::{Verdict, Violation};
 use crate::trace::TraceLine;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -20,15 +20,24 @@ pub fn as_values(lines: &[TraceLine]) -> Vec<Value> {
 /// The ops the violations name (in the order first named), from the trace lines they quote.
 pub fn named_ops<'a>(verdicts: impl IntoIterator<Item = &'a Verdict>) -> Vec<String> {
     let mut named = Vec::new();
-    for verdict in verdicts {
-        for violation in &verdict.violations {
-            for (_, quoted) in &violation.events {
-                let value: Value = serde_json::from_str(quoted).unwrap_or_default();
-                for op in op_ids(&value) {
-                    if !named.contains(&op) {
-                        named.push(op);
-                    }
-                }
+    for violation in verdicts.into_iter().flat_map(|v| &v.violations) {
+        for op in ops_named_by(violation) {
+            if !named.contains(&op) {
+                named.push(op);
+            }
+        }
+    }
+    named
+}
+
+/// The ops one violation names (in the order first named), from the trace lines it quotes.
+pub fn ops_named_by(violation: &Violation) -> Vec<String> {
+    let mut named = Vec::new();
+    for (_, quoted) in &violation.events {
+        let value: Value = serde_json::from_str(quoted).unwrap_or_default();
+        for op in op_ids(&value) {
+            if !named.contains(&op) {
+                named.push(op);
             }
         }
     }

@@ -281,11 +281,35 @@ fn the_trace_page_of_a_failing_run_loads_clean_tells_an_ops_story_on_click_and_j
         "the run must fail: {quoted_lines:?}"
     );
 
-    browser.session_call(
-        "POST",
-        "/url",
-        Some(json!({"url": format!("file://{}", page.display())})),
+    // Links to what the run does not have: the page says so and still draws the run.
+    let open = |fragment: &str| {
+        let url = format!("file://{}{fragment}", page.display());
+        browser.session_call("POST", "/url", Some(json!({ "url": url })));
+        browser.session_call("POST", "/refresh", Some(json!({})));
+    };
+    open("#violation=99");
+    assert_eq!(
+        browser.text(&browser.find("#lines p")),
+        "No violation 99 in this run (it has 2)."
     );
+    assert!(
+        !browser.find_all("circle.mark").is_empty(),
+        "the run is drawn"
+    );
+    open("#op=no-such-op");
+    assert_eq!(browser.text(&browser.find("#story h2")), "Op no-such-op");
+    assert_eq!(
+        browser.text(&browser.find("#story p")),
+        "No op no-such-op in this run."
+    );
+    assert!(
+        !browser.find_all("circle.mark").is_empty(),
+        "the run is drawn"
+    );
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+
+    open("");
     let errors = browser.console_errors();
     assert!(errors.is_empty(), "console errors: {errors:?}");
 

@@ -159,6 +159,7 @@ fn run_markdown(
     provenance: &Provenance,
     plots: &[(&str, &str, String)],
 ) -> String {
+    let trace_page = super::trace_page::file_name(report);
     let mut md = String::new();
     let _ = writeln!(md, "# {}\n", report.name);
     if !report.description.is_empty() {
@@ -171,8 +172,8 @@ fn run_markdown(
         report.seed,
         report.digest,
         report.reproduce,
-        super::trace_page::file_name(report),
-        super::trace_page::file_name(report),
+        trace_page,
+        trace_page,
         provenance.line()
     );
     md.push_str("## Checkers\n\n| checker | verdict |\n|---|---|\n");
@@ -229,6 +230,7 @@ pub fn page(title: &str, body: &str) -> String {
 }
 
 fn run_html(report: &RunReport, provenance: &Provenance, plots: &[(&str, &str, String)]) -> String {
+    let trace_page = super::trace_page::file_name(report);
     let mut body = String::new();
     let _ = writeln!(body, "<h1>{}</h1>", escape(&report.name));
     if !report.description.is_empty() {
@@ -242,8 +244,8 @@ fn run_html(report: &RunReport, provenance: &Provenance, plots: &[(&str, &str, S
         report.seed,
         report.digest,
         escape(&report.reproduce),
-        escape(&super::trace_page::file_name(report)),
-        escape(&super::trace_page::file_name(report)),
+        escape(&trace_page),
+        escape(&trace_page),
         escape(&provenance.line())
     );
     body.push_str("<h2>Checkers</h2><table><tr><th>checker</th><th>verdict</th></tr>\n");

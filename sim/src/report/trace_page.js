@@ -119,7 +119,14 @@
 
   function showViolation(i) {
     const violation = data.violations[i];
-    if (!violation) return;
+    if (!violation) {
+      // A link to a violation this run does not have: say so, and show the whole run.
+      const pane = document.getElementById("lines");
+      clear(pane);
+      add(pane, "p", "No violation " + i + " in this run (it has " + data.violations.length + ").");
+      setView(0, end);
+      return;
+    }
     document.querySelectorAll("#violations li").forEach(function (li) {
       li.classList.toggle("sel", li.getAttribute("data-violation") === String(i));
     });

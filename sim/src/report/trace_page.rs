@@ -235,7 +235,6 @@ fn violations(checked: &Checked, lines: &[TraceLine]) -> Vec<ViolationView> {
                 let to = (n + CONTEXT_LINES).min(lines.len().saturating_sub(1));
                 shown.extend(from..=to);
             }
-            let mut ops = Vec::new();
             let lines: Vec<Line> = shown
                 .into_iter()
                 .filter_map(|n| {
@@ -246,20 +245,12 @@ fn violations(checked: &Checked, lines: &[TraceLine]) -> Vec<ViolationView> {
                         None => lines.get(n)?.to_json(),
                     };
                     let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                    let line_ops = explain::op_ids(&value);
-                    if quoted.contains_key(&n) {
-                        for op in &line_ops {
-                            if !ops.contains(op) {
-                                ops.push(op.clone());
-                            }
-                        }
-                    }
                     Some(Line {
                         n,
                         t: value["t_ms"].as_u64().unwrap_or(violation.t_ms),
                         text,
                         quoted: quoted.contains_key(&n),
-                        ops: line_ops,
+                        ops: explain::op_ids(&value),
                     })
                 })
                 .take(LINES_MAX)
@@ -268,7 +259,7 @@ fn violations(checked: &Checked, lines: &[TraceLine]) -> Vec<ViolationView> {
                 checker: violation.checker.to_string(),
                 t: violation.t_ms,
                 message: violation.message.clone(),
-                ops,
+                ops: explain::ops_named_by(violation),
                 lines,
             });
         }
