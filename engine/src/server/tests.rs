@@ -781,6 +781,30 @@ fn history_and_metrics_count_every_op() {
     );
 }
 
+/// Each metrics window is one hour of the server's clock, starting on the hour: a batch
+/// counts in the window its arrival falls in, and an hour later a new window opens.
+#[test]
+fn metrics_windows_are_the_hours_of_the_server_clock() {
+    let mut server = Server::new(SyncConfig::default());
+    let later = Millis(NOW.0 + HOUR_MS);
+    for (n, at) in [(1, NOW), (2, NOW), (3, later)] {
+        let batch = Batch::new(
+            BatchId(format!("b-{n}")),
+            DeviceId::from("phone"),
+            vec![session(n, &format!("fs-{n}"))],
+        );
+        server.handle_batch(&user("ann"), &batch, at).unwrap();
+    }
+    let windows: Vec<(u64, u64)> = server
+        .metrics(&user("ann"))
+        .iter()
+        .map(|w| (w.window_start_ms.0, w.batches))
+        .collect();
+    // 1_760_000_000_000 ms is 53 min 20 s past an hour.
+    let hour = NOW.0 - 3_200_000;
+    assert_eq!(windows, [(hour, 2), (hour + HOUR_MS, 1)]);
+}
+
 #[test]
 fn cleanup_drops_old_keys_and_history_but_keeps_entities() {
     let mut server = Server::new(SyncConfig::default());
