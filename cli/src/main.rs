@@ -380,7 +380,8 @@ fn open_server(config: SyncConfig, db: &Database) -> anyhow::Result<Server<AnySt
         }
         Database::Sqlite(path) => {
             let store = SqliteStore::open(path)
-                .map_err(|e| anyhow::anyhow!("cannot open the database: {}", e.0))?;
+                .map_err(|e| anyhow::anyhow!("cannot open the database: {}", e.0))?
+                .pipelined();
             tracing::info!(db = %path.display(), "database: SQLite");
             Box::new(store)
         }

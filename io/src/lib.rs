@@ -9,6 +9,7 @@
 pub mod file_store;
 pub mod http;
 mod pending;
+mod pipeline;
 pub mod postgres_store;
 pub mod sqlite_store;
 #[cfg(test)]

@@ -25,23 +25,19 @@
 //! The `postgres` client blocks on a runtime of its own, which must not run inside the
 //! server's: the connection lives on a thread of its own and the store sends it jobs.
 
-use crate::pending::Pending;
-use connection::{Connection, Write, stopped};
+use crate::pipeline::{self, Durable};
+use connection::Session;
 use postgres::{Client, Transaction};
 use rockhound_engine::entity::EntityType;
 use rockhound_engine::ids::{
     BatchId, ConflictId, DeviceId, EntityId, IdempotencyKey, OpId, UserId,
 };
-use rockhound_engine::server::Flushing;
 use rockhound_engine::server::StoreError;
-use rockhound_engine::server::tables::{Commit, ServerStore, StoredEntity, Tables};
+use rockhound_engine::server::tables::{StoredEntity, Tables};
 use rockhound_engine::time::Millis;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 
 /// The migrations, in order: version n is the n-th.
 const MIGRATIONS: &[&str] = &[include_str!("postgres_store/migrations/0001_schema.sql")];
@@ -73,14 +69,12 @@ const OWN_TABLES: &[&str] = &[
 /// How many times (100 ms apart) a starting server tries for the lock before it gives up.
 const LOCK_WAIT_TRIES: u32 = 30;
 
-/// The server's tables in a PostgreSQL database, kept in memory as well.
+/// The server's tables in a PostgreSQL database, kept in memory as well, written through
+/// the commit pipeline (`crate::pipeline`).
 #[derive(Debug)]
-pub struct PostgresStore {
-    conn: Connection,
-    tables: Tables,
-    pending: Pending,
-    epoch: u64,
-}
+pub struct PostgresStore(Durable<Session>);
+
+pipeline::durable_store!(PostgresStore);
 
 fn fail(what: &str, error: impl std::fmt::Display) -> StoreError {
     // The postgres error's Display is terse ("db error"); its source says what happened.
@@ -136,72 +130,22 @@ impl PostgresStore {
     /// Connects to the database at `url`, applies the migrations it lacks and reads the
     /// tables back. Refused: a superuser or BYPASSRLS role (row-level security would not
     /// apply), a newer schema, tables of the same names that are not rockhound's, and a
-    /// database another server holds.
+    /// database another server holds. Its flushes are pipelined (the simulation never runs
+    /// on PostgreSQL).
     pub fn open(url: &str, now: Millis) -> Result<PostgresStore, StoreError> {
-        let conn = Connection::open(url)?;
-        conn.call(|s| prepare(&mut s.client))?;
-        let tables = conn.call(|s| load(&mut s.client))?;
         let mut ahead = vec![month(now)];
         for n in 1..=MONTHS_AHEAD {
             ahead.push(month(Millis(now.0 + u64::from(n) * 31 * 86_400_000)));
         }
-        conn.call(move |s| s.ensure_partitions(&ahead))?;
-        Ok(PostgresStore {
-            conn,
-            tables,
-            pending: Pending::default(),
-            epoch: 0,
-        })
-    }
-
-    /// Seals the commits since the last flush as one write and sends it; `done` is told
-    /// whether it is durable. Nothing to write and nothing under way: `Ok(false)`, and
-    /// `done` is dropped untold.
-    fn send_pending(
-        &mut self,
-        done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
-    ) -> Result<bool, StoreError> {
-        if self.conn.broken() {
-            return Err(self.read_back(StoreError(
-                "a write to the database failed; the tables were read back".to_owned(),
-            )));
-        }
-        if self.pending.is_empty() && self.conn.settled() {
-            return Ok(false);
-        }
-        let pending = std::mem::take(&mut self.pending);
-        let months = pending
-            .history
-            .iter()
-            .map(|key| month(self.tables.sync_history[key].at_ms))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let sent = rows::pending_writes(&self.tables, &pending).and_then(|writes| {
-            self.conn.write(Write {
-                months,
-                writes,
-                done,
-            })
-        });
-        match sent {
-            Ok(()) => Ok(true),
-            Err(error) => Err(self.read_back(error)),
-        }
-    }
-
-    /// Undoes everything not known durable: waits for the writes under way (the load is
-    /// queued behind them), reads the tables back and moves the epoch on. If the database
-    /// cannot be read either, the store stays broken and the next flush tries again.
-    fn read_back(&mut self, error: StoreError) -> StoreError {
-        self.pending = Pending::default();
-        self.epoch += 1;
-        self.conn.progress.broken.store(true, Ordering::SeqCst);
-        if let Ok(tables) = self.conn.call(|s| load(&mut s.client)) {
-            self.tables = tables;
-            self.conn.progress.broken.store(false, Ordering::SeqCst);
-        }
-        error
+        let url = url.to_owned();
+        let mut durable = Durable::start("postgres", move || {
+            let mut session = Session::connect(&url)?;
+            prepare(&mut session.client)?;
+            session.ensure_partitions(&ahead)?;
+            Ok(session)
+        })?;
+        durable.set_pipelined(true);
+        Ok(PostgresStore(durable))
     }
 }
 
@@ -210,60 +154,6 @@ fn set_user(tx: &mut Transaction<'_>, user: &str) -> Result<(), StoreError> {
     tx.execute("SELECT set_config('rockhound.user_id', $1, true)", &[&user])
         .map(drop)
         .map_err(pg("cannot set the user"))
-}
-
-impl ServerStore for PostgresStore {
-    fn tables(&self) -> &Tables {
-        &self.tables
-    }
-
-    fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
-        self.pending.apply(&mut self.tables, commit);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), StoreError> {
-        let (done, outcome) = mpsc::sync_channel(1);
-        let tell = Box::new(move |result| {
-            let _ = done.send(result);
-        });
-        if !self.send_pending(tell)? {
-            return Ok(());
-        }
-        match outcome.recv().unwrap_or_else(|_| Err(stopped())) {
-            Ok(()) => Ok(()),
-            Err(error) => Err(self.read_back(error)),
-        }
-    }
-
-    fn begin_flush(&mut self) -> Result<Flushing, StoreError> {
-        let (done, outcome) = tokio::sync::oneshot::channel();
-        let tell = Box::new(move |result| {
-            let _ = done.send(result);
-        });
-        if !self.send_pending(tell)? {
-            return Ok(Flushing::Done);
-        }
-        // A failure is answered 503 by whoever waits; the next flush reads the tables back.
-        Ok(Flushing::Pending(Box::pin(async move {
-            outcome.await.unwrap_or_else(|_| Err(stopped()))
-        })))
-    }
-
-    fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) -> Result<(), StoreError> {
-        self.flush()?;
-        let mut after = self.tables.clone();
-        keep(&mut after);
-        let removals = rows::removals(&self.tables, &after)?;
-        self.conn
-            .call(move |s| s.write(std::iter::once(&removals)))?;
-        self.tables = after;
-        Ok(())
-    }
 }
 
 /// Checks the role and the schema, takes the server lock and applies the migrations the

@@ -4,29 +4,32 @@
 //! Each of the server's tables is a table of the database file (docs/database.md lists
 //! them): key columns a person can query with `sqlite3`, and the row itself as JSON. The
 //! engine reads its tables in memory, so the store keeps them there too, as a cache of the
-//! file: a commit is checked, written inside the open transaction behind a savepoint (all
-//! of it or none), and only then applied in memory. `flush` commits the transaction,
-//! durably (WAL journal, `synchronous = FULL`): a group commit, one fsync for a whole batch
-//! and whatever other requests committed meanwhile. The HTTP layer flushes before any
-//! answer leaves. A failed write changes neither file nor memory, and the op is answered
-//! `retry`; a failed flush rolls the transaction back, reloads the tables from the file and
-//! moves the epoch on, so every request that made or read those commits is answered 503.
-//! On open the tables are read back and the indexes derived from them (the change index,
-//! live children, per-user counts) rebuilt.
+//! file, and writes through the commit pipeline (`crate::pipeline`): a flush is one
+//! transaction, committed durably (WAL journal, `synchronous = FULL`) by the connection's
+//! thread, for a whole batch and whatever other requests committed meanwhile; nothing is
+//! answered before its flush is durable. `rockhound serve` runs it pipelined (the flush
+//! waited for after the server's lock is released, flushes that queue up written
+//! together); the simulation runs it with every flush waited for. A failed flush rolls the
+//! transaction back, reads the tables back from the file and moves the epoch on, so every
+//! request that made or read those commits is answered 503. On open the tables are read
+//! back and the indexes derived from them (the change index, live children, per-user
+//! counts) rebuilt.
 //!
 //! The file carries its schema version (`PRAGMA user_version`); a file written by a newer
 //! rockhound, a file that is not SQLite, or a database holding other tables is refused with
 //! a message that says so, and nothing in it is changed.
 
 use crate::pending::{Pending, gone};
+use crate::pipeline::{self, Backend, Durable};
 use rockhound_engine::entity::EntityType;
 use rockhound_engine::ids::{
     BatchId, ConflictId, DeviceId, EntityId, IdempotencyKey, OpId, UserId,
 };
 use rockhound_engine::server::StoreError;
-use rockhound_engine::server::tables::{Commit, ServerStore, StoredEntity, Tables};
+use rockhound_engine::server::tables::{StoredEntity, Tables};
 use rockhound_engine::time::Millis;
-use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, params};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -80,16 +83,18 @@ const TABLES_V1: &[&str] = &[
     "user_seqs",
 ];
 
-/// The server's tables in a SQLite database, kept in memory as well.
+/// The server's tables in a SQLite database, kept in memory as well, written through the
+/// commit pipeline (`crate::pipeline`).
 #[derive(Debug)]
-pub struct SqliteStore {
-    conn: Connection,
-    tables: Tables,
-    /// What the commits since the last flush changed.
-    pending: Pending,
-    /// Failed flushes so far.
-    epoch: u64,
-}
+pub struct SqliteStore(Durable<Sqlite>);
+
+pipeline::durable_store!(SqliteStore);
+
+/// The connection, owned by the pipeline's thread, and the file's name for messages.
+pub(crate) struct Sqlite(Connection, String);
+
+/// One row write or delete: its statement and its values.
+pub(crate) type Row = (&'static str, Vec<SqlValue>);
 
 fn fail(what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError(format!("{what}: {error}"))
@@ -105,8 +110,27 @@ fn json<T: Serialize>(value: &T) -> Result<String, StoreError> {
 
 impl SqliteStore {
     /// Opens (or creates) the database at `path`; `:memory:` is a private in-memory
-    /// database (the simulation's, which lives as long as the store).
+    /// database (the simulation's, which lives as long as the store). Every flush waits
+    /// for its commit (what the simulation needs); see [`SqliteStore::pipelined`].
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let path = path.to_owned();
+        let durable = Durable::start("sqlite", move || open_connection(&path))?;
+        Ok(SqliteStore(durable))
+    }
+
+    /// The same store with its flushes pipelined: a flush begun under the server's lock is
+    /// committed after the lock is released, together with the flushes that queue up
+    /// meanwhile (`rockhound serve`).
+    pub fn pipelined(mut self) -> SqliteStore {
+        self.0.set_pipelined(true);
+        self
+    }
+}
+
+/// Opens the database at `path`, refusing what this build must not use, creates the
+/// tables of a new one, and takes the exclusive lock.
+fn open_connection(path: &Path) -> Result<Sqlite, StoreError> {
+    {
         let shown = path.display();
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -173,204 +197,196 @@ impl SqliteStore {
             conn.execute_batch(&script)
                 .map_err(|e| fail(&format!("cannot create the tables in {shown}"), e))?;
         }
-        let tables = load(&conn).map_err(|e| StoreError(format!("{shown}: {}", e.0)))?;
-        Ok(SqliteStore {
-            conn,
-            tables,
-            pending: Pending::default(),
-            epoch: 0,
-        })
+        Ok(Sqlite(conn, shown.to_string()))
     }
+}
 
-    fn run(&self, sql: &str) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(sql)
-            .and_then(|mut statement| statement.execute([]))
-            .map(drop)
-            .map_err(|e| fail(&format!("cannot {sql}"), e))
-    }
+fn text_value(value: &str) -> SqlValue {
+    SqlValue::Text(value.to_owned())
+}
 
-    /// Writes every row the commits since the last flush changed, as the tables hold it
-    /// now, in the open transaction.
-    // Long on purpose: one upsert per table, in schema order.
-    fn write_pending(&self) -> Result<(), StoreError> {
-        let tables = &self.tables;
-        let pending = &self.pending;
-        let exec = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
-            self.conn
+fn int_value(value: u64, what: &str) -> Result<SqlValue, StoreError> {
+    int(value, what).map(SqlValue::Integer)
+}
+
+fn json_value<T: Serialize>(value: &T) -> Result<SqlValue, StoreError> {
+    json(value).map(SqlValue::Text)
+}
+
+impl Sqlite {
+    /// Runs `rows` in one durable transaction; on `Err` none of it holds.
+    fn transaction<'a>(&self, mut rows: impl Iterator<Item = &'a Row>) -> Result<(), StoreError> {
+        let run = |sql: &str, values: &[SqlValue]| {
+            self.0
                 .prepare_cached(sql)
-                .and_then(|mut statement| statement.execute(params))
+                .and_then(|mut statement| statement.execute(rusqlite::params_from_iter(values)))
                 .map(drop)
-                .map_err(|e| fail("cannot write", e))
         };
+        let written = run("BEGIN IMMEDIATE", &[])
+            .and_then(|()| rows.try_for_each(|(sql, values)| run(sql, values)))
+            .and_then(|()| run("COMMIT", &[]));
+        if written.is_err() {
+            let _ = self.0.execute_batch("ROLLBACK");
+        }
+        written.map_err(|e| fail("cannot write", e))
+    }
+}
+
+impl Backend for Sqlite {
+    type Rows = Vec<Row>;
+    type Removals = Vec<Row>;
+
+    // Long on purpose: one upsert per table, in schema order.
+    fn seal(tables: &Tables, pending: &Pending) -> Result<Vec<Row>, StoreError> {
+        let mut rows: Vec<Row> = Vec::new();
         for key in &pending.entities {
             let row = &tables.entities[key];
-            let cursor = int(row.cursor, "cursor")?;
-            exec(
+            rows.push((
                 "INSERT OR REPLACE INTO entities VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    key.0.as_str(),
-                    key.1.0,
-                    row.owner.0,
-                    cursor,
-                    json(&row.state)?
+                vec![
+                    text_value(key.0.as_str()),
+                    text_value(&key.1.0),
+                    text_value(&row.owner.0),
+                    int_value(row.cursor, "cursor")?,
+                    json_value(&row.state)?,
                 ],
-            )?;
+            ));
         }
         for key in &pending.queue {
-            exec(
+            rows.push((
                 "INSERT OR REPLACE INTO sync_queue VALUES (?1, ?2, ?3)",
-                params![key.0.0, key.1.0, json(&tables.sync_queue[key])?],
-            )?;
+                vec![
+                    text_value(&key.0.0),
+                    text_value(&key.1.0),
+                    json_value(&tables.sync_queue[key])?,
+                ],
+            ));
         }
         for key in &pending.keys {
-            exec(
+            rows.push((
                 "INSERT INTO sync_idempotency_keys VALUES (?1, ?2, ?3)",
-                params![key.0.0, key.1.0, json(&tables.sync_idempotency_keys[key])?],
-            )?;
+                vec![
+                    text_value(&key.0.0),
+                    text_value(&key.1.0),
+                    json_value(&tables.sync_idempotency_keys[key])?,
+                ],
+            ));
         }
         for key in &pending.history {
-            let seq = int(key.1, "history row")?;
-            exec(
+            rows.push((
                 "INSERT INTO sync_history VALUES (?1, ?2, ?3)",
-                params![key.0.0, seq, json(&tables.sync_history[key])?],
-            )?;
+                vec![
+                    text_value(&key.0.0),
+                    int_value(key.1, "history row")?,
+                    json_value(&tables.sync_history[key])?,
+                ],
+            ));
         }
         for (id, created) in &pending.conflicts {
             // A conflict keeps the commit that created it (its place in the user's list).
             let (user, record) = &tables.sync_conflicts[id];
-            exec(
+            rows.push((
                 "INSERT INTO sync_conflicts VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (conflict_id) DO UPDATE SET record = excluded.record",
-                params![id.0, user.0, int(*created, "conflict")?, json(record)?],
-            )?;
+                vec![
+                    text_value(&id.0),
+                    text_value(&user.0),
+                    int_value(*created, "conflict")?,
+                    json_value(record)?,
+                ],
+            ));
         }
         for key in &pending.batches {
-            exec(
+            rows.push((
                 "INSERT OR REPLACE INTO sync_batches VALUES (?1, ?2, ?3)",
-                params![key.0.0, key.1.0, json(&tables.sync_batches[key])?],
-            )?;
+                vec![
+                    text_value(&key.0.0),
+                    text_value(&key.1.0),
+                    json_value(&tables.sync_batches[key])?,
+                ],
+            ));
         }
         for key in &pending.devices {
-            exec(
+            rows.push((
                 "INSERT OR REPLACE INTO sync_state VALUES (?1, ?2, ?3)",
-                params![key.0.0, key.1.0, json(&tables.sync_state[key])?],
-            )?;
+                vec![
+                    text_value(&key.0.0),
+                    text_value(&key.1.0),
+                    json_value(&tables.sync_state[key])?,
+                ],
+            ));
         }
         for key in &pending.metrics {
-            let start = int(key.1.0, "metrics window")?;
-            exec(
+            rows.push((
                 "INSERT OR REPLACE INTO sync_metrics VALUES (?1, ?2, ?3)",
-                params![key.0.0, start, json(&tables.sync_metrics[key])?],
-            )?;
+                vec![
+                    text_value(&key.0.0),
+                    int_value(key.1.0, "metrics window")?,
+                    json_value(&tables.sync_metrics[key])?,
+                ],
+            ));
         }
         for user in &pending.users {
-            let seq = int(tables.user_seqs[user], "commit sequence number")?;
-            exec(
+            rows.push((
                 "INSERT OR REPLACE INTO user_seqs VALUES (?1, ?2)",
-                params![user.0, seq],
-            )?;
+                vec![
+                    text_value(&user.0),
+                    int_value(tables.user_seqs[user], "commit sequence number")?,
+                ],
+            ));
         }
-        exec(
+        rows.push((
             "INSERT OR REPLACE INTO counters VALUES ('seq', ?1)",
-            params![int(tables.seq, "commit count")?],
-        )
+            vec![int_value(tables.seq, "commit count")?],
+        ));
+        Ok(rows)
     }
 
-    /// Deletes, in the open transaction, every row of `before` that `after` no longer has.
-    fn write_removals(
-        tx: &Transaction<'_>,
-        before: &Tables,
-        after: &Tables,
-    ) -> Result<(), StoreError> {
-        let delete = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
-            tx.execute(sql, params)
-                .map(drop)
-                .map_err(|e| fail("cannot delete", e))
-        };
+    fn removals(before: &Tables, after: &Tables) -> Result<Vec<Row>, StoreError> {
+        let mut rows: Vec<Row> = Vec::new();
         for (user, key) in gone(&before.sync_idempotency_keys, &after.sync_idempotency_keys) {
-            delete(
+            rows.push((
                 "DELETE FROM sync_idempotency_keys WHERE user_id = ?1 AND idempotency_key = ?2",
-                params![user.0, key.0],
-            )?;
+                vec![text_value(&user.0), text_value(&key.0)],
+            ));
         }
         for (user, seq) in gone(&before.sync_history, &after.sync_history) {
-            let seq = int(*seq, "history row")?;
-            delete(
+            rows.push((
                 "DELETE FROM sync_history WHERE user_id = ?1 AND seq = ?2",
-                params![user.0, seq],
-            )?;
+                vec![text_value(&user.0), int_value(*seq, "history row")?],
+            ));
         }
         for id in gone(&before.sync_conflicts, &after.sync_conflicts) {
-            delete(
+            rows.push((
                 "DELETE FROM sync_conflicts WHERE conflict_id = ?1",
-                params![id.0],
-            )?;
+                vec![text_value(&id.0)],
+            ));
         }
         for (user, batch_id) in gone(&before.sync_batches, &after.sync_batches) {
-            delete(
+            rows.push((
                 "DELETE FROM sync_batches WHERE user_id = ?1 AND batch_id = ?2",
-                params![user.0, batch_id.0],
-            )?;
+                vec![text_value(&user.0), text_value(&batch_id.0)],
+            ));
         }
         for (user, start) in gone(&before.sync_metrics, &after.sync_metrics) {
-            let start = int(start.0, "metrics window")?;
-            delete(
+            rows.push((
                 "DELETE FROM sync_metrics WHERE user_id = ?1 AND window_start_ms = ?2",
-                params![user.0, start],
-            )?;
+                vec![text_value(&user.0), int_value(start.0, "metrics window")?],
+            ));
         }
-        Ok(())
-    }
-}
-
-impl ServerStore for SqliteStore {
-    fn tables(&self) -> &Tables {
-        &self.tables
+        Ok(rows)
     }
 
-    fn commit(&mut self, commit: Commit) -> Result<(), StoreError> {
-        self.pending.apply(&mut self.tables, commit);
-        Ok(())
+    fn write_group(&mut self, group: &[Vec<Row>]) -> Result<(), StoreError> {
+        self.transaction(group.iter().flatten())
     }
 
-    fn flush(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let written = self
-            .run("BEGIN IMMEDIATE")
-            .and_then(|()| self.write_pending())
-            .and_then(|()| self.run("COMMIT"));
-        self.pending = Pending::default();
-        let Err(error) = written else {
-            return Ok(());
-        };
-        // Nothing since the last flush holds: back to what the file says.
-        let _ = self.conn.execute_batch("ROLLBACK");
-        self.epoch += 1;
-        self.tables = load(&self.conn)?;
-        Err(error)
+    fn remove(&mut self, removals: Vec<Row>) -> Result<(), StoreError> {
+        self.transaction(removals.iter())
     }
 
-    fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    fn retain(&mut self, keep: &mut dyn FnMut(&mut Tables)) -> Result<(), StoreError> {
-        self.flush()?;
-        // Cleanup removes rows only: the rows the closure dropped are deleted from the file
-        // in one transaction, then the trimmed tables replace the cached ones.
-        let mut after = self.tables.clone();
-        keep(&mut after);
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| fail("cannot begin", e))?;
-        SqliteStore::write_removals(&tx, &self.tables, &after)?;
-        tx.commit().map_err(|e| fail("cannot commit", e))?;
-        self.tables = after;
-        Ok(())
+    fn load(&mut self) -> Result<Tables, StoreError> {
+        load(&self.0).map_err(|e| StoreError(format!("{}: {}", self.1, e.0)))
     }
 }
 

@@ -7,7 +7,7 @@ use rockhound_engine::ids::{BatchId, DeviceId, EntityId, IdempotencyKey, OpId, U
 use rockhound_engine::op::{Batch, Op, OpKind};
 use rockhound_engine::server::tables::ServerStore;
 use rockhound_engine::server::wire::{Resolution, ResolveRequest};
-use rockhound_engine::server::{HISTORY_RETENTION_MS, Server};
+use rockhound_engine::server::{Flushing, HISTORY_RETENTION_MS, RequestError, Server};
 use rockhound_engine::strategy::Strategy;
 use rockhound_engine::time::Millis;
 use serde_json::{Value, json};
@@ -149,4 +149,48 @@ pub(crate) fn drive<S: ServerStore>(server: &mut Server<S>) {
             json!({"id": "t3", "label": "y"}),
         )],
     );
+}
+
+/// A tag create, op number `n`, entity `t{n}`.
+pub(crate) fn tag(n: u32) -> rockhound_engine::op::Op {
+    let id = format!("t{n}");
+    op(
+        n,
+        EntityType::Tag,
+        &id,
+        OpKind::Create,
+        0,
+        json!({"id": id, "label": "a"}),
+    )
+}
+
+/// A batch as the HTTP layer runs it: decided and committed under the server's lock, its
+/// flush begun there and waited for afterwards.
+pub(crate) fn send<S: ServerStore>(
+    server: &mut Server<S>,
+    user: &str,
+    batch_id: &str,
+    ops: Vec<rockhound_engine::op::Op>,
+) -> Result<Flushing, RequestError> {
+    let user = UserId::from(user);
+    let batch = Batch::new(BatchId::from(batch_id), DeviceId::from("d1"), ops);
+    server.admit_batch(&batch)?;
+    let epoch = server.store_epoch();
+    let results = batch
+        .ops
+        .iter()
+        .map(|op| server.handle_op(&user, &batch, op, NOW, NOW))
+        .collect();
+    server.finish_batch(&user, &batch, results, NOW, NOW)?;
+    server.begin_flush_for(epoch)
+}
+
+/// Whether a flush is still under way after the database had a moment to write it.
+pub(crate) fn still_writing(flushing: &mut Flushing) -> bool {
+    let Flushing::Pending(write) = flushing else {
+        return false;
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    write.as_mut().poll(&mut cx).is_pending()
 }

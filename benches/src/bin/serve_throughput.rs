@@ -118,7 +118,11 @@ fn empty_postgres(url: &str) {
 fn open_server(name: &str, db: &std::path::Path) -> Option<Server<AnyStore>> {
     let store: AnyStore = match name {
         "memory" => return Some(Server::new(SyncConfig::default()).into_any()),
-        "sqlite" => Box::new(SqliteStore::open(db).expect("the database opens")),
+        "sqlite" => Box::new(
+            SqliteStore::open(db)
+                .expect("the database opens")
+                .pipelined(),
+        ),
         "postgres" => {
             let url = std::env::var("ROCKHOUND_BENCH_POSTGRES")
                 .expect("ROCKHOUND_BENCH_POSTGRES names a database to empty and use");

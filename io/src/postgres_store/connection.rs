@@ -1,213 +1,96 @@
-//! The store's connection to PostgreSQL, on a thread of its own, and its commit pipeline.
+//! The PostgreSQL connection as the commit pipeline drives it (`crate::pipeline`): its
+//! thread writes each group of flushes in one transaction, each user's rows under that
+//! user's row-level security.
 
-use super::rows::{Column, Writes};
-use super::{fail, pg, set_user, take_lock};
+use super::rows::{self, Column, Writes};
+use super::{load, month, pg, set_user, take_lock};
+use crate::pending::Pending;
+use crate::pipeline::Backend;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls};
 use rockhound_engine::server::StoreError;
+use rockhound_engine::server::tables::Tables;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
-use std::thread::JoinHandle;
-
-type Job = Box<dyn FnOnce(&mut Session) + Send>;
-
-/// What the connection's thread is sent: a call, or a flush's rows to write.
-enum Message {
-    Call(Job),
-    Write(Write),
-}
-
-/// One flush's rows, sealed under the server's lock: the history partitions they need,
-/// the statements, and whom to tell how it went.
-pub(super) struct Write {
-    pub(super) months: Vec<String>,
-    pub(super) writes: Writes,
-    pub(super) done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
-}
-
-/// What the store and the connection's thread share about the writes under way.
-#[derive(Default)]
-pub(super) struct Progress {
-    /// Writes sent and not yet settled.
-    pub(super) in_flight: AtomicUsize,
-    /// A write failed: every write after it fails too (each was sealed from tables that
-    /// held the lost commits) until the store reads the tables back.
-    pub(super) broken: AtomicBool,
-}
 
 /// The connection, the statements prepared on it (a flush's statements are prepared
 /// once, not parsed again each time) and the history partitions known to exist.
-pub(super) struct Session {
+pub(crate) struct Session {
+    url: String,
     pub(super) client: Client,
     statements: BTreeMap<&'static str, postgres::Statement>,
     /// Months (as `YYYY-MM`) whose history partition is known to exist.
     months: BTreeSet<String>,
 }
 
-/// A connection on a thread of its own.
-///
-/// The thread is also the store's commit pipeline: writes are sent to it under the server's
-/// lock and written after the lock is released, and the writes that queued up while one
-/// transaction ran are written together in the next (a group commit across requests and
-/// users), each told the outcome once it is durable.
-pub(super) struct Connection {
-    jobs: Option<mpsc::Sender<Message>>,
-    thread: Option<JoinHandle<()>>,
-    pub(super) progress: Arc<Progress>,
+/// One flush's rows: the history partitions they need and the statements.
+pub(crate) struct Write {
+    months: Vec<String>,
+    writes: Writes,
 }
 
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Connection")
+impl Session {
+    /// Connects to the database at `url`.
+    pub(super) fn connect(url: &str) -> Result<Session, StoreError> {
+        let client = Client::connect(url, NoTls).map_err(pg("cannot connect to PostgreSQL"))?;
+        Ok(Session {
+            url: url.to_owned(),
+            client,
+            statements: BTreeMap::new(),
+            months: BTreeSet::new(),
+        })
     }
 }
 
-impl Connection {
-    pub(super) fn open(url: &str) -> Result<Connection, StoreError> {
-        let (jobs, queue) = mpsc::channel::<Message>();
-        let (ready, opened) = mpsc::sync_channel(1);
-        let url = url.to_owned();
-        let progress = Arc::new(Progress::default());
-        let shared = Arc::clone(&progress);
-        let thread = std::thread::Builder::new()
-            .name("postgres".to_owned())
-            .spawn(move || match Client::connect(&url, NoTls) {
-                Ok(client) => {
-                    let _ = ready.send(Ok(()));
-                    let session = Session {
-                        client,
-                        statements: BTreeMap::new(),
-                        months: BTreeSet::new(),
-                    };
-                    serve_jobs(session, &url, &queue, &shared);
-                }
-                Err(error) => {
-                    let _ = ready.send(Err(pg("cannot connect to PostgreSQL")(error)));
-                }
-            })
-            .map_err(|e| fail("cannot start the database thread", e))?;
-        let connection = Connection {
-            jobs: Some(jobs),
-            thread: Some(thread),
-            progress,
-        };
-        opened
-            .recv()
-            .map_err(|_| StoreError("the database thread stopped".to_owned()))??;
-        Ok(connection)
-    }
+impl Backend for Session {
+    type Rows = Write;
+    type Removals = Writes;
 
-    fn send(&self, message: Message) -> Result<(), StoreError> {
-        self.jobs
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(message)
-            .map_err(|_| stopped())
-    }
-
-    /// Runs `job` on the connection and waits for its answer (after every write sent
-    /// before it has settled).
-    pub(super) fn call<R: Send + 'static>(
-        &self,
-        job: impl FnOnce(&mut Session) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        let (answer, answered) = mpsc::sync_channel(1);
-        self.send(Message::Call(Box::new(move |session| {
-            let _ = answer.send(job(session));
-        })))?;
-        answered.recv().map_err(|_| stopped())?
-    }
-
-    /// Sends a flush's rows to be written; `done` is told the outcome.
-    pub(super) fn write(&self, write: Write) -> Result<(), StoreError> {
-        self.progress.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.send(Message::Write(write)).inspect_err(|_| {
-            self.progress.in_flight.fetch_sub(1, Ordering::SeqCst);
+    fn seal(tables: &Tables, pending: &Pending) -> Result<Write, StoreError> {
+        let months = pending
+            .history
+            .iter()
+            .map(|key| month(tables.sync_history[key].at_ms))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        Ok(Write {
+            months,
+            writes: rows::pending_writes(tables, pending)?,
         })
     }
 
-    /// Every write sent so far is durable.
-    pub(super) fn settled(&self) -> bool {
-        self.progress.in_flight.load(Ordering::SeqCst) == 0 && !self.broken()
+    fn removals(before: &Tables, after: &Tables) -> Result<Writes, StoreError> {
+        rows::removals(before, after)
     }
 
-    pub(super) fn broken(&self) -> bool {
-        self.progress.broken.load(Ordering::SeqCst)
+    fn write_group(&mut self, group: &[Write]) -> Result<(), StoreError> {
+        self.ensure_partitions(group.iter().flat_map(|w| &w.months))?;
+        self.write(group.iter().map(|w| &w.writes))
     }
-}
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        // Closing the queue ends the thread once it has done what was sent (every write
-        // under way is settled), which closes the connection and so releases the advisory
-        // lock.
-        self.jobs = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    fn remove(&mut self, removals: Writes) -> Result<(), StoreError> {
+        self.write(std::iter::once(&removals))
     }
-}
 
-pub(super) fn stopped() -> StoreError {
-    StoreError("the database connection's thread stopped".to_owned())
-}
+    fn load(&mut self) -> Result<Tables, StoreError> {
+        load(&mut self.client)
+    }
 
-/// The connection's thread: runs calls in order and writes each run of queued writes in
-/// one transaction.
-fn serve_jobs(
-    mut session: Session,
-    url: &str,
-    queue: &mpsc::Receiver<Message>,
-    progress: &Progress,
-) {
-    let mut next = None;
-    while let Some(message) = next.take().or_else(|| queue.recv().ok()) {
-        if session.client.is_closed() {
-            // The database went away (a restart): connect again and take the server lock
-            // back; if either fails, the job fails on the closed connection and the next
-            // one tries again.
-            if let Ok(again) = Client::connect(url, NoTls) {
-                session.client = again;
-                session.statements.clear();
-                if !matches!(take_lock(&mut session.client), Ok(true)) {
-                    let _ = session
-                        .client
-                        .batch_execute("SELECT pg_terminate_backend(pg_backend_pid())");
-                }
-            }
+    fn before_job(&mut self) {
+        if !self.client.is_closed() {
+            return;
         }
-        let first = match message {
-            Message::Call(job) => {
-                job(&mut session);
-                continue;
+        // The database went away (a restart): connect again and take the server lock
+        // back; if either fails, the job fails on the closed connection and the next one
+        // tries again.
+        if let Ok(again) = Client::connect(&self.url, NoTls) {
+            self.client = again;
+            self.statements.clear();
+            if !matches!(take_lock(&mut self.client), Ok(true)) {
+                let _ = self
+                    .client
+                    .batch_execute("SELECT pg_terminate_backend(pg_backend_pid())");
             }
-            Message::Write(write) => write,
-        };
-        let mut group = vec![first];
-        while let Ok(message) = queue.try_recv() {
-            match message {
-                Message::Write(write) => group.push(write),
-                call => {
-                    next = Some(call);
-                    break;
-                }
-            }
-        }
-        let outcome = if progress.broken.load(Ordering::SeqCst) {
-            Err(StoreError(
-                "an earlier write to the database failed; the tables are being read back"
-                    .to_owned(),
-            ))
-        } else {
-            session.write_group(&group)
-        };
-        if outcome.is_err() {
-            progress.broken.store(true, Ordering::SeqCst);
-        }
-        progress.in_flight.fetch_sub(group.len(), Ordering::SeqCst);
-        for write in group {
-            (write.done)(outcome.clone());
         }
     }
 }
@@ -236,15 +119,8 @@ impl Session {
         Ok(())
     }
 
-    /// Writes the rows of `group` in one transaction, each user's under that user's
-    /// row-level security, in the order they were sealed.
-    fn write_group(&mut self, group: &[Write]) -> Result<(), StoreError> {
-        self.ensure_partitions(group.iter().flat_map(|w| &w.months))?;
-        self.write(group.iter().map(|w| &w.writes))
-    }
-
     /// Runs `writes` in one transaction, each user's under that user's row-level security.
-    pub(super) fn write<'a>(
+    fn write<'a>(
         &mut self,
         writes: impl Iterator<Item = &'a Writes> + Clone,
     ) -> Result<(), StoreError> {

@@ -59,7 +59,7 @@ pub(super) type StatementKey = (Option<String>, usize);
 /// A flush's statements, each writing many rows at once (one array per column), grouped
 /// by the user whose rows they are (`None`: the global counter), in the order added.
 #[derive(Default)]
-pub(super) struct Writes {
+pub(crate) struct Writes {
     pub(super) statements: BTreeMap<StatementKey, (&'static str, Vec<Column>)>,
     order: Vec<&'static str>,
 }

@@ -8,10 +8,12 @@
 //! it they say so and pass, unless `ROCKHOUND_REQUIRE_POSTGRES` is set (CI sets it).
 
 use super::*;
-use crate::store_tests::{NOW, config, drive, op};
+use crate::store_tests::{NOW, config, drive, op, send, still_writing, tag};
 use postgres::NoTls;
 use rockhound_engine::op::{Batch, OpKind};
+use rockhound_engine::server::Flushing;
 use rockhound_engine::server::tables::MemoryStore;
+use rockhound_engine::server::tables::ServerStore;
 use rockhound_engine::server::{HISTORY_RETENTION_MS, METRICS_WINDOW_MS, RequestError, Server};
 use serde_json::json;
 
@@ -43,18 +45,6 @@ fn postgres(url: &str) -> Server<PostgresStore> {
 
 fn client(url: &str) -> Client {
     Client::connect(url, NoTls).unwrap()
-}
-
-fn tag(n: u32) -> rockhound_engine::op::Op {
-    let id = format!("t{n}");
-    op(
-        n,
-        EntityType::Tag,
-        &id,
-        OpKind::Create,
-        0,
-        json!({"id": id, "label": "a"}),
-    )
 }
 
 #[test]
@@ -182,37 +172,6 @@ fn a_group_the_database_refuses_is_undone_whole_and_its_requests_answered_503() 
             .iter()
             .all(|r| r.status == rockhound_engine::server::wire::OpStatus::Applied)
     );
-}
-
-/// A batch as the HTTP layer runs it: decided and committed under the server's lock, its
-/// flush begun there and waited for afterwards.
-fn send(
-    server: &mut Server<PostgresStore>,
-    user: &str,
-    batch_id: &str,
-    ops: Vec<rockhound_engine::op::Op>,
-) -> Result<Flushing, RequestError> {
-    let user = UserId::from(user);
-    let batch = Batch::new(BatchId::from(batch_id), DeviceId::from("d1"), ops);
-    server.admit_batch(&batch)?;
-    let epoch = server.store_epoch();
-    let results = batch
-        .ops
-        .iter()
-        .map(|op| server.handle_op(&user, &batch, op, NOW, NOW))
-        .collect();
-    server.finish_batch(&user, &batch, results, NOW, NOW)?;
-    server.begin_flush_for(epoch)
-}
-
-/// Whether a flush is still under way after the database had a moment to write it.
-fn still_writing(flushing: &mut Flushing) -> bool {
-    let Flushing::Pending(write) = flushing else {
-        return false;
-    };
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    write.as_mut().poll(&mut cx).is_pending()
 }
 
 /// The transaction that last wrote an entity (its row's `xmin`).

@@ -6,7 +6,7 @@ use super::*;
 use crate::store_tests::{NOW, config, drive, op};
 use rockhound_engine::ids::{BatchId, DeviceId, EntityId, UserId};
 use rockhound_engine::op::{Batch, Op, OpKind};
-use rockhound_engine::server::tables::MemoryStore;
+use rockhound_engine::server::tables::{MemoryStore, ServerStore};
 use rockhound_engine::server::{RequestError, Server};
 use serde_json::{Value, json};
 

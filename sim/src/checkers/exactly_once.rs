@@ -35,8 +35,10 @@ pub fn check(facts: &Facts<'_>) -> Vec<Violation> {
         }
     }
     for ((user, key), rows) in by_key {
+        // Two rows of one key are a violation only when they are of two ops (one op decided
+        // twice is the first check's).
         let first_op = rows[0].1.op_id.as_ref();
-        if rows.len() > 1 && rows.iter().any(|(_, row)| row.op_id.as_ref() != first_op) {
+        if rows.iter().any(|(_, row)| row.op_id.as_ref() != first_op) {
             violations.push(twice(
                 facts,
                 &rows,
