@@ -50,6 +50,10 @@ pub const SIM_POINTS: &[Point] = &[
         "sim.step.forge",
         "a device forged a request as another user",
     ),
+    (
+        "sim.collision.ids_across_users",
+        "an op applied under the op id and idempotency key of another user's applied op",
+    ),
     ("sim.step.disk", "a device's disk was made to fail"),
     (
         "sim.step.hostile",

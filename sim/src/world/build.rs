@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rockhound_engine::client::Coordinator;
 use rockhound_engine::server::replay::LoggedWrite;
-use rockhound_engine::server::wire::OpResult;
+use rockhound_engine::server::wire::{OpResult, OpStatus};
 use rockhound_engine::server::{AnyStore, Server};
 use rockhound_engine::testing::sim_store::SimStore;
 use rockhound_engine::{DeviceId, Millis, Op, SyncConfig, UserId};
@@ -145,7 +145,12 @@ fn serve(
     let server_state = app.server.clone();
     let (tables, decisions) = (app.server.clone(), faults.clone());
     app.decided = Some(Arc::new(move |user, op, result| {
-        let event = decision(&tables.lock(), user, op, result);
+        let server = tables.lock();
+        if applied_under_another_users_ids(&server, user, op, result) {
+            rockhound_engine::coverage::hit("sim.collision.ids_across_users");
+        }
+        let event = decision(&server, user, op, result);
+        drop(server);
         let t_ms = sim_now(epoch_ms).0 - epoch_ms;
         decisions.lock().decided.push((t_ms, event));
     }));
@@ -260,6 +265,26 @@ pub(super) struct ServerFaults {
     /// Decisions the server made since the world last looked, with their simulated time,
     /// for the trace.
     pub decided: Vec<(u64, TraceEvent)>,
+}
+
+/// Whether `op` was applied under the op id and idempotency key of an op another user had
+/// applied already (ids are each user's own: both must hold, isolated).
+fn applied_under_another_users_ids(
+    server: &Server<AnyStore>,
+    user: &UserId,
+    op: &Op,
+    result: &OpResult,
+) -> bool {
+    let tables = server.tables();
+    result.status == OpStatus::Applied
+        && tables.user_seqs.keys().filter(|u| *u != user).any(|other| {
+            tables
+                .sync_queue
+                .get(&(other.clone(), op.op_id.clone()))
+                .is_some_and(|row| {
+                    row.status == OpStatus::Applied && row.idempotency_key == op.idempotency_key
+                })
+        })
 }
 
 /// The trace's record of one op's decision, with what the server met: the strategy that
