@@ -21,8 +21,10 @@ use std::collections::BTreeMap;
 pub const DEVICE_COUNT_MAX: usize = 1_000;
 /// Most scripted steps in one run.
 pub const STEP_COUNT_MAX: usize = 100_000;
-/// Longest simulated run (safety plus liveness), in ms: one simulated week plus a day.
-pub const RUN_MS_MAX: u64 = 8 * 24 * 60 * 60 * 1000 + 24 * 60 * 60 * 1000;
+/// Longest simulated run (safety plus liveness), in ms: thirty simulated days, so that an
+/// offline stretch can outlast the offline-heavy preset's 14-day queue TTL and the server's
+/// key retention after it.
+pub const RUN_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Most random user actions per device (`workload.actions_per_device`).
 pub const ACTIONS_PER_DEVICE_MAX: usize = 10_000;
 /// Most random user actions in one run, over every device.
