@@ -32,6 +32,34 @@ fn a_well_formed_create_passes_validation_and_its_checksum() {
     assert_eq!(op.verify_checksum(), Ok(()));
 }
 
+/// A typical batch is encoded straight from the struct (the fast path that keeps its
+/// checksum cheap, benches/README.md), and those bytes are the canonical encoding; with the
+/// device's report too.
+#[test]
+fn a_typical_batch_takes_the_direct_encoding() {
+    let ops = vec![find_log_create(), find_log_create()];
+    let report = ClientReport {
+        pending: 2,
+        blocked: 0,
+        failed: 1,
+        round_trip_ms: Some(40),
+        failed_requests: 0,
+    };
+    for report in [None, Some(report)] {
+        let batch = Batch::reporting(
+            BatchId("b-1".into()),
+            DeviceId("d-1".into()),
+            ops.clone(),
+            report,
+        );
+        let mut bytes = Vec::new();
+        assert!(batch.write_canonical(&mut bytes), "the fast path declined");
+        let mut value = serde_json::to_value(&batch).unwrap();
+        value.as_object_mut().unwrap().remove("checksum");
+        assert_eq!(bytes, crate::checksum::canonical_json(&value));
+    }
+}
+
 #[test]
 fn an_op_round_trips_through_wire_json() {
     let op = find_log_create();
