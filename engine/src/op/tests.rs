@@ -32,12 +32,22 @@ fn a_well_formed_create_passes_validation_and_its_checksum() {
     assert_eq!(op.verify_checksum(), Ok(()));
 }
 
-/// A typical batch is encoded straight from the struct (the fast path that keeps its
+/// A typical op and batch are encoded straight from the struct (the fast path that keeps its
 /// checksum cheap, benches/README.md), and those bytes are the canonical encoding; with the
 /// device's report too.
 #[test]
-fn a_typical_batch_takes_the_direct_encoding() {
-    let ops = vec![find_log_create(), find_log_create()];
+fn a_typical_op_and_batch_take_the_direct_encoding() {
+    let op = find_log_create();
+    let mut bytes = Vec::new();
+    assert!(
+        op.write_canonical(&mut bytes, true),
+        "the op's fast path declined"
+    );
+    assert_eq!(
+        bytes,
+        crate::checksum::canonical_json(&serde_json::to_value(&op).unwrap())
+    );
+    let ops = vec![op.clone(), op];
     let report = ClientReport {
         pending: 2,
         blocked: 0,
