@@ -917,7 +917,12 @@ fn the_hooks_views_follow_an_op_through_failure_conflict_resolution_and_discard(
     );
     let metrics = phone.metrics();
     assert_eq!((metrics.batches_answered, metrics.ops_applied), (1, 2));
-    assert!(metrics.settle_ms_max >= 60_000, "{metrics:?}");
+    // Both were enqueued at T0 and settled a minute later: each waited 60 s.
+    assert_eq!(
+        (metrics.settle_ms_max, metrics.settle_ms_total),
+        (60_000, 120_000),
+        "{metrics:?}"
+    );
     assert_eq!(tablet.metrics().changes_pulled, 2);
     // Both edit the find log; the tablet's edit meets the phone's: a manual conflict.
     for (device, note) in [(&mut phone, "jasper"), (&mut tablet, "chert")] {

@@ -159,4 +159,33 @@ mod tests {
         let distinct = [commit(1, "op-1", "key-1"), commit(2, "op-2", "key-2")];
         assert!(check(&Facts::new(&distinct)).is_empty());
     }
+
+    /// `commit` refused as reusing an op id (nothing written, the answer logged).
+    fn op_id_reused(seq: u64, op: &str, key: &str) -> TraceLine {
+        let mut line = commit(seq, op, key);
+        if let TraceEvent::FinalCommit { row, .. } = &mut line.event {
+            row.status = HistoryStatus::Op(OpStatus::Rejected);
+            row.reason = Some(Reason::Refused(Refusal::OpIdReused));
+            row.write = None;
+        }
+        line
+    }
+
+    #[test]
+    fn an_op_id_refused_as_reused_must_have_been_sent_before_by_its_user() {
+        // Ann sent op-1 under key-1; op-1 again under key-2 is rightly refused.
+        let sent = [commit(1, "op-1", "key-1"), op_id_reused(2, "op-1", "key-2")];
+        assert!(check(&Facts::new(&sent)).is_empty());
+        // Ann never sent op-7: refusing it as reused means someone else's op stood in.
+        let never = [commit(1, "op-1", "key-1"), op_id_reused(2, "op-7", "key-2")];
+        let violations = check(&Facts::new(&never));
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0]
+                .message
+                .contains("but ann never sent op id op-7 before"),
+            "{}",
+            violations[0].message
+        );
+    }
 }

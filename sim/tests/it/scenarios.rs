@@ -211,11 +211,51 @@ fn backoff_violations(
     spec: &rockhound_sim::spec::RunSpec,
     lines: &[rockhound_sim::trace::TraceLine],
 ) -> Vec<rockhound_sim::checkers::Violation> {
+    violations_of(spec, lines, rockhound_sim::checkers::Checker::Backoff)
+}
+
+/// What `checker` says of `lines`.
+fn violations_of(
+    spec: &rockhound_sim::spec::RunSpec,
+    lines: &[rockhound_sim::trace::TraceLine],
+    checker: rockhound_sim::checkers::Checker,
+) -> Vec<rockhound_sim::checkers::Violation> {
     rockhound_sim::checkers::check(&rockhound_sim::checkers::Facts::new(lines), spec)
         .into_iter()
-        .find(|v| v.checker == rockhound_sim::checkers::Checker::Backoff)
+        .find(|v| v.checker == checker)
         .unwrap()
         .violations
+}
+
+/// A listing must show every conflict of its user that was open on the server the whole
+/// time it ran: the same trace with one listing's result emptied is a violation naming the
+/// conflict.
+#[test]
+fn conflict_visibility_catches_a_listing_that_leaves_out_an_open_conflict() {
+    use rockhound_engine::client::observe::Event;
+    use rockhound_sim::checkers::Checker;
+    use rockhound_sim::trace::TraceEvent;
+    let (spec, lines) = library_run("conflict_left_open.toml");
+    let visibility = |lines: &[_]| violations_of(&spec, lines, Checker::ConflictVisibility);
+    assert!(visibility(&lines).is_empty(), "the real run holds");
+    let mut hidden = lines.clone();
+    let listed = hidden
+        .iter_mut()
+        .find_map(|line| match &mut line.event {
+            TraceEvent::Client {
+                event: Event::ConflictsListed { open },
+            } if !open.is_empty() => Some(open),
+            _ => None,
+        })
+        .expect("a listing shows the open conflict");
+    let conflict = listed.remove(0);
+    let violations = visibility(&hidden);
+    assert!(
+        violations.iter().any(|v| v.to_string().contains(&format!(
+            "not {conflict}, open on the server the whole time"
+        ))),
+        "{violations:?}"
+    );
 }
 
 /// The backoff checker counts a dead-letter as a failure of its own: the same trace with
