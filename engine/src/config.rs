@@ -123,13 +123,12 @@ impl SyncConfig {
         }
     }
 
-    /// The seed's offline-heavy preset: big batches, a 14-day TTL.
+    /// The seed's offline-heavy preset: big batches, a 14-day TTL. (The seed also names a
+    /// queue of 10,000 and a persisted queue, which production has already.)
     pub fn offline_heavy() -> SyncConfig {
         SyncConfig {
             batch_size: 100,
-            max_queue_size: 10_000,
             queue_ttl_ms: 14 * DAY_MS,
-            persist_queue: true,
             ..SyncConfig::production()
         }
     }
@@ -367,6 +366,8 @@ mod tests {
             ),
             (25, 2_000, 30_000, Some(3))
         );
+        // The seed turns telemetry on in production by name; development leaves it off.
+        assert!(!development.enable_telemetry);
         let production = SyncConfig::production();
         assert_eq!(
             (
@@ -387,6 +388,7 @@ mod tests {
             ),
             (100, 10_000, 14 * DAY_MS)
         );
+        assert!(offline.persist_queue);
         assert_eq!(SyncConfig::preset("staging"), None);
     }
 
