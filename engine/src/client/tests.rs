@@ -1815,3 +1815,25 @@ fn one_call_takes_up_to_its_limit_of_edits_and_refuses_one_more_whole() {
     assert_eq!(ids.len(), ENQUEUE_ALL_LEN_MAX);
     assert_eq!(device.queue().count(), ENQUEUE_ALL_LEN_MAX);
 }
+
+#[test]
+fn a_recovery_names_its_open_conflicts_in_the_trace_and_leaves_out_a_zero() {
+    // Traces written before conflicts outlived a restart had no such field; a recovery with
+    // none keeps that shape, one with some must say how many.
+    let recovered = |open_conflicts| {
+        serde_json::to_value(Event::Recovered {
+            ops: 1,
+            open_conflicts,
+            torn_tail_bytes: 0,
+        })
+        .unwrap()
+    };
+    assert_eq!(
+        recovered(2),
+        json!({"event": "recovered", "ops": 1, "open_conflicts": 2, "torn_tail_bytes": 0})
+    );
+    assert_eq!(
+        recovered(0),
+        json!({"event": "recovered", "ops": 1, "torn_tail_bytes": 0})
+    );
+}
