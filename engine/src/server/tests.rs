@@ -1130,3 +1130,34 @@ fn the_server_keeps_each_devices_report_its_network_quality_and_the_batches_timi
     let state = server.state(&ann, &"phone".into()).unwrap();
     assert_eq!(state.device.network_quality, Some(NetworkQuality::Poor));
 }
+
+/// The planted split commit (`exactly_once_server_splits_commit`) models one bug exactly: an
+/// op's idempotency record is committed with the batch's record instead of with the op. A
+/// whole batch then leaves every record stored, as a correct server does; only a server that
+/// dies between the two halves forgets them, and the resent op is decided again.
+#[test]
+fn a_planted_split_commit_shows_only_when_the_server_dies_between_its_halves() {
+    let mut config = SyncConfig::default();
+    config.planted.server.splits_commit = true;
+    let key = |n: u32| (user("ann"), IdempotencyKey(format!("key-{n}")));
+    let ops = vec![session(1, "wash"), session(2, "ridge")];
+
+    let mut whole = Server::new(config.clone());
+    send(&mut whole, "ann", "phone", ops.clone());
+    assert!(whole.tables().sync_idempotency_keys.contains_key(&key(1)));
+    assert!(whole.tables().sync_idempotency_keys.contains_key(&key(2)));
+    let again = send(&mut whole, "ann", "phone", ops.clone());
+    assert!(
+        again.iter().all(|r| r.status == OpStatus::Duplicate),
+        "{again:?}"
+    );
+
+    let mut dies = Server::new(config);
+    let batch = Batch::new(BatchId::from("b-0"), DeviceId::from("phone"), ops.clone());
+    let first = dies.handle_op(&user("ann"), &batch, &ops[0], NOW, NOW);
+    assert_eq!(first.status, OpStatus::Applied);
+    dies.lose_memory();
+    assert!(!dies.tables().sync_idempotency_keys.contains_key(&key(1)));
+    let resent = send(&mut dies, "ann", "phone", ops);
+    assert_ne!(resent[0].status, OpStatus::Duplicate, "{resent:?}");
+}
