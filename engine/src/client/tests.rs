@@ -1837,3 +1837,18 @@ fn a_recovery_names_its_open_conflicts_in_the_trace_and_leaves_out_a_zero() {
         json!({"event": "recovered", "ops": 1, "torn_tail_bytes": 0})
     );
 }
+
+#[test]
+fn the_offline_status_follows_the_network_in_every_view() {
+    let mut device = open(SyncConfig::default());
+    let views = |d: &Coordinator<SimStore>| (d.is_online(), d.state().online, d.monitor().online);
+    assert_eq!(
+        views(&device),
+        (false, false, false),
+        "a device starts offline"
+    );
+    device.set_online(T0, true);
+    assert_eq!(views(&device), (true, true, true));
+    device.set_online(T0, false);
+    assert_eq!(views(&device), (false, false, false));
+}
